@@ -1,0 +1,112 @@
+"""torchrun-style multi-process launch on one machine (gloo on CPU, nccl on GPU).
+
+``spawn(fn, world_size, *args)`` starts ``world_size`` fresh Python processes, sets the usual
+``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` variables (so DeepSpeed's
+``init_distributed`` and ``torch.distributed`` find them), initialises the default process group,
+calls ``fn(rank, world_size, *args)`` and returns the per-rank return values in rank order.
+
+A rank that raises fails the whole launch with that rank's traceback; a launch that exceeds
+``timeout`` is killed rather than left hanging. With several processes on a 2-core machine each
+process runs ``torch.set_num_threads(threads_per_rank)`` (1 by default).
+
+``fn`` must be importable by name from a module (not defined in ``__main__`` or a closure): the
+processes are started with the ``spawn`` method.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import traceback
+from datetime import timedelta
+from typing import Any, Callable, Sequence
+
+
+class LaunchError(RuntimeError):
+    """A rank failed or the launch timed out."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world_size: int, port: int, backend: str | None, threads: int,
+            fn: Callable[..., Any], args: Sequence[Any], queue: Any, timeout_s: float) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+                       "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port), "OMP_NUM_THREADS": str(threads)})
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(threads)
+    try:
+        if backend is not None:
+            dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                    init_method=f"tcp://127.0.0.1:{port}",
+                                    timeout=timedelta(seconds=timeout_s))
+        result = fn(rank, world_size, *args)
+        queue.put((rank, "ok", pickle.dumps(result)))
+    except BaseException as err:  # report every failure to the parent, which re-raises it
+        queue.put((rank, "error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+    finally:
+        if backend is not None and dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:
+                pass
+
+
+def spawn(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | None = "gloo",
+          threads_per_rank: int = 1, timeout: float = 600.0) -> list[Any]:
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` processes; return results by rank."""
+    if world_size < 1:
+        raise ValueError(f"world_size={world_size}: expected an integer >= 1")
+    import queue as queue_mod
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(r, world_size, port, backend, threads_per_rank, fn,
+                                               tuple(args), q, timeout), daemon=False)
+             for r in range(world_size)]
+    for p in procs:
+        p.start()
+    results: dict[int, Any] = {}
+    errors: list[str] = []
+    import time
+
+    deadline = time.monotonic() + timeout
+    try:
+        while len(results) + len(errors) < world_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LaunchError(f"launch of {fn.__qualname__} on {world_size} ranks timed out after {timeout:.0f} s")
+            try:
+                rank, status, payload = q.get(timeout=min(remaining, 1.0))
+            except queue_mod.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead and not errors:
+                    # a rank died without reporting (segfault, OOM kill)
+                    errors.append(f"rank {procs.index(dead[0])} exited with code {dead[0].exitcode}")
+                if errors:
+                    break
+                continue
+            if status == "ok":
+                results[rank] = pickle.loads(payload)
+            else:
+                errors.append(f"rank {rank} failed: {payload}")
+                break  # peers may now block forever on a collective; stop them below
+    finally:
+        for p in procs:
+            p.join(timeout=5 if not errors else 0.5)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    if errors:
+        raise LaunchError(errors[0])
+    return [results[r] for r in range(world_size)]
