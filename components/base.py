@@ -153,6 +153,11 @@ def parse_override(item: str) -> dict[str, Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {item!r}: expected a dotted key such as train.epochs")
     value: Any = yaml.safe_load(raw) if raw != "" else ""
+    if isinstance(value, str):  # YAML 1.1 reads "1e-2" as a string; users mean the number
+        try:
+            value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            pass
     for part in reversed(key.split(".")):
         value = {part: value}
     return value

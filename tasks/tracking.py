@@ -50,8 +50,12 @@ def tracking_uri(root: Path | None = None) -> str:
 
 
 def _artifact_root(root: Path | None = None) -> str | None:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return None  # the server decides
+    """Where new experiments keep artifacts: beside a local SQLite store, else the server decides."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        if env.startswith("sqlite:///"):
+            return Path(env[len("sqlite:///"):]).resolve().parent.joinpath("artifacts").as_uri()
+        return None
     return (root or repo_root()).joinpath("mlflow", "artifacts").resolve().as_uri()
 
 

@@ -1,0 +1,96 @@
+"""Config validation: unknown keys, wrong types, out-of-range values, profiles, CLI overrides."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
+from components.base import ComponentConfig, ConfigError, parse_override, resolve_section
+
+
+class TrainCfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-3, gt=0)
+
+
+class ToyConfig(ComponentConfig):
+    paper: ClassVar[str] = "toy"
+    train: TrainCfg = TrainCfg()
+    mode: str = "a"
+
+
+@pytest.fixture
+def toy_profiles(tmp_path, monkeypatch):
+    (tmp_path / "full.yaml").write_text("train:\n  epochs: 50\nmode: b\n")
+    monkeypatch.setattr(ToyConfig, "profile_path", classmethod(lambda cls, p: tmp_path / f"{p}.yaml"))
+    return tmp_path
+
+
+def test_defaults_are_quick_profile():
+    cfg = resolve_section(ToyConfig, {})
+    assert cfg.profile == "quick" and cfg.train.epochs == 2 and cfg.seed == 0
+
+
+def test_unknown_key_names_the_key_and_value():
+    with pytest.raises(ConfigError) as err:
+        resolve_section(ToyConfig, {"train": {"epochz": 3}})
+    msg = str(err.value)
+    assert "toy.train.epochz" in msg and "unknown parameter" in msg and "3" in msg
+
+
+def test_wrong_type_names_key_value_and_expectation():
+    with pytest.raises(ConfigError) as err:
+        resolve_section(ToyConfig, {"train": {"lr": "fast"}})
+    msg = str(err.value)
+    assert "toy.train.lr" in msg and "'fast'" in msg and "valid number" in msg
+
+
+def test_out_of_range_names_the_bound():
+    with pytest.raises(ConfigError) as err:
+        resolve_section(ToyConfig, {"train": {"epochs": 0}, "seed": -1})
+    msg = str(err.value)
+    assert "toy.train.epochs: got 0" in msg and "greater than or equal to 1" in msg
+    assert "toy.seed: got -1" in msg
+
+
+def test_full_profile_overlays_params_and_overrides_win(toy_profiles):
+    cfg = resolve_section(ToyConfig, {"profile": "full", "train": {"epochs": 3, "lr": 0.5}})
+    assert cfg.train.epochs == 50 and cfg.mode == "b"       # profile beats params.yaml values
+    assert cfg.train.lr == 0.5                               # untouched by the profile
+    cfg = resolve_section(ToyConfig, {"train": {"epochs": 3}}, {"profile": "full", "train": {"epochs": 7}})
+    assert cfg.train.epochs == 7                             # explicit override beats the profile
+
+
+def test_profile_in_model_validation_for_deployments(toy_profiles):
+    # a Prefect deployment passes config={"profile": "full", ...}; the model applies the profile
+    cfg = ToyConfig.model_validate({"profile": "full", "seed": 4})
+    assert cfg.train.epochs == 50 and cfg.seed == 4
+
+
+def test_unknown_profile_is_rejected():
+    with pytest.raises(ConfigError) as err:
+        resolve_section(ToyConfig, {"profile": "huge"})
+    assert "toy.profile" in str(err.value) or "huge" in str(err.value)
+
+
+@pytest.mark.parametrize("item,expected", [
+    ("train.epochs=3", {"train": {"epochs": 3}}),
+    ("mode=b", {"mode": "b"}),
+    ("train.lr=1e-2", {"train": {"lr": 0.01}}),
+    ("sizes=[1, 2]", {"sizes": [1, 2]}),
+])
+def test_parse_override(item, expected):
+    assert parse_override(item) == expected
+
+
+@pytest.mark.parametrize("bad", ["epochs", "=3", "train..epochs=3"])
+def test_parse_override_rejects_malformed(bad):
+    with pytest.raises(ConfigError):
+        parse_override(bad)
+
+
+def test_flat_dict_for_trackers():
+    flat = ToyConfig().to_flat_dict()
+    assert flat["train.epochs"] == 2 and flat["profile"] == "quick"

@@ -1,0 +1,93 @@
+"""The report stage on fixture metrics: one table per paper, targets judged, figures written."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tasks.report import ReportError, build_report, check_target, claim_rows, experiment_description, load_claims
+
+CLAIMS = """\
+title: A Paper About Speed
+short: SPEEDY
+reference: arXiv 0000.00000
+reproduce: dvc repro speedy_evaluate
+claims:
+  - id: speedup
+    claim: method is at least 2x faster than the baseline
+    paper: 3.1x on 8 GPUs
+    metric: bench.speedup_vs_base
+    baseline: bench.base_ms
+    baseline_label: baseline ms/step
+    unit: x
+    target: ">= 2"
+  - id: error
+    claim: error below 0.1
+    metric: quality.err
+    target: "< 0.1"
+  - id: info
+    claim: informational, no target
+    metric: quality.count
+"""
+
+
+@pytest.fixture
+def fixture_root(tmp_path):
+    (tmp_path / "components" / "speedy").mkdir(parents=True)
+    (tmp_path / "components" / "speedy" / "claims.yaml").write_text(CLAIMS)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "speedy.json").write_text(json.dumps(
+        {"paper": "speedy", "profile": "quick", "bench": {"speedup_vs_base": 2.5, "base_ms": 40.0},
+         "quality": {"err": 0.2, "count": 7}}))
+    plots = tmp_path / "plots" / "speedy"
+    plots.mkdir(parents=True)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [3, 4])
+    fig.savefig(plots / "curve.png")
+    plt.close(fig)
+    return tmp_path
+
+
+def test_report_tables_judge_targets(fixture_root):
+    summary = build_report(fixture_root)
+    assert summary["papers"]["speedy"] == {"claims": 3, "met": 1, "judged": 2}
+    text = (fixture_root / "reports" / "README.md").read_text()
+    assert "## SPEEDY — A Paper About Speed" in text
+    assert "| method is at least 2x faster than the baseline | 3.1x on 8 GPUs | >= 2 | 2.5 x | 40 (baseline ms/step) | yes |" in text
+    assert "| error below 0.1 | — | < 0.1 | 0.2  | — | no |" in text
+    assert (fixture_root / "reports" / "figures" / "claims.png").stat().st_size > 1000
+    assert (fixture_root / "reports" / "figures" / "speedy" / "curve.png").is_file()
+    assert "figures/speedy/curve.png" in text
+
+
+def test_report_without_metrics_says_so(tmp_path):
+    build_report(tmp_path)
+    assert "No metrics found" in (tmp_path / "reports" / "README.md").read_text()
+
+
+def test_missing_metric_is_reported_not_invented(fixture_root):
+    rows = claim_rows(load_claims("speedy", fixture_root), {"bench": {}})
+    assert rows[0]["measured"] is None and rows[0]["met"] is None
+
+
+@pytest.mark.parametrize("value,target,ok", [(2.0, ">= 2", True), (1.99, ">= 2", False), (0.05, "< 0.1", True),
+                                             (float("nan"), ">= 1", False), ("x", ">= 1", None), (3, None, None)])
+def test_check_target(value, target, ok):
+    assert check_target(value, target) is ok
+
+
+def test_bad_claims_file_is_rejected(tmp_path):
+    (tmp_path / "components" / "bad").mkdir(parents=True)
+    (tmp_path / "components" / "bad" / "claims.yaml").write_text("claims:\n  - id: x\n    claim: y\n    metric: z\n    target: 'about 3'\n")
+    with pytest.raises(ReportError, match="target='about 3'"):
+        load_claims("bad", tmp_path)
+
+
+def test_experiment_description_lists_claims(fixture_root):
+    md = experiment_description("speedy", fixture_root)
+    assert md.startswith("# SPEEDY: A Paper About Speed") and "**speedup**" in md and "dvc repro speedy_evaluate" in md

@@ -1,0 +1,93 @@
+"""A flow run under Prefect's test harness logs to a temporary MLflow store: experiment with a
+description, one parent run (params, tags, stage timings), nested runs, metrics and artifacts."""
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+import pytest
+from prefect import flow
+
+from components.base import ComponentConfig, ConfigError
+from tasks.io import atomic_dir, write_json
+from tasks.pipeline import StageContext, flow_config, run_paper, stage_task
+from tests.conftest import mlflow_client
+
+
+class DemoConfig(ComponentConfig):
+    paper: ClassVar[str] = "demo"
+    n: int = 3
+
+
+@stage_task
+def data(ctx: StageContext) -> dict:
+    with atomic_dir(ctx.paths.data) as tmp:
+        (tmp / "values.json").write_text(json.dumps(list(range(ctx.config.n))))
+    return {"n": ctx.config.n}
+
+
+@stage_task
+def evaluate(ctx: StageContext) -> dict:
+    values = json.loads((ctx.paths.data / "values.json").read_text())
+    for seed in (0, 1):
+        with ctx.child(f"variant-seed{seed}", params={"seed": seed}, tags={"variant": "m"}) as run:
+            run.log_metrics({"accuracy": 0.5 + 0.1 * seed, "curve": {"loss": 1.0}}, step=1)
+    ctx.log_table([{"variant": "m", "accuracy": 0.55}], "accuracy")
+    write_json(ctx.paths.metrics, {"paper": "demo", "profile": ctx.config.profile, "total": sum(values)})
+    ctx.log_artifact(ctx.paths.metrics)
+    return {"total": sum(values)}
+
+
+@stage_task
+def explode(ctx: StageContext) -> None:
+    raise RuntimeError("boom")
+
+
+@flow(name="demo")
+def demo(config: DemoConfig | None = None, stages: list[str] | None = None) -> dict:
+    cfg = flow_config(DemoConfig, config)
+    return run_paper("demo", cfg, stages, {"data": data, "evaluate": evaluate})
+
+
+@flow(name="demo-fails")
+def demo_fails(config: DemoConfig | None = None) -> dict:
+    return run_paper("demo", flow_config(DemoConfig, config), None, {"data": data, "explode": explode})
+
+
+def test_flow_run_is_recorded(prefect_harness, paperworks_root):
+    out = demo(config=DemoConfig(n=4), stages=["data", "evaluate"])
+    assert out["evaluate"] == {"total": 6}
+    assert json.loads((paperworks_root / "metrics" / "demo.json").read_text())["total"] == 6
+    client = mlflow_client(paperworks_root)
+    exp = client.get_experiment_by_name("demo")
+    assert exp is not None and exp.tags["mlflow.note.content"].startswith("# demo")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == out["_mlflow_run_id"]]
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["n"] == "4" and parent.data.params["profile"] == "quick"
+    tags = parent.data.tags
+    assert tags["prefect_flow_run_id"] not in ("", "none")
+    assert tags["dvc_data_hash"] == "unlocked" and "git_commit" in tags and tags["stages"] == "data,evaluate"
+    assert {"stage_seconds.data", "stage_seconds.evaluate"} <= set(parent.data.metrics)
+    assert {c.data.metrics["accuracy"] for c in children} == {0.5, 0.6}
+    assert children[0].data.metrics["curve.loss"] == 1.0
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config.yaml", "demo.json", "tables"} <= arts
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "tables")} == {"tables/accuracy.csv", "tables/accuracy.md"}
+
+
+def test_failed_stage_marks_run_failed(prefect_harness, paperworks_root):
+    with pytest.raises(RuntimeError, match="boom"):
+        demo_fails(config=DemoConfig())
+    client = mlflow_client(paperworks_root)
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_unknown_stage_is_rejected_before_any_run(prefect_harness, paperworks_root):
+    with pytest.raises(ConfigError, match=r"stages=\['trian'\]: unknown stage; expected a subset of \['data', 'evaluate'\]"):
+        demo(config=DemoConfig(), stages=["trian"])
+    assert not (paperworks_root / "mlflow" / "mlflow.db").exists()
