@@ -23,9 +23,9 @@ PAPERS: dict[str, PaperEntry] = {
                        "VFDA: vicinal feature-statistics augmentation for federated 3D segmentation"),
     "januspipe": PaperEntry("flows.januspipe", ("data", "train", "profile", "pipeline", "simulate"),
                             "JanusPipe: four-phase pipeline-parallel training for conservative MLIPs"),
-    "skrull": PaperEntry("flows.skrull", ("data", "profile", "simulate", "train"),
+    "skrull": PaperEntry("flows.skrull", ("data", "profile", "simulate", "train", "evaluate"),
                          "Skrull: dynamic data scheduling (DACP + GDS) for long-context fine-tuning"),
-    "familyseer": PaperEntry("flows.familyseer", ("data", "tune", "evaluate"),
+    "familyseer": PaperEntry("flows.familyseer", ("data", "tune", "compile", "evaluate"),
                              "FamilySeer: subgraph-family auto-tuning on TVM MetaSchedule"),
 }
 

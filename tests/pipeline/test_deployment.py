@@ -58,8 +58,6 @@ def deployment_env(tmp_path):
     root = tmp_path / "root"
     (root / "infra" / "prefect").mkdir(parents=True)
     spec = (REPO / "infra" / "prefect" / "deployments.yaml").read_text()
-    if os.environ.get("PW_TEST_NO_PAPERS"):
-        spec = spec.replace("papers: all", "papers: []")
     (root / "infra" / "prefect" / "deployments.yaml").write_text(spec)
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     (root / "metrics").mkdir()
@@ -92,8 +90,7 @@ def test_served_deployments_run_and_record_to_mlflow(deployment_env):
     serve = subprocess.Popen([sys.executable, "-m", "flows", "serve"], env=env, cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     procs.append(serve)
-    papers = [] if os.environ.get("PW_TEST_NO_PAPERS") else list(PAPERS)
-    expected = [f"{paper}/{profile}" for paper in papers for profile in ("quick", "full")] + ["report/default"]
+    expected = [f"{paper}/{profile}" for paper in PAPERS for profile in ("quick", "full")] + ["report/default"]
 
     def all_registered() -> bool:
         listing = _deployments(env)
@@ -113,6 +110,22 @@ def test_served_deployments_run_and_record_to_mlflow(deployment_env):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["prefect_flow_run_id"] not in ("", "none")
     assert runs[0].data.metrics["claims_total"] == 0
+
+    # a real paper deployment: the har data stage on a tiny config, recorded as an MLflow parent run
+    from tests.flows.test_har_flow import TINY
+
+    tiny = {"data": TINY["data"], "torch_threads": 1}
+    run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "har/quick",
+                          "-p", f"config={json.dumps(tiny)}", "-p", 'stages=["data"]',
+                          "--watch", "--watch-timeout", "300"],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=360)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Completed" in run.stdout
+    manifest = list((root / "data" / "har").rglob("manifest.json"))
+    assert manifest, "the har data stage wrote no manifest under data/har"
+    exp = client.get_experiment_by_name("har")
+    runs = client.search_runs([exp.experiment_id])
+    assert any(r.info.status == "FINISHED" and r.data.tags.get("stages") == "data" for r in runs)
 
     bad = subprocess.run([str(BIN / "prefect"), "deployment", "run", f"{sorted(PAPERS)[0]}/quick",
                           "-p", 'config={"seed": -1}'], env=env, cwd=REPO, capture_output=True,

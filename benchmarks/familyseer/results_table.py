@@ -1,0 +1,59 @@
+"""Print the README tables of components/familyseer from the evaluate stage's outputs.
+
+    .venv/bin/python benchmarks/familyseer/results_table.py [metrics/familyseer.json] [plots/familyseer/per_model.json]
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def f(v, fmt="{:.3g}"):
+    return "—" if v is None else (fmt.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v))
+
+
+def main() -> int:
+    m = json.load(open(sys.argv[1] if len(sys.argv) > 1 else "metrics/familyseer.json"))
+    per = json.load(open(sys.argv[2] if len(sys.argv) > 2 else "plots/familyseer/per_model.json"))
+    print(f"profile: {m['profile']}\n")
+    print("**Search-time speed-up over `gradient`** (seed-mean curves, cut at the budget; `>` = never reached)\n")
+    print("| model | tasks | budget | policy | baseline trials to its final latency | policy trials | speed-up (trials) | speed-up (wall) | at 90 % (trials) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for model, d in per.items():
+        for key, s in d["speedup"].items():
+            if key.endswith("_at90"):
+                continue
+            s90 = d["speedup"].get(f"{key}_at90", {})
+            mt = s["method_trials"] if s["reached"] else f"> {d['budget']}"
+            print(f"| {model} | {d['tasks']} | {d['budget']} | {key} | {s['baseline_trials']} | {mt} | "
+                  f"{f(s['speedup_trials'], '{:.2f}')} | {f(s['speedup_wall'], '{:.2f}')} | {f(s90.get('speedup_trials'), '{:.2f}')} |")
+    print("\n**Final best weighted latency at the budget** (tuning estimate, mean of seeds, us)\n")
+    pols = sorted({p for d in per.values() for p in d["final_latency_us"]})
+    print("| model | " + " | ".join(pols) + " |")
+    print("|---" * (len(pols) + 1) + "|")
+    for model, d in per.items():
+        print(f"| {model} | " + " | ".join(f(d["final_latency_us"].get(p), "{:.1f}") for p in pols) + " |")
+    print("\n**End-to-end latency** (Relax VM / PyTorch eager, p50 ms; tuned = median over seeds)\n")
+    print("| model | build | p50 (ms) | p99 (ms) | vs untuned | vs PyTorch |")
+    print("|---|---|---|---|---|---|")
+    for model, d in per.items():
+        for build, v in d["latency"].items():
+            print(f"| {model} | {build} | {f(v.get('latency_ms_p50'), '{:.3f}')} | {f(v.get('latency_ms_p99'), '{:.3f}')} | "
+                  f"{f(v.get('speedup_vs_untuned'), '{:.1f}x')} | {f(v.get('speedup_vs_pytorch'), '{:.2f}x')} |")
+    print("\n**Cost-model ranking quality** (held-out pairwise accuracy, leave-one-seed-out)\n")
+    print("| model | op family | members | held-out pairs | global model | family model |")
+    print("|---|---|---|---|---|---|")
+    for model, d in per.items():
+        for fam, r in d["cost_model"]["families"].items():
+            print(f"| {model} | {fam} | {len(r['members'])} | {r['pairs']} | {f(r['global_accuracy'], '{:.3f}')} | "
+                  f"{f(r['family_accuracy'], '{:.3f}')} |")
+    print("\n**Headline metrics**\n")
+    for k in ("search_speedup", "final_latency", "cost_model", "timing"):
+        flat = {kk: vv for kk, vv in m[k].items() if not isinstance(vv, dict)}
+        print(f"- {k}: " + ", ".join(f"{kk} = {f(vv)}" for kk, vv in flat.items()))
+    print(f"- latency.speedup_tuned_vs_untuned_min = {f(m['latency']['speedup_tuned_vs_untuned_min'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Motion-extraction latency vs resolution: TV-L1 / Farnebäck / DIS flow of one chunk (5 pairs)
+against one IMFE pass (onnxruntime and torch), measured side by side on the same chunks.
+
+Latency does not depend on trained weights, so IMFE is built at each resolution with the
+quick-profile widths (the network is tied to its input size) and random weights. Writes
+``benchmarks/results/har_latency.json``.
+
+    .venv/bin/python benchmarks/har/bench_latency.py [--sizes 48 64 96 128] [--chunks 4] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[48, 64, 96, 128])
+    p.add_argument("--chunks", type=int, default=4, help="chunks timed per size (after one warm-up pass)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "har_latency.json"))
+    args = p.parse_args()
+
+    import cv2
+    import torch
+
+    from components.har.chunks import rgb_tensor, split_chunks
+    from components.har.config import HarConfig
+    from components.har.data import clip_rng, render_clip
+    from components.har.imfe import ImfeNet, export_onnx, onnx_session
+    from components.har.opticalflow import FLOW_METHODS, chunk_flow, make_flow_fn, to_gray
+
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    base = HarConfig()
+    fns = {m: make_flow_fn(m, base.opticalflow) for m in FLOW_METHODS}
+    results = []
+    for size in args.sizes:
+        dcfg = base.data.model_copy(update={"height": size, "width": size, "frames_per_clip": 6 * args.chunks})
+        chunks = split_chunks(render_clip("arm_circle_cw", clip_rng(0, "test", size), dcfg), 6)
+        torch.manual_seed(0)
+        net = ImfeNet(size, size, 6, base.streams.widths[-1], base.imfe).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            sess = onnx_session(export_onnx(net, Path(tmp) / "imfe.onnx"), args.threads)
+            times: dict[str, list[float]] = {k: [] for k in (*FLOW_METHODS, "imfe_onnx", "imfe_torch")}
+            for rep in range(2):
+                for c in chunks:
+                    gray, x = to_gray(c), rgb_tensor(c[None])
+                    sample = {}
+                    for m in FLOW_METHODS:
+                        t0 = time.perf_counter()
+                        chunk_flow(gray, fns[m], base.opticalflow.bound)
+                        sample[m] = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    sess.run(["motion_feature"], {"frames": x.numpy()})
+                    sample["imfe_onnx"] = time.perf_counter() - t0
+                    with torch.no_grad():
+                        t0 = time.perf_counter()
+                        net(x)
+                        sample["imfe_torch"] = time.perf_counter() - t0
+                    if rep:
+                        for k, v in sample.items():
+                            times[k].append(v)
+        ms = {k: 1000 * float(np.median(v)) for k, v in times.items()}
+        row = {"size": size, "ms_per_chunk_p50": ms, "speedup_imfe_vs_tvl1": ms["tvl1"] / ms["imfe_onnx"],
+               "speedup_imfe_torch_vs_tvl1": ms["tvl1"] / ms["imfe_torch"]}
+        results.append(row)
+        print(f"{size:>4}px  " + "  ".join(f"{k} {v:8.2f} ms" for k, v in ms.items())
+              + f"  speedup(onnx) {row['speedup_imfe_vs_tvl1']:.0f}x", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": "har_latency", "threads": args.threads, "chunks": args.chunks,
+               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+               "tvl1": base.opticalflow.tvl1.model_dump(by_alias=True), "results": results}
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

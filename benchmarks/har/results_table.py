@@ -1,0 +1,18 @@
+"""Print the README tables of components/har from metrics/har.json (the har_evaluate stage's output).
+
+    .venv/bin/python benchmarks/har/results_table.py [metrics/har.json]
+"""
+import json, sys
+m = json.load(open(sys.argv[1] if len(sys.argv) > 1 else "metrics/har.json"))
+acc = m["accuracy"]; lat = m["latency"]; st = m["stream"]
+print("| motion source | online accuracy (%) | clip accuracy (%) | motion feature per chunk, p50 (ms) |")
+print("|---|---|---|---|")
+for s, name in [("tvl1","TV-L1 + flow CNN"),("farneback","Farnebäck + flow CNN"),("dis","DIS + flow CNN"),("imfe","IMFE (onnxruntime)"),("rgb","RGB only")]:
+    if s not in acc: continue
+    a = acc[s]
+    ms = lat.get(f"{s}_feature_ms_p50") if s not in ("imfe","rgb") else (lat["imfe_ms_p50"] if s=="imfe" else 0.0)
+    print(f"| {name} | {100*a['online_accuracy']:.1f} ± {100*a['online_accuracy_std']:.1f} | {100*a['clip_accuracy']:.1f} | {ms:.2f} |")
+print()
+print("latency:", json.dumps({k: round(v,3) if isinstance(v,float) else v for k,v in lat.items()}, indent=0))
+print("stream:", json.dumps(st, indent=0))
+print("imfe:", m["imfe"]); print("teacher:", m["teacher"]); print("profile:", m["profile_seconds"]); print("points:", m["accuracy_points"])

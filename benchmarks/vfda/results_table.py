@@ -1,0 +1,55 @@
+"""Print the README tables of components/vfda from metrics/vfda.json (the vfda_evaluate stage's output).
+
+    .venv/bin/python benchmarks/vfda/results_table.py [metrics/vfda.json]
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedbn": "FedBN"}
+
+
+def label(strategy: str, variant: str, rule: str) -> str:
+    name = NAMES.get(strategy, strategy)
+    if variant == "base":
+        return name
+    if variant == "mixup":
+        return f"{name} + MixUp"
+    if variant == "vfda":
+        return f"{name} + VFDA ({rule})"
+    return f"{name} + VFDA ({variant.split('-', 1)[1]})"
+
+
+def main() -> int:
+    m = json.load(open(sys.argv[1] if len(sys.argv) > 1 else "metrics/vfda.json"))
+    rule = m["vfda_rule"]
+    insts = list(next(iter(next(iter(m["dice"].values())).values()))["per_institute"])
+    print(f"Dice (%), mean over {m['seeds']} seeds; held-in = macro mean of the institutes' local test sets; "
+          f"{m['rounds']} rounds; profile {m['profile']}")
+    print()
+    print("| method | " + " | ".join(insts) + " | held-in | held-out |")
+    print("|---|" + "---|" * (len(insts) + 2))
+    for strategy, variants in m["dice"].items():
+        order = sorted(variants, key=lambda v: (["base", "mixup", "vfda"].index(v) if v in ("base", "mixup", "vfda") else 3, v))
+        for v in order:
+            d = variants[v]
+            cells = [f"{100 * d['per_institute'][i]:.2f}" for i in insts]
+            print(f"| {label(strategy, v, rule)} | " + " | ".join(cells) +
+                  f" | {100 * d['held_in']:.2f} ± {100 * d['held_in_std']:.2f} | {100 * d['held_out']:.2f} ± {100 * d['held_out_std']:.2f} |")
+    print()
+    print("| vs. base strategy | Δ held-in (pp) | seeds improved | Δ held-out (pp) | seeds improved |")
+    print("|---|---|---|---|---|")
+    for strategy, variants in m["gain"].items():
+        for v, g in variants.items():
+            print(f"| {label(strategy, v, rule)} | {100 * g['held_in']:+.2f} ± {100 * g['held_in_std']:.2f} | "
+                  f"{g['held_in_seeds_improved']}/{g['seeds']} | {100 * g['held_out']:+.2f} ± {100 * g['held_out_std']:.2f} | "
+                  f"{g['held_out_seeds_improved']}/{g['seeds']} |")
+    print()
+    t = m["timing"]
+    print("timing (s):", json.dumps({k: round(v, 1) for k, v in t.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

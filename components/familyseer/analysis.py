@@ -1,0 +1,235 @@
+"""What the evaluation reports: search-time speed-up and cost-model ranking quality.
+
+**Search-time speed-up** (the artifact's ``scripts/process_data.py`` metric). For each policy the
+seeds' best-weighted-latency curves (``sum_i weight_i x best_i`` after every trial) are averaged on
+the trial axis. ``L*`` is the baseline's final latency. The baseline needs ``t_base`` trials to first
+reach ``L*``; the method needs ``t_method``; speed-up = ``t_base / t_method`` (and the same on the
+wall-clock axis, the mean wall time at those trial counts). At the x% level the threshold is
+``L0 - x (L0 - L*)`` with ``L0`` the baseline's first complete latency. A method that never reaches
+the threshold gets ``t_base / (its last trial)`` — an upper bound — and ``reached = False``. All curves
+are cut at the budget (a policy's last round may overshoot it; those trials are not counted).
+
+**Cost-model quality.** Measured records of a model (all runs, all policies) are split by seed:
+records of seed ``s`` are held out, a global XGBoost model (all tasks) and one XGBoost model per
+family are trained on the other seeds' records, and both rank the held-out candidates of each task.
+Score: pairwise ranking accuracy (share of held-out pairs of the same task with different measured
+latency that the model orders correctly), pooled per family over tasks and folds.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from components.familyseer.scheduler import FAILED_MS, trajectory
+
+
+# --------------------------------------------------------------------------------------------------
+# curves and search-time speed-up
+
+
+def run_curve(run: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(best weighted latency in ms, wall seconds) after each trial of a run; inf before every task is
+    measured. Runs can overshoot their budget by part of a round: callers cut curves at the budget."""
+    curve = trajectory(run["trials"], run["weights"])
+    lat = np.asarray(curve.latency_ms, dtype=float)
+    return np.minimum.accumulate(lat) if lat.size else lat, np.asarray(curve.wall_s, dtype=float)
+
+
+def mean_curve(runs: Sequence[Mapping[str, Any]], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Seed-mean latency and wall-time curves on the trial grid 1..length (runs hold their last value)."""
+    curves = [run_curve(r) for r in runs]
+    length = length or max(len(c[0]) for c in curves)
+    lat = np.full((len(curves), length), np.inf)
+    wall = np.zeros((len(curves), length))
+    for k, (y, t) in enumerate(curves):
+        m = min(len(y), length)
+        lat[k, :m], wall[k, :m] = y[:m], t[:m]
+        if m < length and m > 0:
+            lat[k, m:], wall[k, m:] = y[m - 1], t[m - 1]
+    return lat.mean(axis=0), wall.mean(axis=0)
+
+
+def first_reach(curve: np.ndarray, threshold: float, rel_tol: float = 1e-9) -> int | None:
+    """1-based trial at which ``curve`` first is <= threshold (None if never)."""
+    hit = np.nonzero(curve <= threshold * (1 + rel_tol))[0]
+    return int(hit[0]) + 1 if hit.size else None
+
+
+@dataclass
+class SpeedUp:
+    level: float             # 1.0 = reach the baseline's final latency, 0.9 = 90 % of its improvement
+    threshold_ms: float
+    baseline_trials: int
+    method_trials: int | None
+    speedup_trials: float
+    baseline_wall_s: float
+    method_wall_s: float | None
+    speedup_wall: float
+    reached: bool
+
+
+def search_speedup(baseline: Sequence[Mapping[str, Any]], method: Sequence[Mapping[str, Any]],
+                   level: float = 1.0, budget: int | None = None) -> SpeedUp | None:
+    """Speed-up of ``method`` over ``baseline`` (lists of runs, one per seed) within ``budget`` trials
+    (default: each curve's full length); None if the baseline never measured every task."""
+    b_lat, b_wall = mean_curve(baseline, budget)
+    m_lat, m_wall = mean_curve(method, budget)
+    finite = np.isfinite(b_lat)
+    if not finite.any():
+        return None
+    final = float(b_lat[-1])
+    start = float(b_lat[finite][0])
+    threshold = start - level * (start - final)
+    t_base = first_reach(b_lat, threshold)
+    assert t_base is not None
+    t_meth = first_reach(m_lat, threshold)
+    reached = t_meth is not None
+    t_eff = t_meth if reached else len(m_lat)
+    w_base = float(b_wall[t_base - 1])
+    w_meth = float(m_wall[t_eff - 1])
+    return SpeedUp(level, threshold, t_base, t_meth, t_base / t_eff, w_base, w_meth if reached else None,
+                   w_base / w_meth if w_meth > 0 else float("nan"), reached)
+
+
+# --------------------------------------------------------------------------------------------------
+# cost-model ranking quality
+
+
+def pairwise_accuracy(scores: Sequence[float], latencies: Sequence[float]) -> tuple[int, int]:
+    """(correctly ordered pairs, pairs) over pairs with different latencies: a higher score must mean a
+    lower latency (MetaSchedule's cost models predict normalized throughput)."""
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(latencies, dtype=float)
+    ds = s[:, None] - s[None, :]
+    dy = y[None, :] - y[:, None]  # > 0 where i is faster than j
+    mask = np.triu(dy != 0, k=1)
+    correct = (np.sign(ds) == np.sign(dy)) & mask
+    return int(correct.sum()), int(mask.sum())
+
+
+@dataclass
+class Record:
+    task: str
+    seed: int
+    key: str        # trace text, for de-duplication
+    latency_ms: float
+    record: Any     # TuningRecord
+    _candidate: Any = None
+
+    @property
+    def candidate(self) -> Any:
+        """The record as a MeasureCandidate (its trace applied to the workload), built once."""
+        if self._candidate is None:
+            self._candidate = self.record.as_measure_candidate()
+        return self._candidate
+
+
+def load_records(run_dirs: Sequence[tuple[int, Any]], task_of_workload: Mapping[str, str]) -> list[Record]:
+    """Valid measured records of the given runs ``(seed, run_dir)``, de-duplicated per seed."""
+    from tvm.s_tir.meta_schedule.utils import shash2hex
+
+    from components.familyseer.latency import load_database
+
+    out: list[Record] = []
+    seen: set[tuple[int, str, str]] = set()
+    for seed, run_dir in run_dirs:
+        for rec in load_database(run_dir).get_all_tuning_records():
+            secs = [float(s) for s in (rec.run_secs or [])]
+            if not secs or min(secs) <= 0 or float(np.median(secs)) * 1e3 >= FAILED_MS:
+                continue
+            task = task_of_workload.get(shash2hex(rec.workload.mod))
+            if task is None:
+                continue
+            key = str(rec.trace.as_json())
+            if (seed, task, key) in seen:
+                continue
+            seen.add((seed, task, key))
+            out.append(Record(task, int(seed), key, float(np.median(secs)) * 1e3, rec))
+    return out
+
+
+def ranking_quality(records: Sequence[Record], contexts: Mapping[str, Any], family_of_task: Mapping[str, str],
+                    make_model: Any, min_test: int = 8) -> dict[str, Any]:
+    """Leave-one-seed-out pairwise ranking accuracy of per-family vs global models.
+
+    ``contexts``: task name -> TuneContext (for feature extraction); ``make_model(members, samples)``
+    returns a fresh cost model shared by ``members`` tasks that trains once it holds ``samples`` samples.
+    """
+    from tvm.s_tir.meta_schedule.runner import RunnerResult
+
+    seeds = sorted({r.seed for r in records})
+    tasks = sorted({r.task for r in records})
+    folds = seeds if len(seeds) > 1 else []
+    pairs = {"global": {}, "family": {}}  # kind -> family -> [correct, total]
+    per_task: dict[str, dict[str, list[int]]] = {}
+
+    def train(model: Any, train_records: Sequence[Record], task_names: Sequence[str]) -> None:
+        for t in task_names:
+            recs = [r for r in train_records if r.task == t]
+            if recs:
+                model.update(contexts[t], [r.candidate for r in recs],
+                             [RunnerResult([r.latency_ms / 1e3], None) for r in recs])
+
+    for held in folds:
+        train_recs = [r for r in records if r.seed != held]
+        train_keys = {(r.task, r.key) for r in train_recs}
+        test = [r for r in records if r.seed == held and (r.task, r.key) not in train_keys]
+        global_model = make_model(len(tasks), len(train_recs))
+        train(global_model, train_recs, tasks)
+        fam_models: dict[str, Any] = {}
+        for fam in sorted(set(family_of_task[t] for t in tasks)):
+            members = [t for t in tasks if family_of_task[t] == fam]
+            fam_models[fam] = make_model(len(members), sum(1 for r in train_recs if r.task in members))
+            train(fam_models[fam], train_recs, members)
+        for t in tasks:
+            recs = [r for r in test if r.task == t]
+            if len(recs) < min_test:
+                continue
+            cands = [r.candidate for r in recs]
+            lat = [r.latency_ms for r in recs]
+            fam = family_of_task[t]
+            for kind, model in (("global", global_model), ("family", fam_models[fam])):
+                if getattr(model, "booster", True) is None:  # nothing to train on for this family
+                    continue
+                c, n = pairwise_accuracy(model.predict(contexts[t], cands), lat)
+                acc = pairs[kind].setdefault(fam, [0, 0])
+                acc[0] += c
+                acc[1] += n
+                tacc = per_task.setdefault(t, {}).setdefault(kind, [0, 0])
+                tacc[0] += c
+                tacc[1] += n
+
+    def ratio(cn: Sequence[int]) -> float | None:
+        return cn[0] / cn[1] if cn[1] else None
+
+    families = {}
+    for fam in sorted(set(pairs["global"]) | set(pairs["family"])):
+        g, f = pairs["global"].get(fam, [0, 0]), pairs["family"].get(fam, [0, 0])
+        families[fam] = {"members": sorted(t for t in tasks if family_of_task[t] == fam),
+                         "pairs": int(f[1]), "global_accuracy": ratio(g), "family_accuracy": ratio(f)}
+    tot = {k: [sum(v[0] for v in pairs[k].values()), sum(v[1] for v in pairs[k].values())] for k in pairs}
+    return {"folds": len(folds), "records": len(records), "families": families,
+            "global_accuracy": ratio(tot["global"]), "family_accuracy": ratio(tot["family"]),
+            "per_task": {t: {k: ratio(v) for k, v in d.items()} for t, d in per_task.items()}}
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses/numpy -> JSON types; non-finite floats -> None."""
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: to_jsonable(getattr(obj, k)) for k in obj.__dataclass_fields__}
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(to_jsonable(obj), indent=2, allow_nan=False)

@@ -1,0 +1,256 @@
+"""The evaluate stage's computation: numbers, tables and figures from the stored runs and latencies.
+
+Pure library code (no MLflow/Prefect): the flow logs what :func:`evaluate_all` returns.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from components.familyseer.analysis import (load_records, mean_curve, ranking_quality, run_curve,
+                                            search_speedup, to_jsonable)
+from components.familyseer.config import FamilySeerConfig
+from components.familyseer.family import make_family_group
+from components.familyseer.tuning import load_run
+
+
+def _median(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None and np.isfinite(x)]
+    return float(np.median(xs)) if xs else None
+
+
+def _mean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None and np.isfinite(x)]
+    return float(np.mean(xs)) if xs else None
+
+
+def _ranking_for_model(cfg: FamilySeerConfig, zoo_dir: Path, name: str, run_dirs: list[tuple[int, Path]],
+                       tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    from tvm.s_tir.meta_schedule import TuneContext
+
+    from components.familyseer.cost_model import make_xgb
+    from components.familyseer.zoo import extract_tasks, load_model, make_target
+
+    model = load_model(zoo_dir, name)
+    target = make_target(cfg.tune.target_cores)
+    extracted, infos = extract_tasks(model.fused, target, bool(model.manifest.get("complex_tasks_only", True)))
+    contexts = {info.name: TuneContext(mod=t.dispatched[0], target=target, task_name=info.name)
+                for t, info in zip(extracted, infos)}
+    task_of_workload = {info.structural_hash: info.name for info in infos}
+    groups = make_family_group(tasks, "op")
+    family_of_task = {tasks[i]["name"]: fam for fam, members in groups.items() for i in members}
+    records = load_records(run_dirs, task_of_workload)
+    cm = cfg.tune.cost_model.model_copy(update={"adaptive_training": False})
+
+    def make_model(members: int, samples: int):
+        # the same XGBModel settings as in tuning; trains once, when all its training samples are in
+        model = make_xgb(cm, members, cfg.tune.trials_per_round, cm.threads)
+        model.num_warmup_samples = max(int(samples), 1)
+        return model
+
+    return ranking_quality(records, contexts, family_of_task, make_model, min_test=cfg.evaluate.ranking_min_records)
+
+
+def _plot_curves(name: str, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], baseline: str,
+                 path_trials: Path, path_wall: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for path, axis in ((path_trials, "trials"), (path_wall, "wall")):
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        for policy, (lat, wall) in curves.items():
+            ok = np.isfinite(lat)
+            x = np.arange(1, lat.size + 1)[ok] if axis == "trials" else wall[ok]
+            ax.step(x, lat[ok] * 1e3, where="post", label=policy, lw=2.2 if policy != baseline else 1.6)
+        ax.set_xlabel("measured trials" if axis == "trials" else "tuning wall time (s)")
+        ax.set_ylabel("best weighted latency (us), seed mean")
+        ax.set_title(f"{name}: best latency vs {'trials' if axis == 'trials' else 'wall time'}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+
+def _plot_bars(path: Path, title: str, labels: list[str], series: Mapping[str, list[float | None]],
+               ylabel: str, ref: float | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 2), 4.0))
+    width = 0.8 / max(len(series), 1)
+    for k, (label, vals) in enumerate(series.items()):
+        xs = np.arange(len(labels)) + k * width
+        ax.bar(xs, [v if v is not None else 0.0 for v in vals], width, label=label)
+    ax.set_xticks(np.arange(len(labels)) + width * (len(series) - 1) / 2)
+    ax.set_xticklabels(labels, rotation=20, ha="right")
+    if ref is not None:
+        ax.axhline(ref, color="black", lw=1)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, str, int], Path],
+                 latency: Mapping[str, Any], plots: Path, run_seed: Callable[[int], int] = lambda s: s,
+                 progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Everything the evaluate stage reports; writes figures and CSVs into ``plots``."""
+    ev, tc = cfg.evaluate, cfg.tune
+    per_model: dict[str, Any] = {}
+    tables: dict[str, list[dict[str, Any]]] = {"search_speedup": [], "latency": [], "cost_model_ranking": [],
+                                               "final_latency": []}
+    policy_summary: dict[str, dict[str, float]] = {p: {} for p in tc.policies}
+    for name in cfg.zoo.models:
+        manifest = json.loads((zoo_dir / name / "tasks.json").read_text())
+        tasks = manifest["tasks"]
+        runs = {p: [load_run(run_dir(name, p, s)) for s in tc.seeds] for p in tc.policies}
+        budget = min(r["budget"] for rs in runs.values() for r in rs)
+        curves = {p: mean_curve(rs, budget) for p, rs in runs.items()}
+        _plot_curves(name, curves, ev.baseline, plots / f"curve_trials_{name}.png", plots / f"curve_wall_{name}.png")
+        length = max(c[0].size for c in curves.values())
+        with open(plots / f"curve_{name}.csv", "w") as fh:
+            fh.write("trial," + ",".join(f"{p}_us" for p in curves) + "\n")
+            for i in range(length):
+                vals = [c[0][min(i, c[0].size - 1)] * 1e3 for c in curves.values()]
+                fh.write(f"{i + 1}," + ",".join(f"{v:.4f}" if np.isfinite(v) else "" for v in vals) + "\n")
+
+        model_out: dict[str, Any] = {"tasks": len(tasks), "budget": budget, "speedup": {}, "final_latency_us": {}}
+        for p in tc.policies:
+            if p == ev.baseline:
+                continue
+            for level in (1.0, 0.9):
+                sp = search_speedup(runs[ev.baseline], runs[p], level, budget)
+                if sp is None:
+                    continue
+                key = f"{p}" if level == 1.0 else f"{p}_at90"
+                model_out["speedup"][key] = to_jsonable(sp)
+                tables["search_speedup"].append({
+                    "model": name, "policy": p, "level": level, "baseline_trials": sp.baseline_trials,
+                    "method_trials": sp.method_trials if sp.reached else f"> {len(curves[p][0])}",
+                    "speedup_trials": sp.speedup_trials, "speedup_wall": sp.speedup_wall, "reached": sp.reached})
+        for p in tc.policies:
+            finals = [float(run_curve(r)[0][min(budget, len(r["trials"])) - 1]) for r in runs[p]]  # at the budget
+            model_out["final_latency_us"][p] = _mean([f * 1e3 for f in finals])
+            tables["final_latency"].append({"model": name, "policy": p,
+                                            "final_weighted_latency_us_mean": model_out["final_latency_us"][p],
+                                            "seeds": len(finals),
+                                            "trials_mean": _mean([r["num_trials"] for r in runs[p]]),
+                                            "tuning_wall_s_mean": _mean([r["wall_s"] for r in runs[p]])})
+            policy_summary[p][f"{name}.final_weighted_latency_us"] = model_out["final_latency_us"][p] or float("nan")
+        b, m = model_out["final_latency_us"].get(ev.baseline), model_out["final_latency_us"].get(ev.method)
+        model_out["final_ratio_baseline_over_method"] = (b / m) if (b and m) else None
+
+        # end-to-end latency of the compiled models
+        lat = latency.get(name, {})
+        lat_out: dict[str, Any] = {}
+        for key in ("pytorch_eager", "tvm_untuned"):
+            if key in lat:
+                lat_out[key] = {"latency_ms_p50": lat[key]["latency_ms_p50"], "latency_ms_p99": lat[key]["latency_ms_p99"]}
+        for p in tc.policies:
+            per_seed = lat.get(f"tvm_{p}", {})
+            p50 = [v["latency_ms_p50"] for v in per_seed.values()]
+            lat_out[f"tvm_{p}"] = {"latency_ms_p50": _median(p50), "latency_ms_p50_best": min(p50) if p50 else None,
+                                   "max_abs_err": max((v.get("max_abs_err", 0.0) for v in per_seed.values()), default=None)}
+        untuned = lat_out.get("tvm_untuned", {}).get("latency_ms_p50")
+        torch_ms = lat_out.get("pytorch_eager", {}).get("latency_ms_p50")
+        for p in tc.policies:
+            tuned = lat_out[f"tvm_{p}"]["latency_ms_p50"]
+            if tuned:
+                lat_out[f"tvm_{p}"]["speedup_vs_untuned"] = untuned / tuned if untuned else None
+                lat_out[f"tvm_{p}"]["speedup_vs_pytorch"] = torch_ms / tuned if torch_ms else None
+        model_out["latency"] = lat_out
+        for key, vals in lat_out.items():
+            tables["latency"].append({"model": name, "build": key, **{k: v for k, v in vals.items()}})
+
+        # cost-model ranking quality (op families vs one global model)
+        progress(f"{name}: cost-model ranking quality (leave-one-seed-out over {len(tc.seeds)} seeds)")
+        dirs = [(run_seed(s), run_dir(name, p, s)) for p in tc.policies for s in tc.seeds]
+        rq = _ranking_for_model(cfg, zoo_dir, name, dirs, tasks)
+        model_out["cost_model"] = rq
+        for fam, d in rq["families"].items():
+            tables["cost_model_ranking"].append({"model": name, "family": fam, "members": len(d["members"]),
+                                                 "held_out_pairs": d["pairs"], "global_accuracy": d["global_accuracy"],
+                                                 "family_accuracy": d["family_accuracy"]})
+        per_model[name] = model_out
+        progress(f"{name}: speed-up {model_out['speedup'].get(ev.method, {}).get('speedup_trials')}, "
+                 f"ranking family {rq['family_accuracy']} vs global {rq['global_accuracy']}")
+
+    metrics = _headline(cfg, per_model)
+    # summary figures
+    models = list(per_model)
+    _plot_bars(plots / "search_speedup.png", f"search-time speed-up over {ev.baseline} (trials to its final latency)",
+               models, {p: [per_model[m]["speedup"].get(p, {}).get("speedup_trials") for m in models]
+                        for p in tc.policies if p != ev.baseline}, "speed-up (x)", ref=1.0)
+    fam_rows = tables["cost_model_ranking"]
+    if fam_rows:
+        _plot_bars(plots / "cost_model_ranking.png", "held-out pairwise ranking accuracy",
+                   [f"{r['model']}:{r['family']}" for r in fam_rows],
+                   {"global model": [r["global_accuracy"] for r in fam_rows],
+                    "family model": [r["family_accuracy"] for r in fam_rows]}, "accuracy", ref=0.5)
+    lat_builds = ["pytorch_eager", "tvm_untuned"] + [f"tvm_{p}" for p in tc.policies]
+    _plot_bars(plots / "latency.png", "end-to-end latency p50 (ms)", models,
+               {b: [per_model[m]["latency"].get(b, {}).get("latency_ms_p50") for m in models] for b in lat_builds},
+               "ms")
+    (plots / "per_model.json").write_text(json.dumps(to_jsonable(per_model), indent=2))
+    return {"metrics": to_jsonable(metrics), "tables": to_jsonable(tables), "per_model": to_jsonable(per_model),
+            "policy_summary": policy_summary}
+
+
+def _headline(cfg: FamilySeerConfig, per_model: Mapping[str, Any]) -> dict[str, Any]:
+    ev, tc = cfg.evaluate, cfg.tune
+    sp = [per_model[m]["speedup"].get(ev.method) for m in per_model]
+    sp90 = [per_model[m]["speedup"].get(f"{ev.method}_at90") for m in per_model]
+    trials = [s["speedup_trials"] for s in sp if s]
+    walls = [s["speedup_wall"] for s in sp if s and s["speedup_wall"] is not None]
+    fam_acc = [per_model[m]["cost_model"]["family_accuracy"] for m in per_model]
+    glob_acc = [per_model[m]["cost_model"]["global_accuracy"] for m in per_model]
+    families = [d for m in per_model for d in per_model[m]["cost_model"]["families"].values()
+                if d["family_accuracy"] is not None and d["global_accuracy"] is not None]
+    tuned_vs_untuned = [per_model[m]["latency"].get(f"tvm_{p}", {}).get("speedup_vs_untuned")
+                        for m in per_model for p in tc.policies]
+    tuned_vs_untuned = [x for x in tuned_vs_untuned if x]
+    ratios = [per_model[m]["final_ratio_baseline_over_method"] for m in per_model]
+    metrics: dict[str, Any] = {
+        "search_speedup": {
+            f"speedup_vs_{ev.baseline}_trials_mean": _mean(trials),
+            f"speedup_vs_{ev.baseline}_trials_geomean": float(np.exp(np.mean(np.log(trials)))) if trials else None,
+            f"speedup_vs_{ev.baseline}_wall_mean": _mean(walls),
+            f"speedup_vs_{ev.baseline}_trials_mean_at90": _mean([s["speedup_trials"] for s in sp90 if s]),
+            "models": len(per_model), "models_reached": sum(1 for s in sp if s and s["reached"]),
+            "per_model": {m: {"trials": (s or {}).get("speedup_trials"), "wall": (s or {}).get("speedup_wall"),
+                              "reached": int(bool((s or {}).get("reached"))),
+                              "baseline_trials": (s or {}).get("baseline_trials"),
+                              "method_trials": (s or {}).get("method_trials")}
+                          for m, s in zip(per_model, sp)},
+        },
+        "final_latency": {
+            "ratio_baseline_over_method_mean": _mean(ratios),
+            "per_model_us": {m: per_model[m]["final_latency_us"] for m in per_model},
+        },
+        "cost_model": {
+            "family_accuracy": _mean(fam_acc), "global_accuracy": _mean(glob_acc),
+            "accuracy_gain_pp": (100 * (_mean(fam_acc) - _mean(glob_acc))) if (_mean(fam_acc) is not None
+                                                                              and _mean(glob_acc) is not None) else None,
+            "families_scored": len(families),
+            "families_better": sum(1 for d in families if d["family_accuracy"] > d["global_accuracy"]),
+            "per_model": {m: {fam: {"family": d["family_accuracy"], "global": d["global_accuracy"], "pairs": d["pairs"]}
+                              for fam, d in per_model[m]["cost_model"]["families"].items()} for m in per_model},
+        },
+        "latency": {
+            "speedup_tuned_vs_untuned_min": min(tuned_vs_untuned) if tuned_vs_untuned else None,
+            **{m: {b: {k: v for k, v in d.items() if k in ("latency_ms_p50", "latency_ms_p99", "speedup_vs_untuned",
+                                                           "speedup_vs_pytorch")}
+                   for b, d in per_model[m]["latency"].items()} for m in per_model},
+        },
+    }
+    return metrics

@@ -1,0 +1,137 @@
+"""Compile a model with a tuning database and measure end-to-end latency (Relax VM, PyTorch eager).
+
+- tuned build: the fused module that was tuned + ``MetaScheduleApplyDatabase`` + Relax lowering;
+- untuned build: the same fused module + lowering, no schedules (see :func:`_build`);
+- PyTorch eager: the same weights and inputs under ``torch.inference_mode``.
+
+Latency samples come from ``VirtualMachine.time_evaluator`` (each sample averages runs for at least
+``min_repeat_ms``); p50/p99 are over samples. Every build's output is checked against PyTorch.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.base import InputError
+from components.familyseer.measure import lean_tensor_intrinsics
+
+
+def load_database(run_dir: Path):
+    lean_tensor_intrinsics()
+    from tvm.s_tir import meta_schedule as ms
+
+    paths = [run_dir / "database_workload.json", run_dir / "database_tuning_record.json"]
+    for p in paths:
+        if not p.is_file():
+            raise InputError(f"{p}: missing; expected the MetaSchedule database of a tuning run (run the tune stage)")
+    return ms.database.JSONDatabase(path_workload=str(paths[0]), path_tuning_record=str(paths[1]),
+                                    allow_missing=False)
+
+
+def _build(fused_mod: Any, target: Any, database: Any = None):
+    """Build the *fused* module as it was tuned: (apply the database,) lower, finalize.
+
+    ``relax_integration.compile_relax`` and the default ``tvm.compile`` pipeline re-run legalization and
+    fusion, which on an already fused module produces PrimFuncs that no longer match the tuned
+    workloads (checked: every lookup missed). Both builds here start from the same fused functions that
+    were extracted and tuned, so the only difference between them is the schedules.
+    """
+    lean_tensor_intrinsics()
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu  # the llvm pipeline's own pass lists
+    from tvm.relax.transform import MetaScheduleApplyDatabase
+
+    @tvm.transform.module_pass(opt_level=3)
+    def _pipeline(mod: Any, _ctx: Any) -> Any:
+        if database is not None:
+            mod = MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        return tvm.transform.Sequential(cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
+
+    if database is None:
+        with target, tvm.transform.PassContext(opt_level=3):
+            return relax.build(fused_mod, target=target, relax_pipeline=_pipeline)
+    with target, database, tvm.transform.PassContext(opt_level=3):
+        return relax.build(fused_mod, target=target, relax_pipeline=_pipeline)
+
+
+def applied_schedules(fused_mod: Any, run_dir: Path, target: Any) -> dict[str, bool]:
+    """Which PrimFuncs of ``fused_mod`` get a tuned schedule from a run's database."""
+    lean_tensor_intrinsics()
+    import tvm
+    from tvm.relax.transform import MetaScheduleApplyDatabase
+
+    with target, load_database(run_dir), tvm.transform.PassContext(opt_level=3):
+        applied = MetaScheduleApplyDatabase(enable_warning=False)(fused_mod)
+    return {gv.name_hint: bool(f.attrs and f.attrs.get("tirx.is_scheduled", False))
+            for gv, f in applied.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def compile_tuned(fused_mod: Any, run_dir: Path, target: Any):
+    """The model with the best schedule of every tuned task from a run's database."""
+    return _build(fused_mod, target, load_database(run_dir))
+
+
+def compile_untuned(fused_mod: Any, target: Any):
+    """The same fused model with no schedules (what TVM builds without tuning)."""
+    return _build(fused_mod, target)
+
+
+def _stats(samples_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(samples_s, dtype=float) * 1e3
+    return {"latency_ms_p50": float(np.percentile(ms, 50)), "latency_ms_p99": float(np.percentile(ms, 99)),
+            "latency_ms_mean": float(ms.mean()), "samples": int(ms.size)}
+
+
+def measure_vm(executable: Any, inputs: tuple[Any, ...], repeat: int, min_repeat_ms: int,
+               reference: np.ndarray | None = None) -> dict[str, float]:
+    """Latency of ``main`` in the Relax VM; ``max_abs_err`` against ``reference`` if given."""
+    import tvm
+    from tvm import relax
+
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(executable, dev)
+    args = [tvm.runtime.tensor(np.ascontiguousarray(x.numpy()), dev) for x in inputs]
+    out = vm["main"](*args)
+    out = out[0] if isinstance(out, (list, tuple)) or type(out).__name__ == "Array" else out
+    stats = _stats(list(vm.time_evaluator("main", dev, number=1, repeat=repeat,
+                                          min_repeat_ms=min_repeat_ms)(*args).results))
+    if reference is not None:
+        stats["max_abs_err"] = float(np.max(np.abs(out.numpy() - reference)))
+    return stats
+
+
+def torch_reference(module: Any, inputs: tuple[Any, ...]) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        out = module(*inputs)
+    return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
+
+
+def measure_torch(module: Any, inputs: tuple[Any, ...], repeat: int, min_repeat_ms: int,
+                  threads: int) -> dict[str, float]:
+    """PyTorch eager latency with the same protocol as :func:`measure_vm`."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            module(*inputs)  # warm-up
+            samples = []
+            for _ in range(repeat):
+                n, t0 = 0, time.perf_counter()
+                while True:
+                    module(*inputs)
+                    n += 1
+                    dt = time.perf_counter() - t0
+                    if dt * 1e3 >= min_repeat_ms:
+                        break
+                samples.append(dt / n)
+    finally:
+        torch.set_num_threads(old)
+    return _stats(samples)

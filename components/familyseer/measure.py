@@ -1,0 +1,176 @@
+"""Builder and runner for MetaSchedule on a small CPU, identical for every tuning policy.
+
+Two costs of stock TVM 0.27 dominate a small-budget tuning run on a 2-core machine and have nothing to
+do with the search itself (measured; see the component README):
+
+1. ``import tvm.s_tir.tensor_intrin`` parses ~4,000 lines of TVMScript intrinsics for CUDA, ROCm,
+   Hexagon, ARM, ... (30 s on an idle 2-core machine, minutes on a busy one). ``TuneContext`` and the
+   default build function import it although an ``llvm`` float32 workload uses none of them.
+   :func:`lean_tensor_intrinsics` registers the package without running its ``__init__`` (its
+   submodules stay importable on demand).
+2. ``LocalBuilder`` creates a fresh process pool for *every* batch, so every batch pays a TVM import
+   (plus the intrinsics import above) per worker. :class:`PersistentBuilder` keeps its
+   ``max_workers`` build processes alive across batches (recycled after ``recycle_after`` builds, as
+   a guard against the memory growth that made upstream restart them).
+
+A candidate that fails to build or exceeds ``timeout_sec`` comes back as a ``BuilderResult`` with an
+error message: MetaSchedule records it as a failed trial (latency 1e9) and tuning goes on.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from typing import Any
+
+_INTRIN_PKG = "tvm.s_tir.tensor_intrin"
+
+
+def lean_tensor_intrinsics() -> bool:
+    """Register ``tvm.s_tir.tensor_intrin`` as an empty package (submodules import on demand).
+
+    Returns True if the stub was installed, False if the real package was already imported.
+    Only valid for targets that tensorize with none of the registered intrinsics (plain ``llvm``
+    float32 here); the tuning code calls it only for such targets.
+    """
+    if _INTRIN_PKG in sys.modules:
+        return False
+    import tvm.s_tir  # noqa: F401  (parent package must exist)
+
+    spec = importlib.util.find_spec(_INTRIN_PKG)
+    if spec is None or spec.submodule_search_locations is None:
+        return False
+    module = types.ModuleType(_INTRIN_PKG, "TVM tensor intrinsics (lazy: submodules import on demand)")
+    module.__spec__ = spec
+    module.__path__ = list(spec.submodule_search_locations)
+    module.__file__ = spec.origin
+    module.__package__ = _INTRIN_PKG
+    sys.modules[_INTRIN_PKG] = module
+    sys.modules["tvm.s_tir"].tensor_intrin = module  # type: ignore[attr-defined]
+    return True
+
+
+def target_needs_intrinsics(target: Any) -> bool:
+    """True unless the target is a plain CPU ``llvm`` target (no tensorization features requested)."""
+    import json
+
+    cfg = json.loads(str(target)) if not isinstance(target, dict) else target
+    if str(cfg.get("kind")) != "llvm":
+        return True
+    features = " ".join(str(cfg.get(k, "")) for k in ("mcpu", "mattr")).lower()
+    return any(f in features for f in ("vnni", "avx512", "amx", "neon", "dotprod", "sve"))
+
+
+# --------------------------------------------------------------------------------------------------
+# worker side (runs in the build processes; pickled by value so the workers need not import this repo)
+
+
+def _worker_init() -> None:
+    lean_tensor_intrinsics()
+
+
+def _worker_warmup() -> None:
+    """Import what a build needs, so that the first timed build does not pay for it."""
+    lean_tensor_intrinsics()
+    import tvm.driver  # noqa: F401
+    import tvm.s_tir.transform  # noqa: F401
+
+
+def _worker_build(mod: Any, target: Any) -> str:
+    """MetaSchedule's default build + export, without the tensor-intrinsics import."""
+    lean_tensor_intrinsics()
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_export
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return default_export(tvm_build(mod, target=target))
+
+
+def make_builder(max_workers: int, timeout_sec: float, recycle_after: int = 256):
+    """A MetaSchedule builder that keeps ``max_workers`` build processes alive between batches."""
+    import cloudpickle
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+    @derived_object
+    class PersistentBuilder(PyBuilder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.max_workers = max_workers
+            self.timeout_sec = timeout_sec
+            self._pool: Any = None
+            self._uses = 0
+
+        def _executor(self):
+            if self._pool is None or self._uses >= recycle_after:
+                self.close()
+                self._pool = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_sec,
+                                               initializer=_worker_init)
+                self._uses = 0
+            return self._pool
+
+        def warm_up(self) -> None:
+            """Start every build process now (each imports TVM once) instead of inside the first round."""
+            list(self._executor().map_with_error_catching(lambda _: _worker_warmup(), range(self.max_workers)))
+
+        def close(self) -> None:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+
+        def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
+            pool = self._executor()
+            self._uses += len(build_inputs)
+            results: list[BuilderResult] = []
+            for res in pool.map_with_error_catching(lambda x: _worker_build(*x),
+                                                    [(b.mod, b.target) for b in build_inputs]):
+                if res.status == StatusKind.COMPLETE:
+                    results.append(BuilderResult(res.value, None))
+                elif res.status == StatusKind.TIMEOUT:
+                    results.append(BuilderResult(None, f"build timed out after {self.timeout_sec} s"))
+                else:
+                    results.append(BuilderResult(None, f"build failed: {res.value}"))
+            return results
+
+    return PersistentBuilder()
+
+
+def make_runner(timeout_sec: float, repeat: int, min_repeat_ms: int, cooldown_sec: float = 0.0):
+    """MetaSchedule's LocalRunner (one persistent measurement process, so measurements never overlap)."""
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, LocalRunner
+
+    return LocalRunner(timeout_sec=timeout_sec, cooldown_sec=cooldown_sec, initializer=_worker_init,
+                       evaluator_config=EvaluatorConfig(number=1, repeat=repeat, min_repeat_ms=min_repeat_ms,
+                                                        enable_cpu_cache_flush=False))
+
+
+class Measurer:
+    """The builder and runner shared by every tuning run of a stage (identical for every policy).
+
+    Creating them starts ``builder_workers + 1`` Python processes that each import TVM; sharing them across
+    runs, and starting them before the first run, keeps that start-up out of every run's tuning time.
+    """
+
+    def __init__(self, builder_workers: int, build_timeout_s: float, run_timeout_s: float, repeat: int,
+                 min_repeat_ms: int) -> None:
+        self.key = (builder_workers, build_timeout_s, run_timeout_s, repeat, min_repeat_ms)
+        self.builder = make_builder(builder_workers, build_timeout_s)
+        self.builder.warm_up()
+        self.runner = make_runner(run_timeout_s, repeat, min_repeat_ms)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Measurer":
+        return cls(cfg.builder_workers, cfg.build_timeout_s, cfg.run_timeout_s, cfg.repeat, cfg.min_repeat_ms)
+
+    def close(self) -> None:
+        self.builder.close()
+
+    def __enter__(self) -> "Measurer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

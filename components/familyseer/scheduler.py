@@ -1,0 +1,294 @@
+"""FamilySeer's task scheduler on MetaSchedule's Python hooks, and the trial ledger every policy shares.
+
+:class:`TrialLedger` is a MetaSchedule ``MeasureCallback``: it sees every measured candidate of every
+policy (main rounds through MetaSchedule's own join, foresee rounds through :meth:`_foresee`), and
+counts each one as one trial, failed builds and runs included — the same count MetaSchedule's loop
+uses for ``max_trials_global``. It records the best-latency trajectory that the evaluation compares.
+
+:class:`FamilySeerScheduler` is a ``PyTaskScheduler`` whose ``next_task_id`` is
+
+1. MetaSchedule's gradient rule (``gradient_based.cc``, ported line by line), after a first
+   round-robin pass over all tasks, and
+2. FamilySeer's *foresee* step (artifact: ``TaskScheduler.tune`` / ``_tune_family_task``): when the
+   round of task ``i`` is in, the live sibling of ``i`` with the best gradient gets one short round of
+   ``foresee_trials`` candidates ranked by the just-updated family model (``foresee_random`` of them
+   eps-greedy random picks). It counts toward the global budget but not toward the sibling's own
+   round count (the artifact does not increment ``task_cts``), and it updates the sibling's best
+   latency.
+
+MetaSchedule's C++ loop (``TaskSchedulerNode::Tune``) does the main rounds, so main-round search,
+building, running, database and cost-model updates are byte-for-byte those of the baseline.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+FAILED_MS = 1e9  # MetaSchedule's latency of a failed trial
+
+
+@dataclass
+class Trial:
+    """One measured candidate."""
+
+    index: int           # 1-based trial count after this trial
+    task: int
+    kind: str            # "main" or "foresee"
+    latency_ms: float    # median run time; FAILED_MS if it failed
+    error: str           # "", "build", "run"
+    wall_s: float        # seconds since tuning started, when the result was recorded
+
+
+def task_gradient(history: Sequence[float], best: float, weight: float, alpha: float, window: int) -> float:
+    """MetaSchedule's GradientBased score of one task (``gradient_based.cc``; the largest is tuned next).
+
+    g = alpha * (best[n-1-w] - best) / w + (1 - alpha) * best / n, times the task weight, where
+    ``history`` holds the best latency after each of the task's n main rounds. -1e9 while the task has no
+    valid measurement (skipped, as upstream).
+    """
+    n = len(history)
+    if n == 0 or best >= FAILED_MS:
+        return -1e9
+    g1 = (history[n - 1 - window] - best) / window if n >= 1 + window else 0.0
+    g2 = best / n
+    return (alpha * g1 + (1 - alpha) * g2) * weight
+
+
+def _median_ms(result: Any) -> float:
+    secs = [float(s) for s in (result.run_secs or [])]
+    return float(np.median(secs)) * 1e3 if secs else FAILED_MS
+
+
+def _ledger_class():
+    from components.familyseer.measure import lean_tensor_intrinsics
+
+    lean_tensor_intrinsics()
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class TrialLedger(PyMeasureCallback):
+        """Records every measured candidate (task, latency, error, wall time) in measurement order."""
+
+        def __init__(self, num_tasks: int, progress: Any = None, every: int = 0) -> None:
+            super().__init__()
+            self.progress = progress
+            self.every = int(every)
+            self.trials: list[Trial] = []
+            self.best_ms = [FAILED_MS] * num_tasks
+            self.errors: dict[int, dict[str, Any]] = {}  # task -> build/run failure counts, an example
+            self.kind = "main"
+            self.t0 = time.perf_counter()
+
+        def start(self) -> None:
+            self.t0 = time.perf_counter()
+
+        def apply(self, task_scheduler: Any, task_id: int, measure_candidates: list,
+                  builder_results: list, runner_results: list) -> None:
+            now = time.perf_counter() - self.t0
+            for build, run in zip(builder_results, runner_results):
+                if build.error_msg is not None:
+                    err, ms = "build", FAILED_MS
+                elif run.error_msg is not None:
+                    err, ms = "run", FAILED_MS
+                else:
+                    err, ms = "", _median_ms(run)
+                if err:
+                    rec = self.errors.setdefault(int(task_id), {"build": 0, "run": 0, "example": ""})
+                    rec[err] += 1
+                    rec["example"] = rec["example"] or str(build.error_msg if err == "build" else run.error_msg)[:300]
+                self.best_ms[task_id] = min(self.best_ms[task_id], ms)
+                self.trials.append(Trial(len(self.trials) + 1, int(task_id), self.kind, ms, err, now))
+                if self.progress is not None and self.every and len(self.trials) % self.every == 0:
+                    self.progress(len(self.trials), list(self.best_ms), now)
+
+        @property
+        def num_trials(self) -> int:
+            return len(self.trials)
+
+    return TrialLedger
+
+
+def _scheduler_class():
+    from components.familyseer.measure import lean_tensor_intrinsics
+
+    lean_tensor_intrinsics()
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule import _ffi_api
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+    from tvm.s_tir.meta_schedule.measure_callback import UpdateCostModel
+    from tvm.s_tir.meta_schedule.runner import RunnerInput, RunnerResult
+    from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
+
+    @derived_object
+    class FamilySeerScheduler(PyTaskScheduler):
+        """Gradient task selection + foresee rounds on family siblings (see module docstring).
+
+        Parameters
+        ----------
+        families : family key -> task indices (``family.make_family_group``)
+        ledger : the TrialLedger registered as a measure callback of the same tuning run
+        builder, runner : the builder and runner passed to ``tune`` (foresee rounds use them too)
+        max_trials_global : the budget, counted over main and foresee trials
+        foresee_trials, foresee_random : size of a foresee round and its eps-greedy share
+        alpha, window_size : MetaSchedule's gradient parameters
+        seed : random tie-breaking
+        """
+
+        def __init__(self, families: dict[str, list[int]], ledger: Any, builder: Any, runner: Any,
+                     max_trials_global: int, foresee_trials: int, foresee_random: int,
+                     alpha: float = 0.2, window_size: int = 3, seed: int = 0) -> None:
+            super().__init__()
+            self.families = {k: list(v) for k, v in families.items()}
+            self.family_index = {i: k for k, members in self.families.items() for i in members}
+            self.ledger = ledger
+            self.builder = builder
+            self.runner = runner
+            self.max_trials_global = int(max_trials_global)
+            self.foresee_trials = int(foresee_trials)
+            self.foresee_random = int(foresee_random)
+            self.alpha = float(alpha)
+            self.window_size = int(window_size)
+            self.rng = np.random.default_rng(seed)
+            self.round_robin_rounds = 0
+            self.history: list[list[float]] = []   # best latency after each main round, per task
+            self.rounds: list[int] = []            # main rounds per task (the artifact's task_cts)
+            self.last_main: int | None = None
+            self.foresee_log: list[tuple[int, int, int]] = []  # (after task, sibling, trials)
+
+        # -- helpers --------------------------------------------------------------------------
+        def _sched(self) -> Any:
+            return self._outer()
+
+        def _alive(self, i: int) -> bool:
+            return not bool(self._sched().tasks_[i].is_terminated)
+
+        def _gradient(self, i: int) -> float:
+            # best includes foresee trials (artifact: "update that member's best cost")
+            return task_gradient(self.history[i], self.ledger.best_ms[i],
+                                 float(self._sched().tasks_[i].task_weight), self.alpha, self.window_size)
+
+        def _argmax(self, ids: Sequence[int], grads: Sequence[float]) -> int:
+            if max(grads) == min(grads):
+                return int(ids[int(self.rng.integers(len(ids)))])
+            return int(ids[int(np.argmax(grads))])
+
+        def _join_finished(self) -> None:
+            sched = self._sched()
+            for i in range(len(sched.tasks_)):
+                before = self.ledger.num_trials
+                _ffi_api.TaskSchedulerTouchTask(sched, i)  # joins a finished round (DB, cost model, ledger)
+                if self.ledger.num_trials > before:
+                    self.history[i].append(self.ledger.best_ms[i])
+                    self.rounds[i] += 1
+
+        # -- the foresee step -----------------------------------------------------------------
+        def _foresee(self, task_id: int) -> None:
+            fam = self.family_index.get(task_id)
+            siblings = [j for j in self.families.get(fam, []) if j != task_id and self._alive(j)
+                        and self.history[j]]
+            budget_left = self.max_trials_global - self.ledger.num_trials
+            if not siblings or self.foresee_trials <= 0 or budget_left <= 0:
+                return
+            grads = [self._gradient(j) for j in siblings]
+            j = self._argmax(siblings, grads)
+            sched = self._sched()
+            ctx = sched.tasks_[j].ctx
+            candidates = ctx.search_strategy.generate_measure_candidates()
+            if not candidates:
+                return
+            candidates = list(candidates)
+            k = min(self.foresee_trials, budget_left, len(candidates))
+            # EvolutionarySearch returns [model-ranked bests ..., int(round x eps_greedy) random picks]
+            n_rand = min(self.foresee_random, k)
+            picks = candidates[:k - n_rand] + (candidates[len(candidates) - n_rand:] if n_rand else [])
+            builds = self.builder.build([BuilderInput(c.sch.mod, ctx.target) for c in picks])
+            ok = [i for i, b in enumerate(builds) if b.error_msg is None]
+            futures = self.runner.run([RunnerInput(builds[i].artifact_path, str(ctx.target.kind.name),
+                                                   picks[i].args_info) for i in ok])
+            results: list[Any] = [RunnerResult(None, b.error_msg) for b in builds]
+            for i, fut in zip(ok, futures):
+                results[i] = fut.result()
+            ctx.search_strategy.notify_runner_results(picks, results)
+            self.ledger.kind = "foresee"
+            try:
+                for callback in sched.measure_callbacks_:  # database, artifact removal, ledger
+                    if isinstance(callback, UpdateCostModel):
+                        continue  # needs the task's in-flight candidates: done below instead
+                    callback.apply(sched, j, picks, builds, results)
+            finally:
+                self.ledger.kind = "main"
+            # the family model learns from the foresee round too (update_cost_model.cc's filter)
+            kept = [i for i, (b, r) in enumerate(zip(builds, results)) if b.error_msg is None and (
+                r.error_msg is not None or (r.run_secs is not None and sum(float(s) for s in r.run_secs) > 0))]
+            if sched.cost_model_ is not None:
+                sched.cost_model_.update(ctx, [picks[i] for i in kept], [results[i] for i in kept])
+            self.foresee_log.append((task_id, j, len(picks)))
+
+        # -- MetaSchedule hook ------------------------------------------------------------------
+        def next_task_id(self) -> int:
+            sched = self._sched()
+            n = len(sched.tasks_)
+            if not self.history:
+                self.history = [[] for _ in range(n)]
+                self.rounds = [0] * n
+            if self.round_robin_rounds < n:  # first pass: every task once (as GradientBased)
+                self.round_robin_rounds += 1
+                return self.round_robin_rounds - 1
+            self._join_finished()
+            if self.last_main is not None:
+                self._foresee(self.last_main)
+                self.last_main = None
+            if self.ledger.num_trials >= self.max_trials_global:
+                return -1
+            alive = [i for i in range(n) if self._alive(i)]
+            if not alive:
+                return -1
+            task_id = self._argmax(alive, [self._gradient(i) for i in alive])
+            self.last_main = task_id
+            return task_id
+
+    return FamilySeerScheduler
+
+
+_CLASSES: dict[str, Any] = {}
+
+
+def TrialLedger(num_tasks: int, progress: Any = None, every: int = 0):  # noqa: N802 (an instance)
+    if "ledger" not in _CLASSES:
+        _CLASSES["ledger"] = _ledger_class()
+    return _CLASSES["ledger"](num_tasks, progress, every)
+
+
+def FamilySeerScheduler(*args: Any, **kwargs: Any):  # noqa: N802
+    if "scheduler" not in _CLASSES:
+        _CLASSES["scheduler"] = _scheduler_class()
+    return _CLASSES["scheduler"](*args, **kwargs)
+
+
+@dataclass
+class Trajectory:
+    """Best weighted latency after each trial: sum_i weight_i x best_i (MetaSchedule's 'Total latency')."""
+
+    trials: list[int]
+    wall_s: list[float]
+    latency_ms: list[float]          # inf until every task has a valid measurement
+    per_task_best_ms: list[float] = field(default_factory=list)
+
+
+def trajectory(trials: Sequence[Any], weights: Sequence[float]) -> Trajectory:
+    """The weighted-latency curve of a ledger's trials (dicts or :class:`Trial`)."""
+    best = [FAILED_MS] * len(weights)
+    xs, ts, ys = [], [], []
+    for t in trials:
+        get = (lambda k: t[k]) if isinstance(t, dict) else (lambda k: getattr(t, k))
+        task, ms = int(get("task")), float(get("latency_ms"))
+        best[task] = min(best[task], ms)
+        total = sum(w * b for w, b in zip(weights, best)) if all(b < FAILED_MS for b in best) else float("inf")
+        xs.append(int(get("index")))
+        ts.append(float(get("wall_s")))
+        ys.append(total)
+    return Trajectory(xs, ts, ys, best)

@@ -1,0 +1,256 @@
+"""One tuning run: a model's tasks x one policy x one seed, on MetaSchedule, at a fixed trial budget.
+
+Every policy gets the same tasks, budget (``trials_per_task x tasks`` trials, counted by the shared
+:class:`~components.familyseer.scheduler.TrialLedger`), round size, search strategy settings, builder,
+runner, XGBoost settings and seed. They differ only in what the policy table below says.
+
+A run writes, into ``run_dir`` (atomically: a killed run leaves nothing behind):
+
+- ``database_workload.json``, ``database_tuning_record.json``: MetaSchedule's JSON database of every
+  measured record (what the compile stage applies);
+- ``ledger.json``: every trial in measurement order (task, main/foresee, latency, error, wall time);
+- ``run.json``: fingerprint, policy, seed, families, budget, totals, skipped tasks, timings.
+
+With ``replay`` on, a run whose ``run.json`` fingerprint matches the requested run is read back
+instead of re-measured (see :func:`fingerprint`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from components.base import ConfigError, InputError
+from components.familyseer.config import TuneConfig
+from components.familyseer.family import Grouping, make_family_group
+
+RUN_FILES = ("database_workload.json", "database_tuning_record.json", "ledger.json", "run.json")
+FORMAT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a policy picks tasks and what its cost model is trained on."""
+
+    scheduler: str             # "gradient" | "round-robin" | "familyseer"
+    grouping: Grouping | None  # families sharing a cost model (None: one global model)
+    foresee: bool              # FamilySeer's foresee rounds
+
+
+POLICIES: dict[str, Policy] = {
+    # baselines: MetaSchedule's own schedulers with its single global XGBoost model
+    "gradient": Policy("gradient", None, False),
+    "round_robin": Policy("round-robin", None, False),
+    # FamilySeer (core-operator families) and its ablations
+    "familyseer": Policy("familyseer", "op", True),
+    "familyseer_hash": Policy("familyseer", "hash", True),
+    "familyseer_ind": Policy("familyseer", "ind", True),
+    "familyseer_no_foresee": Policy("familyseer", "op", False),
+}
+
+
+def fingerprint(model_manifest: dict[str, Any], policy: str, seed: int, cfg: TuneConfig) -> str:
+    """What determines a run's records: the tasks, the policy, the seed and every tuning setting
+    except the lists of policies/seeds and the replay switch."""
+    settings = cfg.model_dump(mode="json")
+    for key in ("policies", "seeds", "replay"):
+        settings.pop(key, None)
+    payload = {"version": FORMAT_VERSION, "tasks": [(t["name"], t["structural_hash"], t["weight"])
+                                                    for t in model_manifest["tasks"]],
+               "target": model_manifest.get("target"), "policy": policy, "spec": asdict(POLICIES[policy]),
+               "seed": seed, "settings": settings}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    """``run.json`` + ``ledger.json`` of a finished run (InputError naming a missing/bad file)."""
+    for name in RUN_FILES:
+        if not (run_dir / name).is_file():
+            raise InputError(f"{run_dir / name}: missing; expected a finished tuning run (run the tune stage)")
+    try:
+        run = json.loads((run_dir / "run.json").read_text())
+        run["trials"] = json.loads((run_dir / "ledger.json").read_text())["trials"]
+        for key in ("fingerprint", "policy", "seed", "weights", "budget"):
+            run[key]
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{run_dir}: malformed run record ({type(err).__name__}: {err}); expected run.json "
+                         f"and ledger.json as the tune stage writes them") from None
+    return run
+
+
+def _quiet_metaschedule() -> None:
+    for name in ("tvm.s_tir.meta_schedule", "tvm_ffi"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)  # XGBModel's warm-up predictions draw from numpy's global generator
+
+
+def tune_model(model: Any, policy: str, seed: int, cfg: TuneConfig, run_dir: Path,
+               progress: Callable[[str], None] | None = None, measurer: Any = None) -> dict[str, Any]:
+    """Tune ``model`` (a :class:`zoo.LoadedModel`) with ``policy`` and ``seed``; return the run summary.
+
+    Replays the stored run when ``cfg.replay`` and its fingerprint matches; otherwise measures and
+    replaces ``run_dir`` atomically. ``measurer`` (a :class:`measure.Measurer`) is shared by the runs of
+    a stage; without one, the run starts and stops its own.
+    """
+    if policy not in POLICIES:
+        raise ConfigError(f"familyseer.tune.policies: {policy!r} is unknown; expected one of {sorted(POLICIES)}")
+    say = progress or (lambda msg: None)
+    fp = fingerprint(model.manifest, policy, seed, cfg)
+    if cfg.replay and (run_dir / "run.json").is_file():
+        try:
+            stored = load_run(run_dir)
+        except InputError:
+            stored = None
+        if stored is not None and stored.get("fingerprint") == fp:
+            say(f"{model.name}/{policy}/seed {seed}: replaying {len(stored['trials'])} stored trials "
+                f"(fingerprint {fp})")
+            stored["replayed"] = True
+            return stored
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
+    try:
+        if measurer is None:
+            from components.familyseer.measure import Measurer
+
+            with Measurer.from_config(cfg) as own:
+                summary = _measure(model, policy, seed, cfg, tmp, fp, say, own)
+        else:
+            summary = _measure(model, policy, seed, cfg, tmp, fp, say, measurer)
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        os.replace(tmp, run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary["replayed"] = False
+    return summary
+
+
+def _measure(model: Any, policy: str, seed: int, cfg: TuneConfig, out: Path, fp: str,
+             say: Callable[[str], None], measurer: Any) -> dict[str, Any]:
+    from components.familyseer.measure import lean_tensor_intrinsics, target_needs_intrinsics
+    from components.familyseer.zoo import extract_tasks, make_target
+
+    target = make_target(cfg.target_cores)
+    if not target_needs_intrinsics(target):
+        lean_tensor_intrinsics()
+    from tvm.s_tir import meta_schedule as ms
+
+    from components.familyseer.cost_model import FamilyCostModel, make_xgb
+    from components.familyseer.scheduler import FamilySeerScheduler, TrialLedger, trajectory
+
+    _quiet_metaschedule()
+    _seed_everything(seed)
+    spec = POLICIES[policy]
+    tasks, infos = extract_tasks(model.fused, target, bool(model.manifest.get("complex_tasks_only", True)))
+    expected = [t["name"] for t in model.manifest["tasks"]]
+    if [i.name for i in infos] != expected:
+        raise InputError(f"model {model.name!r}: extracted tasks {[i.name for i in infos]} differ from the "
+                         f"data stage's tasks.json {expected}; re-run the data stage")
+    log_dir = Path(tempfile.mkdtemp(prefix="familyseer-mslogs-"))
+    try:
+        ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks, str(log_dir), strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=cfg.search.population_size, init_min_unmeasured=cfg.search.init_min_unmeasured,
+                genetic_num_iters=cfg.search.genetic_num_iters, eps_greedy=cfg.search.eps_greedy),
+            num_threads=cfg.search_threads, seed=seed)
+        _quiet_metaschedule()
+        # a task whose design space cannot be generated is recorded and skipped, not fatal
+        keep, skipped = [], []
+        for i, ctx in enumerate(ctxs):
+            try:
+                spaces = ctx.space_generator.generate_design_space(ctx.mod)
+                if not spaces:
+                    raise RuntimeError("empty design space")
+                keep.append(i)
+            except Exception as err:  # TVM raises its own error classes
+                skipped.append({"task": infos[i].name, "error": f"{type(err).__name__}: {str(err)[:300]}"})
+        if not keep:
+            raise InputError(f"model {model.name!r}: no task of {expected} can be tuned ({skipped})")
+        ctxs = [ctxs[i] for i in keep]
+        weights = [float(weights[i]) for i in keep]
+        infos = [infos[i] for i in keep]
+        n = len(ctxs)
+        budget = cfg.trials_per_task * n
+        task_dicts = [asdict(t) for t in infos]
+
+        builder, runner = measurer.builder, measurer.runner
+        database = ms.database.JSONDatabase(path_workload=str(out / "database_workload.json"),
+                                            path_tuning_record=str(out / "database_tuning_record.json"),
+                                            allow_missing=True)
+
+        def report(count: int, best: list[float], wall: float) -> None:
+            done = all(b < 1e9 for b in best)
+            total = sum(w * b for w, b in zip(weights, best)) if done else float("nan")
+            say(f"{model.name}/{policy}/seed {seed}: {count}/{budget} trials, weighted latency "
+                f"{total * 1e3:.1f} us, {wall:.0f} s")
+
+        ledger = TrialLedger(n, report, every=max(cfg.trials_per_round * 4, 1))
+        families: dict[str, list[int]] = {}
+        if spec.grouping is None:
+            cost_model = make_xgb(cfg.cost_model, n, cfg.trials_per_round, cfg.cost_model.threads)
+        else:
+            families = make_family_group(task_dicts, spec.grouping)
+            cost_model = FamilyCostModel(
+                {infos[i].name: key for key, members in families.items() for i in members},
+                {key: make_xgb(cfg.cost_model, len(members), cfg.trials_per_round, cfg.cost_model.threads)
+                 for key, members in families.items()})
+        if spec.scheduler == "gradient":
+            scheduler = ms.task_scheduler.GradientBased(alpha=cfg.alpha, window_size=cfg.window_size, seed=seed)
+        elif spec.scheduler == "round-robin":
+            scheduler = ms.task_scheduler.RoundRobin()
+        else:
+            scheduler = FamilySeerScheduler(families, ledger, builder, runner, budget,
+                                            cfg.foresee_trials if spec.foresee else 0, cfg.foresee_random,
+                                            alpha=cfg.alpha, window_size=cfg.window_size, seed=seed)
+        callbacks = list(ms.measure_callback.MeasureCallback.create("default")) + [ledger]
+        say(f"{model.name}/{policy}/seed {seed}: tuning {n} tasks, budget {budget} trials"
+            + (f", families {dict((k, len(v)) for k, v in families.items())}" if families else ""))
+        t0 = time.perf_counter()
+        cpu0 = time.process_time()
+        ledger.start()
+        scheduler.tune(tasks=ctxs, task_weights=weights, max_trials_global=budget,
+                       max_trials_per_task=budget, num_trials_per_iter=cfg.trials_per_round,
+                       builder=builder, runner=runner, measure_callbacks=callbacks,
+                       database=database, cost_model=cost_model)
+        wall = time.perf_counter() - t0
+        cpu_main = time.process_time() - cpu0
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+    trials = [asdict(t) for t in ledger.trials]
+    curve = trajectory(trials, weights)
+    final = curve.latency_ms[-1] if curve.latency_ms else float("inf")
+    summary = {
+        "format": FORMAT_VERSION, "fingerprint": fp, "model": model.name, "policy": policy,
+        "spec": asdict(spec), "seed": seed, "budget": budget, "num_trials": len(trials),
+        "foresee_trials": sum(1 for t in trials if t["kind"] == "foresee"),
+        "tasks": [t.name for t in infos], "weights": weights, "skipped_tasks": skipped,
+        "families": families, "errors": {infos[k].name: v for k, v in ledger.errors.items()},
+        "final_latency_ms": final if np.isfinite(final) else None,
+        "per_task_best_ms": [b if b < 1e9 else None for b in curve.per_task_best_ms],
+        "wall_s": wall, "cpu_main_s": cpu_main, "settings": cfg.model_dump(mode="json"),
+        "foresee_log": [{"after": infos[a].name, "sibling": infos[b].name, "trials": k}
+                        for a, b, k in getattr(scheduler, "foresee_log", [])],
+        "cost_model_updates": dict(getattr(cost_model, "updates", {})) if families else {},
+    }
+    (out / "ledger.json").write_text(json.dumps({"trials": trials}))
+    (out / "run.json").write_text(json.dumps(summary, indent=2))
+    summary["trials"] = trials
+    say(f"{model.name}/{policy}/seed {seed}: {len(trials)} trials in {wall:.0f} s, final weighted latency "
+        f"{(final * 1e3) if np.isfinite(final) else float('nan'):.1f} us")
+    return summary

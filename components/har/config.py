@@ -1,0 +1,172 @@
+"""Parameters of the RT-HARE / IMFE component (the schema of the ``har`` section of params.yaml).
+
+Defaults are the quick profile (48x48 clips, a few minutes on an idle 2-core CPU);
+``profiles/full.yaml`` holds the paper-scale overrides.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from components.base import ComponentConfig
+from components.har.figures import ACTIONS
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    source: Literal["synthetic", "ucf101"] = Field(
+        "synthetic", description="synthetic = the procedural stick-figure generator; ucf101 = a folder "
+                                 "of <Class>/<video> files given by ucf101_root")
+    ucf101_root: str | None = Field(None, description="root of a dataset in UCF101 folder layout (source=ucf101)")
+    ucf101_split: int = Field(1, ge=1, le=3, description="official split number when ucfTrainTestlist/ exists")
+    classes: list[str] = Field(list(ACTIONS), min_length=2,
+                               description="synthetic action classes (a subset of the generator's)")
+    height: int = Field(48, ge=32, le=512, description="frame height in pixels (multiple of 8)")
+    width: int = Field(48, ge=32, le=512, description="frame width in pixels (multiple of 8)")
+    fps: int = Field(30, ge=5, le=120, description="frame rate of the clips")
+    frames_per_clip: int = Field(18, ge=6, le=3000, description="frames per clip (a multiple of clip_len)")
+    train_clips_per_class: int = Field(20, ge=1, le=10000, description="synthetic clips per class, train split")
+    test_clips_per_class: int = Field(8, ge=1, le=10000, description="synthetic clips per class, test split")
+    noise_std: tuple[float, float] = Field((2.0, 6.0), description="range of per-clip Gaussian pixel noise (0-255 scale)")
+    clutter_shapes: int = Field(8, ge=0, le=200, description="random background shapes per clip")
+    camera_jitter_px: float = Field(0.6, ge=0, le=8, description="std of the per-frame camera shake (pixels)")
+    crf: int = Field(17, ge=0, le=51, description="H.264 constant rate factor of the written clips")
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_8(cls, v: int) -> int:
+        if v % 8:
+            raise ValueError(f"a multiple of 8 (the IMFE encoder downsamples by up to 8), got {v}")
+        return v
+
+    @field_validator("classes")
+    @classmethod
+    def _known_classes(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if c not in ACTIONS]
+        if bad or len(set(v)) != len(v):
+            raise ValueError(f"distinct action names from {list(ACTIONS)}, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _ucf_root(self) -> "DataConfig":
+        if self.source == "ucf101" and not self.ucf101_root:
+            raise ValueError("ucf101_root set to a folder when source=ucf101")
+        lo, hi = self.noise_std
+        if not 0 <= lo <= hi <= 64:
+            raise ValueError(f"noise_std as (low, high) with 0 <= low <= high <= 64, got {self.noise_std}")
+        return self
+
+
+class TvL1Config(_Section):
+    """OpenCV ``DualTVL1OpticalFlow`` settings (defaults = OpenCV's defaults), used for the teacher
+    flow *and* the latency comparison."""
+
+    tau: float = Field(0.25, gt=0, le=1)
+    lambda_: float = Field(0.15, gt=0, alias="lambda", description="data-term weight (smaller = smoother)")
+    theta: float = Field(0.3, gt=0, le=1)
+    nscales: int = Field(5, ge=1, le=10)
+    warps: int = Field(5, ge=1, le=20)
+    epsilon: float = Field(0.01, gt=0)
+    inner_iterations: int = Field(30, ge=1, le=1000)
+    outer_iterations: int = Field(10, ge=1, le=1000)
+    scale_step: float = Field(0.8, gt=0, lt=1)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+
+class OpticalFlowConfig(_Section):
+    clip_len: int = Field(6, ge=2, le=32, description="frames per chunk (clip_len-1 flow pairs stacked, as TSN: 6 -> 10 channels)")
+    bound: float = Field(8.0, gt=0, le=64, description="flow is clipped to +-bound px and quantised to uint8 (denseflow style)")
+    tvl1: TvL1Config = TvL1Config()
+    dis_preset: Literal["ultrafast", "fast", "medium"] = Field("medium", description="OpenCV DIS preset")
+    workers: int = Field(2, ge=1, le=64, description="processes computing flow in parallel")
+
+
+class StreamNetConfig(_Section):
+    """The per-chunk stream CNNs (TSN analogue): RGB on the centre frame, flow on the stacked flow."""
+
+    widths: list[int] = Field([16, 32, 64], min_length=1,
+                              description="channels of the residual stages (stride 2 each); the feature is "
+                                          "widths[-1]-dimensional (TSN-R50: 2048)")
+    epochs: int = Field(20, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    lr: float = Field(2e-3, gt=0, le=1)
+    weight_decay: float = Field(1e-4, ge=0, le=1)
+    flip: bool = Field(True, description="horizontal-flip augmentation (flow x negated, label mirrored)")
+
+
+class ImfeConfig(_Section):
+    """IMFE scaled to the clip resolution (official: encoder (64,64,96,128,256), /8, compress 128,
+    motion encoder 256-192-128, mid 512, ResNet-50 layer3+layer4 -> 2048)."""
+
+    encoder_widths: list[int] = Field([16, 16, 24, 32, 32], min_length=5, max_length=5,
+                                      description="stem, layer1, layer2, layer3, output of the RAFT feature encoder")
+    downsample: Literal[4, 8] = Field(4, description="encoder stride (official /8 at 256x344; /4 keeps a 12x12 grid at 48x48)")
+    compress_dim: int = Field(16, ge=1, le=1024, description="channels of the per-pair correlation compression")
+    motion_widths: list[int] = Field([32, 32, 32], min_length=3, max_length=3, description="motion-encoder convs")
+    mid_dim: int = Field(32, ge=1, le=4096, description="1x1 mid conv before the ResNet head")
+    head_blocks: list[int] = Field([1, 1], min_length=2, max_length=2, description="bottleneck blocks of layer3, layer4")
+    epochs: int = Field(15, ge=1, le=1000)
+    batch_size: int = Field(16, ge=1, le=1024)
+    lr: float = Field(1e-3, gt=0, le=1)
+    gamma: float = Field(0.9, gt=0, le=1, description="ExponentialLR gamma, stepped 5 times per epoch (official)")
+    flip: bool = Field(True, description="horizontal-flip augmentation (the teacher sees the flipped flow)")
+    onnx_opset: int = Field(16, ge=11, le=21)
+
+
+class TemporalConfig(_Section):
+    """LSTR-style online head: long memory compressed by learned queries + a short causal window."""
+
+    d_model: int = Field(64, ge=8, le=2048)
+    heads: int = Field(4, ge=1, le=32)
+    long_memory: int = Field(6, ge=0, le=4096, description="chunks of long memory before the short window")
+    short_window: int = Field(2, ge=1, le=256, description="chunks in the short (work) window")
+    latent_queries: int = Field(4, ge=1, le=256, description="learned queries compressing the long memory")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    epochs: int = Field(40, ge=1, le=10000)
+    batch_size: int = Field(64, ge=1, le=65536)
+    lr: float = Field(2e-3, gt=0, le=1)
+    weight_decay: float = Field(1e-2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TemporalConfig":
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) divisible by heads ({self.heads})")
+        return self
+
+
+class EvaluateConfig(_Section):
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="seeds of the temporal heads (every source alike)")
+    sources: list[Literal["tvl1", "farneback", "dis", "imfe", "rgb"]] = Field(
+        ["tvl1", "farneback", "dis", "imfe", "rgb"], min_length=1, description="motion sources compared")
+    latency_chunks: int = Field(12, ge=1, le=10000, description="test chunks timed per motion source")
+    stream_frames: int = Field(180, ge=6, le=100000, description="frames pushed through the streaming runtime")
+    stream_fps: float = Field(30.0, gt=0, le=1000, description="frame rate of the streaming benchmark")
+    threads: int = Field(1, ge=1, le=64, description="threads of every motion source in the latency runs "
+                                                      "(OpenCV, torch, onnxruntime alike)")
+    queue_size: int = Field(2, ge=1, le=1000, description="camera buffer (frames) of the streaming runtime")
+
+
+class HarConfig(ComponentConfig):
+    paper: ClassVar[str] = "har"
+
+    data: DataConfig = DataConfig()
+    opticalflow: OpticalFlowConfig = OpticalFlowConfig()
+    streams: StreamNetConfig = StreamNetConfig()
+    imfe: ImfeConfig = ImfeConfig()
+    temporal: TemporalConfig = TemporalConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    torch_threads: int = Field(2, ge=1, le=256, description="torch intra-op threads for training")
+
+    @model_validator(mode="after")
+    def _chunking(self) -> "HarConfig":
+        d, L = self.data, self.opticalflow.clip_len
+        if d.source == "synthetic" and d.frames_per_clip % L:
+            raise ValueError(f"data.frames_per_clip ({d.frames_per_clip}) a multiple of opticalflow.clip_len ({L})")
+        if d.height % self.imfe.downsample or d.width % self.imfe.downsample:
+            raise ValueError(f"frame size divisible by imfe.downsample ({self.imfe.downsample})")
+        return self

@@ -1,0 +1,374 @@
+"""The RT-HARE experiment, stage by stage, as plain functions (the Prefect flow only wires them).
+
+- ``run_teacher``: optical flow (TV-L1, Farnebäck, DIS) of every chunk, then the stream CNNs: RGB
+  on centre frames, one flow CNN per flow method (the TV-L1 one is IMFE's teacher).
+- ``run_imfe``: IMFE distilled onto the TV-L1 teacher, exported to ONNX, parity checked.
+- ``run_evaluate``: per-chunk features of every motion source, LSTR heads (same budget and seeds for
+  every source), online accuracy, the latency benchmark and the streaming runtime.
+
+Inputs and outputs are files (stages run as separate processes under DVC).
+"""
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from components.base import InputError
+from components.har.chunks import (centre_frames, flip_flow, flip_frames, flow_tensor, rgb_tensor,
+                                   split_chunks)
+from components.har.config import HarConfig, OpticalFlowConfig
+from components.har.data import load_clip, load_manifest
+from components.har.figures import MIRROR
+from components.har.opticalflow import FLOW_METHODS, clip_flows
+
+Progress = Callable[..., None]
+SOURCES = ("tvl1", "farneback", "dis", "imfe", "rgb")
+
+
+def _noop(*_: Any) -> None:
+    pass
+
+
+# ------------------------------------------------------------------------------------ clips
+@dataclass
+class Split:
+    ids: list[str]
+    labels: np.ndarray            # (clips,)
+    chunks: list[np.ndarray]      # per clip (n_chunks, clip_len, H, W, 3) uint8
+
+
+def load_splits(data_dir: Path, clip_len: int) -> tuple[dict[str, Any], dict[str, Split]]:
+    manifest = load_manifest(data_dir)
+    splits: dict[str, Split] = {}
+    for name in ("train", "test"):
+        clips = [c for c in manifest["clips"] if c["split"] == name]
+        if not clips:
+            raise InputError(f"{data_dir / 'manifest.json'}: no {name} clips; expected both splits")
+        chunks = [split_chunks(load_clip(data_dir, c, manifest, clip_len), clip_len) for c in clips]
+        splits[name] = Split([c["id"] for c in clips], np.array([c["label"] for c in clips]), chunks)
+    return manifest, splits
+
+
+def mirror_labels(labels: np.ndarray, classes: list[str]) -> np.ndarray:
+    """Label of the horizontally mirrored clip (walk_left <-> walk_right, cw <-> ccw); classes the
+    generator does not know (UCF101) are their own mirror."""
+    index = {c: i for i, c in enumerate(classes)}
+    table = np.array([index.get(MIRROR.get(c, c), i) for i, c in enumerate(classes)])
+    return table[labels]
+
+
+# ------------------------------------------------------------------------------------ flow
+def _flow_job(path: str, size: tuple[int, int], frames_per_clip: int | None, cfg_json: dict,
+              methods: tuple[str, ...]) -> dict[str, tuple[np.ndarray, float]]:
+    import cv2
+
+    from components.har.video import read_video
+
+    cv2.setNumThreads(1)
+    cfg = OpticalFlowConfig(**cfg_json)
+    frames = read_video(path, size=size, min_frames=cfg.clip_len, max_frames=frames_per_clip)
+    return {m: clip_flows(frames, m, cfg) for m in methods}
+
+
+def compute_flows(data_dir: Path, manifest: dict[str, Any], cfg: OpticalFlowConfig,
+                  methods: tuple[str, ...] = FLOW_METHODS, progress: Progress = _noop
+                  ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, float]]]:
+    """Stacked uint8 flow per method and clip id, and CPU time per method (``cpu_s``, ``pairs``,
+    ``ms_per_pair``). Clips are spread over ``cfg.workers`` processes."""
+    clips = manifest["clips"]
+    size = (manifest["height"], manifest["width"])
+    flows: dict[str, dict[str, np.ndarray]] = {m: {} for m in methods}
+    timing = {m: {"cpu_s": 0.0, "pairs": 0} for m in methods}
+    cfg_json = cfg.model_dump(by_alias=True)
+    args = [(str(data_dir / c["path"]), size, manifest.get("frames_per_clip"), cfg_json, methods) for c in clips]
+    t0 = time.perf_counter()
+
+    def collect(i: int, res: dict[str, tuple[np.ndarray, float]]) -> None:
+        for m, (q, cpu) in res.items():
+            flows[m][clips[i]["id"]] = q
+            timing[m]["cpu_s"] += cpu
+            timing[m]["pairs"] += q.shape[0] * (cfg.clip_len - 1)
+        if (i + 1) % 16 == 0 or i + 1 == len(clips):
+            progress("har flow: %d/%d clips (%s) in %.0f s", i + 1, len(clips), "+".join(methods),
+                     time.perf_counter() - t0)
+
+    if cfg.workers == 1:
+        for i, a in enumerate(args):
+            collect(i, _flow_job(*a))
+    else:
+        with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
+            for i, res in enumerate(pool.map(_flow_job, *zip(*args), chunksize=4)):
+                collect(i, res)
+    for t in timing.values():
+        t["ms_per_pair"] = 1000.0 * t["cpu_s"] / max(1, t["pairs"])
+    return flows, timing
+
+
+def save_flows(path: Path, flows: dict[str, np.ndarray]) -> None:
+    np.savez_compressed(path, **flows)
+
+
+def load_flows(path: Path, ids: list[str]) -> list[np.ndarray]:
+    if not path.is_file():
+        raise InputError(f"{path}: flow file not found; run the har teacher stage first")
+    with np.load(path) as z:
+        missing = [i for i in ids if i not in z.files]
+        if missing:
+            raise InputError(f"{path}: no flow for clips {missing[:3]}...; re-run the har teacher stage")
+        return [z[i] for i in ids]
+
+
+# ------------------------------------------------------------------------------------ nets on disk
+def save_bundle(path: Path, **bundle: Any) -> None:
+    import torch
+
+    torch.save(bundle, path)
+
+
+def load_bundle(path: Path) -> dict[str, Any]:
+    import torch
+
+    if not path.is_file():
+        raise InputError(f"{path}: model file not found; run the stage that writes it first")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_stream_net(path: Path):
+    from components.har.config import StreamNetConfig
+    from components.har.streams import StreamNet
+
+    b = load_bundle(path)
+    net = StreamNet(b["in_channels"], len(b["classes"]), StreamNetConfig(**b["config"]).widths)
+    net.load_state_dict(b["state_dict"])
+    return net.eval()
+
+
+def _inputs(kind: str, split: Split, flows: list[np.ndarray] | None):
+    """Chunk tensors (N, C, H, W) and clip labels for a stream net."""
+    import torch
+
+    if kind == "rgb":
+        xt = rgb_tensor(np.concatenate([centre_frames(c) for c in split.chunks]))
+    else:
+        assert flows is not None
+        xt = flow_tensor(np.concatenate(flows))
+    y = np.concatenate([np.full(len(c), l) for c, l in zip(split.chunks, split.labels)])
+    return xt, torch.from_numpy(y).long()
+
+
+# ------------------------------------------------------------------------------------ stages
+def run_teacher(cfg: HarConfig, data_dir: Path, models_dir: Path, results_dir: Path,
+                progress: Progress = _noop) -> dict[str, Any]:
+    """Flow of every chunk + the RGB and flow stream CNNs. Writes ``results_dir/flows_<m>.npz``,
+    ``models_dir/<stream>.pt`` and ``results_dir/teacher.json``; returns the summary."""
+    import torch
+
+    from components.har.streams import stream_accuracy, train_stream
+
+    torch.set_num_threads(cfg.torch_threads)
+    manifest, splits = load_splits(data_dir, cfg.opticalflow.clip_len)
+    classes = manifest["classes"]
+    flows, timing = compute_flows(data_dir, manifest, cfg.opticalflow, FLOW_METHODS, progress)
+    for m in FLOW_METHODS:
+        save_flows(results_dir / f"flows_{m}.npz", flows[m])
+    mirror_label = torch.from_numpy(mirror_labels(np.arange(len(classes)), classes)).long()
+    summary: dict[str, Any] = {"flow_cpu": timing, "chunk_accuracy": {}, "train_loss": {},
+                               "chunks": {s: int(sum(len(c) for c in sp.chunks)) for s, sp in splits.items()}}
+    for kind in ("rgb", *FLOW_METHODS):
+        fl = {s: [flows[kind][i] for i in sp.ids] for s, sp in splits.items()} if kind != "rgb" else {}
+        x, y = _inputs(kind, splits["train"], fl.get("train"))
+        xt, yt = _inputs(kind, splits["test"], fl.get("test"))
+        t0 = time.perf_counter()
+        net, losses = train_stream(x, y, "rgb" if kind == "rgb" else "flow", len(classes), cfg.streams, cfg.seed,
+                                   mirror_label, progress, name=kind)
+        acc = stream_accuracy(net, xt, yt)
+        progress("har %s stream: test chunk accuracy %.3f (%.0f s)", kind, acc, time.perf_counter() - t0)
+        summary["chunk_accuracy"][kind] = acc
+        summary["train_loss"][kind] = losses
+        save_bundle(models_dir / f"{kind}.pt", state_dict=net.state_dict(), in_channels=int(x.shape[1]),
+                    classes=classes, config=cfg.streams.model_dump(), kind=kind)
+    (results_dir / "teacher.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _imfe_inputs(split: Split, flows: list[np.ndarray]):
+    import torch
+
+    frames = rgb_tensor(np.concatenate(split.chunks))            # (M, N, 3, H, W)
+    return frames, flow_tensor(np.concatenate(flows)).to(torch.float32)
+
+
+def run_imfe(cfg: HarConfig, data_dir: Path, teacher_models: Path, flows_dir: Path, models_dir: Path,
+             results_dir: Path, progress: Progress = _noop) -> dict[str, Any]:
+    """Distil IMFE onto the TV-L1 flow stream; ONNX export and parity. Writes ``models_dir/imfe.pt``,
+    ``models_dir/imfe.onnx`` and ``results_dir/imfe.json``."""
+    import torch
+
+    from components.har.imfe import distill, export_onnx, onnx_parity
+
+    torch.set_num_threads(cfg.torch_threads)
+    manifest, splits = load_splits(data_dir, cfg.opticalflow.clip_len)
+    teacher = load_stream_net(teacher_models / "tvl1.pt")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    tr = _imfe_inputs(splits["train"], load_flows(flows_dir / "flows_tvl1.npz", splits["train"].ids))
+    te = _imfe_inputs(splits["test"], load_flows(flows_dir / "flows_tvl1.npz", splits["test"].ids))
+    t0 = time.perf_counter()
+    net, hist = distill(tr[0], tr[1], teacher.features, cfg.imfe, manifest["height"], manifest["width"],
+                        cfg.seed, val=te, progress=progress)
+    seconds = time.perf_counter() - t0
+    save_bundle(models_dir / "imfe.pt", state_dict=net.state_dict(), height=net.height, width=net.width,
+                num_frames=net.num_frames, feature_dim=net.feature_dim, config=cfg.imfe.model_dump())
+    onnx_path = export_onnx(net, models_dir / "imfe.onnx", cfg.imfe.onnx_opset)
+    parity = onnx_parity(net, onnx_path, te[0][:8])
+    with torch.no_grad():
+        target_scale = float(teacher.features(te[1][:256]).pow(2).mean())
+    summary = {"train_mse": hist["train_mse"], "val_mse": hist["val_mse"], "train_seconds": seconds,
+               "onnx": parity, "teacher_feature_mean_square": target_scale,
+               "params": int(sum(p.numel() for p in net.parameters())),
+               "val_relative_mse": hist["val_mse"][-1] / max(1e-12, target_scale) if hist["val_mse"] else None}
+    progress("har imfe: val mse %.5f (teacher mean square %.5f), onnx max abs diff %.2e",
+             hist["val_mse"][-1], target_scale, parity["max_abs_diff"])
+    (results_dir / "imfe.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+# ------------------------------------------------------------------------------------ evaluate
+def source_features(source: str, split: Split, flows: dict[str, list[np.ndarray]], nets: dict[str, Any],
+                    flip: bool = False) -> list[np.ndarray]:
+    """Per clip (n_chunks, D) head inputs of ``source``: the RGB feature, concatenated with the
+    motion feature unless ``source == "rgb"``. ``flip`` mirrors every input first."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for k, chunks in enumerate(split.chunks):
+            c = flip_frames(chunks) if flip else chunks
+            feats = [nets["rgb"].features(rgb_tensor(centre_frames(c)))]
+            if source == "imfe":
+                feats.append(nets["imfe"](rgb_tensor(c)))
+            elif source in FLOW_METHODS:
+                q = flows[source][k]
+                feats.append(nets[source].features(flow_tensor(flip_flow(q) if flip else q)))
+            out.append(torch.cat(feats, 1).numpy())
+    return out
+
+
+def evaluate_heads(cfg: HarConfig, classes: list[str], splits: dict[str, Split], flows: dict[str, dict[str, list[np.ndarray]]],
+                   nets: dict[str, Any], heads_dir: Path | None, meta: dict[str, Any],
+                   progress: Progress = _noop) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train an LSTR head per source and seed on train (+ mirrored) clips; online accuracy on test.
+    Returns one row per (source, seed) and per-source summaries. Saves the first seed's heads."""
+    import torch
+
+    from components.har.temporal import clip_windows, predict_last, train_head
+
+    tcfg = cfg.temporal
+    window = tcfg.long_memory + tcfg.short_window
+    tr, te = splits["train"], splits["test"]
+    rows, per_source = [], {}
+    for source in cfg.evaluate.sources:
+        f_tr = source_features(source, tr, flows["train"], nets)
+        y_tr = list(tr.labels)
+        if cfg.streams.flip:
+            f_tr += source_features(source, tr, flows["train"], nets, flip=True)
+            y_tr += list(mirror_labels(tr.labels, classes))
+        f_te = source_features(source, te, flows["test"], nets)
+        x, v, y, _ = clip_windows(f_tr, y_tr, window)
+        xt, vt, yt, steps = clip_windows(f_te, list(te.labels), window)
+        accs, clip_accs, by_step = [], [], []
+        for seed in cfg.evaluate.seeds:
+            t0 = time.perf_counter()
+            head, losses = train_head(x, v, y, len(classes), tcfg, seed, name=f"{source} head seed {seed}")
+            pred = predict_last(head, xt, vt).numpy()
+            hit = pred == yt.numpy()
+            last = np.r_[steps[1:] == 0, True]               # the final step of every test clip
+            acc, clip_acc = float(hit.mean()), float(hit[last].mean())
+            step_acc = [float(hit[steps == s].mean()) for s in range(int(steps.max()) + 1)]
+            rows.append({"source": source, "seed": seed, "online_accuracy": acc, "clip_accuracy": clip_acc,
+                         "final_loss": losses[-1], "train_seconds": time.perf_counter() - t0})
+            accs.append(acc)
+            clip_accs.append(clip_acc)
+            by_step.append(step_acc)
+            if heads_dir is not None and seed == cfg.evaluate.seeds[0]:
+                save_bundle(heads_dir / f"{source}.pt", state_dict=head.state_dict(), in_dim=int(x.shape[-1]),
+                            config=tcfg.model_dump(), meta=meta)
+        per_source[source] = {"online_accuracy": float(np.mean(accs)), "online_accuracy_std": float(np.std(accs)),
+                              "clip_accuracy": float(np.mean(clip_accs)),
+                              "accuracy_by_step": np.mean(by_step, 0).tolist()}
+        progress("har %s: online accuracy %.3f +- %.3f, clip accuracy %.3f (%d seeds)", source,
+                 per_source[source]["online_accuracy"], per_source[source]["online_accuracy_std"],
+                 per_source[source]["clip_accuracy"], len(accs))
+    return rows, per_source
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def latency_benchmark(cfg: HarConfig, split: Split, nets: dict[str, Any], onnx_path: Path,
+                      progress: Progress = _noop) -> dict[str, Any]:
+    """Per-chunk wall time of every motion source, measured side by side: for each test chunk the
+    sources run in turn (batch 1, ``evaluate.threads`` threads for OpenCV, torch and onnxruntime).
+    Flow sources are timed as flow (clip_len-1 pairs) and flow CNN; IMFE on onnxruntime (the
+    deployment path) and on torch."""
+    import cv2
+    import torch
+
+    from components.har.imfe import onnx_session
+    from components.har.opticalflow import chunk_flow, make_flow_fn, to_gray
+
+    threads = cfg.evaluate.threads
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    sess = onnx_session(onnx_path, threads)
+    fns = {m: make_flow_fn(m, cfg.opticalflow) for m in FLOW_METHODS}
+    chunks = np.concatenate(split.chunks)[: cfg.evaluate.latency_chunks]
+    times: dict[str, list[float]] = {k: [] for k in
+                                     [*(f"{m}_flow" for m in FLOW_METHODS), *(f"{m}_cnn" for m in FLOW_METHODS),
+                                      "imfe_onnx", "imfe_torch", "rgb_cnn"]}
+    with torch.no_grad():
+        for rep in range(2):                          # the first pass is warm-up
+            for c in chunks:
+                gray = to_gray(c)
+                x_rgb = rgb_tensor(c[None])
+                x_np = x_rgb.numpy()
+                sample: dict[str, float] = {}
+                for m in FLOW_METHODS:
+                    q, sample[f"{m}_flow"] = _timed(lambda: chunk_flow(gray, fns[m], cfg.opticalflow.bound))
+                    qt = flow_tensor(q[None])
+                    _, sample[f"{m}_cnn"] = _timed(lambda: nets[m].features(qt))
+                _, sample["imfe_onnx"] = _timed(lambda: sess.run(["motion_feature"], {"frames": x_np}))
+                _, sample["imfe_torch"] = _timed(lambda: nets["imfe"](x_rgb))
+                _, sample["rgb_cnn"] = _timed(lambda: nets["rgb"].features(rgb_tensor(c[len(c) // 2][None])))
+                if rep:
+                    for k, v in sample.items():
+                        times[k].append(v)
+            if rep == 0:
+                progress("har latency: warm-up done over %d chunks", len(chunks))
+    ms = {k: {"p50": 1000 * float(np.median(v)), "p99": 1000 * float(np.percentile(v, 99)),
+              "mean": 1000 * float(np.mean(v))} for k, v in times.items()}
+    out: dict[str, Any] = {"threads": threads, "chunks": int(len(chunks)), "pairs_per_chunk": cfg.opticalflow.clip_len - 1,
+                           "resolution": f"{chunks.shape[2]}x{chunks.shape[3]}", "ms": ms}
+    for m in FLOW_METHODS:
+        out[f"{m}_ms_p50"] = ms[f"{m}_flow"]["p50"]
+        out[f"{m}_feature_ms_p50"] = ms[f"{m}_flow"]["p50"] + ms[f"{m}_cnn"]["p50"]
+    out["imfe_ms_p50"] = ms["imfe_onnx"]["p50"]
+    out["imfe_torch_ms_p50"] = ms["imfe_torch"]["p50"]
+    out["rgb_ms_p50"] = ms["rgb_cnn"]["p50"]
+    # headline: TV-L1 flow alone (without its flow CNN) against the whole IMFE network
+    out["speedup_imfe_vs_tvl1"] = out["tvl1_ms_p50"] / out["imfe_ms_p50"]
+    out["speedup_imfe_vs_tvl1_feature"] = out["tvl1_feature_ms_p50"] / out["imfe_ms_p50"]
+    out["speedup_imfe_torch_vs_tvl1"] = out["tvl1_ms_p50"] / out["imfe_torch_ms_p50"]
+    out["speedup_imfe_vs_farneback"] = out["farneback_ms_p50"] / out["imfe_ms_p50"]
+    out["speedup_imfe_vs_dis"] = out["dis_ms_p50"] / out["imfe_ms_p50"]
+    return out

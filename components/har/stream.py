@@ -1,0 +1,351 @@
+"""The real-time runtime: frames arrive at a fixed rate, a prediction comes out every chunk.
+
+``run_stream`` models a camera: frame i arrives at ``t0 + i / fps`` into a bounded queue (a frame
+that finds the queue full pushes the oldest one out: a *drop*). The consumer takes frames in order
+and hands each to the pipeline; the **latency** of a frame is its completion time minus its arrival
+time (queueing included), a **deadline miss** is a latency above ``deadline_ms`` (default one frame
+period), the **achieved fps** is processed frames over the time from the first arrival to the last
+completion, and the **capacity fps** is processed frames over the time spent processing.
+
+``HarPipeline`` keeps the window: it buffers ``clip_len`` frames, then computes the chunk's RGB
+feature (centre frame) and motion feature (IMFE on the 6 frames, or TV-L1/Farnebäck/DIS flow +
+flow CNN), appends them to the long/short memory and runs the LSTR head: one prediction per step.
+
+The clock is injectable (``WallClock`` for real runs, ``SimClock`` for tests), so the accounting
+can be checked deterministically.
+
+CLI (a video file, or clips rendered by the generator)::
+
+    python -m components.har.stream --video clip.mp4 --fps 30 --models models/har --source imfe
+    python -m components.har.stream --generate 4 --fps 30 --source tvl1 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import numpy as np
+
+from components.base import ConfigError, InputError
+
+
+# ------------------------------------------------------------------------------------ clocks
+class Clock(Protocol):
+    def now(self) -> float: ...
+    def sleep_until(self, t: float) -> None: ...
+
+
+class WallClock:
+    def now(self) -> float:
+        return time.perf_counter()
+
+    def sleep_until(self, t: float) -> None:
+        dt = t - time.perf_counter()
+        if dt > 0:
+            time.sleep(dt)
+
+
+class SimClock:
+    """A manual clock: ``advance(dt)`` stands for ``dt`` seconds of work (for tests)."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.t = start
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep_until(self, t: float) -> None:
+        self.t = max(self.t, t)
+
+    def advance(self, dt: float) -> None:
+        self.t += dt
+
+
+# ------------------------------------------------------------------------------------ accounting
+@dataclass
+class StreamReport:
+    fps: float
+    deadline_ms: float
+    frames_in: int = 0
+    frames_processed: int = 0
+    frames_dropped: int = 0
+    deadline_misses: int = 0
+    predictions: int = 0
+    latency_ms_p50: float = 0.0
+    latency_ms_p99: float = 0.0
+    latency_ms_max: float = 0.0
+    achieved_fps: float = 0.0
+    capacity_fps: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+    labels: list[int] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("latencies_ms")
+        d.pop("labels")
+        d["deadline_miss_rate"] = self.deadline_misses / max(1, self.frames_processed)
+        d["drop_rate"] = self.frames_dropped / max(1, self.frames_in)
+        return d
+
+
+def run_stream(frames: Iterable[np.ndarray], step: Callable[[np.ndarray], Any], fps: float,
+               clock: Clock | None = None, deadline_ms: float | None = None, queue_size: int = 2,
+               max_frames: int | None = None) -> StreamReport:
+    """Push ``frames`` through ``step`` as a camera at ``fps`` would; see the module docstring."""
+    if fps <= 0:
+        raise ConfigError(f"fps={fps}; expected a positive frame rate")
+    if queue_size < 1:
+        raise ConfigError(f"queue_size={queue_size}; expected at least 1")
+    clock = clock or WallClock()
+    period = 1.0 / fps
+    deadline = (deadline_ms if deadline_ms is not None else 1000.0 * period) / 1000.0
+    rep = StreamReport(fps=fps, deadline_ms=deadline * 1000.0)
+    source: Iterator[np.ndarray] = iter(frames)
+    queue: collections.deque[tuple[float, np.ndarray]] = collections.deque()
+    exhausted, next_idx, busy = False, 0, 0.0
+    t0 = clock.now()
+    last_done = t0
+
+    def arrive_until(now: float) -> None:
+        nonlocal exhausted, next_idx
+        while not exhausted and t0 + next_idx * period <= now + 1e-12:
+            if max_frames is not None and next_idx >= max_frames:
+                exhausted = True
+                return
+            try:
+                frame = next(source)
+            except StopIteration:
+                exhausted = True
+                return
+            queue.append((t0 + next_idx * period, frame))
+            next_idx += 1
+            rep.frames_in += 1
+            if len(queue) > queue_size:   # the camera's ring buffer overwrites the oldest frame
+                queue.popleft()
+                rep.frames_dropped += 1
+
+    while True:
+        arrive_until(clock.now())
+        if not queue:
+            if exhausted:
+                break
+            clock.sleep_until(t0 + next_idx * period)
+            continue
+        arrival, frame = queue.popleft()
+        start = clock.now()
+        out = step(frame)
+        done = clock.now()
+        busy += done - start
+        last_done = done
+        latency = done - arrival
+        rep.latencies_ms.append(1000.0 * latency)
+        rep.frames_processed += 1
+        rep.deadline_misses += int(latency > deadline + 1e-12)
+        if out is not None:
+            rep.predictions += 1
+            rep.labels.append(int(out))
+    if rep.latencies_ms:
+        lat = np.asarray(rep.latencies_ms)
+        rep.latency_ms_p50 = float(np.percentile(lat, 50))
+        rep.latency_ms_p99 = float(np.percentile(lat, 99))
+        rep.latency_ms_max = float(lat.max())
+        span = last_done - t0
+        rep.achieved_fps = rep.frames_processed / span if span > 0 else float("inf")
+        rep.capacity_fps = rep.frames_processed / busy if busy > 0 else float("inf")
+    return rep
+
+
+# ------------------------------------------------------------------------------------ pipeline
+class HarPipeline:
+    """Per-frame step of the online recogniser: window of chunks -> one prediction per chunk.
+
+    ``motion(chunk)`` maps a (clip_len, H, W, 3) uint8 chunk to its motion feature (or None for the
+    RGB-only pipeline); ``rgb(frame)`` maps the centre frame to its RGB feature; ``head(window,
+    valid)`` maps (window, D) features to the predicted class.
+    """
+
+    def __init__(self, clip_len: int, window: int, size: tuple[int, int],
+                 rgb: Callable[[np.ndarray], np.ndarray], motion: Callable[[np.ndarray], np.ndarray] | None,
+                 head: Callable[[np.ndarray, np.ndarray], int]) -> None:
+        self.clip_len, self.window, self.size = clip_len, window, tuple(size)
+        self.rgb, self.motion, self.head = rgb, motion, head
+        self.buffer: list[np.ndarray] = []
+        self.memory: collections.deque[np.ndarray] = collections.deque(maxlen=window)
+
+    def __call__(self, frame: np.ndarray) -> int | None:
+        if frame.shape[:2] != self.size or frame.ndim != 3:
+            raise InputError(f"frame of shape {frame.shape}; expected {self.size[0]}x{self.size[1]}x3 "
+                             f"(the resolution the models were trained at)")
+        self.buffer.append(frame)
+        if len(self.buffer) < self.clip_len:
+            return None
+        chunk = np.stack(self.buffer)
+        self.buffer.clear()
+        feat = self.rgb(chunk[self.clip_len // 2])
+        if self.motion is not None:
+            feat = np.concatenate([feat, self.motion(chunk)])
+        self.memory.append(feat.astype(np.float32))
+        n = len(self.memory)
+        x = np.zeros((self.window, len(feat)), np.float32)
+        valid = np.zeros(self.window, bool)
+        x[self.window - n:] = np.stack(self.memory)
+        valid[self.window - n:] = True
+        return int(self.head(x, valid))
+
+
+# ------------------------------------------------------------------------------------ models
+def load_pipeline(models: str | Path, source: str, backend: str = "onnx", threads: int = 1) -> tuple[HarPipeline, dict]:
+    """Build the pipeline of ``source`` from the saved models (``models/har`` of the DVC stages)."""
+    import torch
+
+    from components.har.chunks import flow_tensor, rgb_tensor
+    from components.har.config import ImfeConfig, OpticalFlowConfig, StreamNetConfig, TemporalConfig
+    from components.har.opticalflow import FLOW_METHODS, chunk_flow, make_flow_fn, to_gray
+    from components.har.streams import StreamNet
+    from components.har.temporal import LstrHead
+
+    torch.set_num_threads(threads)
+    models = Path(models)
+    sources = ("imfe", "rgb", *FLOW_METHODS)
+    if source not in sources:
+        raise ConfigError(f"--source {source!r}; expected one of {list(sources)}")
+    if backend not in ("onnx", "torch"):
+        raise ConfigError(f"--backend {backend!r}; expected 'onnx' or 'torch'")
+
+    def load(path: Path) -> dict:
+        if not path.is_file():
+            raise InputError(f"{path}: model file not found; run the har stages first (dvc repro har_evaluate)")
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+    def stream_net(name: str) -> StreamNet:
+        b = load(models / "teacher" / f"{name}.pt")
+        net = StreamNet(b["in_channels"], len(b["classes"]), StreamNetConfig(**b["config"]).widths)
+        net.load_state_dict(b["state_dict"])
+        return net.eval()
+
+    hb = load(models / "heads" / f"{source}.pt")
+    meta = hb["meta"]
+    head = LstrHead(hb["in_dim"], len(meta["classes"]), TemporalConfig(**hb["config"]))
+    head.load_state_dict(hb["state_dict"])
+    head.eval()
+    rgb_net = stream_net("rgb")
+
+    @torch.no_grad()
+    def rgb(frame: np.ndarray) -> np.ndarray:
+        return rgb_net.features(rgb_tensor(frame[None]))[0].numpy()
+
+    motion = None
+    if source == "imfe":
+        if backend == "onnx":
+            from components.har.imfe import onnx_session
+
+            sess = onnx_session(models / "imfe" / "imfe.onnx", threads)
+
+            def motion(chunk: np.ndarray) -> np.ndarray:
+                return sess.run(["motion_feature"], {"frames": rgb_tensor(chunk[None]).numpy()})[0][0]
+        else:
+            from components.har.imfe import ImfeNet
+
+            b = load(models / "imfe" / "imfe.pt")
+            net = ImfeNet(b["height"], b["width"], b["num_frames"], b["feature_dim"], ImfeConfig(**b["config"]))
+            net.load_state_dict(b["state_dict"])
+            net.eval()
+
+            @torch.no_grad()
+            def motion(chunk: np.ndarray) -> np.ndarray:
+                return net(rgb_tensor(chunk[None]))[0].numpy()
+    elif source in FLOW_METHODS:
+        flow_net = stream_net(source)
+        fcfg = OpticalFlowConfig(**meta["opticalflow"])
+        fn = make_flow_fn(source, fcfg)
+
+        @torch.no_grad()
+        def motion(chunk: np.ndarray) -> np.ndarray:
+            q = chunk_flow(to_gray(chunk), fn, fcfg.bound)
+            return flow_net.features(flow_tensor(q[None]))[0].numpy()
+
+    @torch.no_grad()
+    def classify(x: np.ndarray, valid: np.ndarray) -> int:
+        return int(head(torch.from_numpy(x[None]), torch.from_numpy(valid[None]))[0, -1].argmax())
+
+    pipe = HarPipeline(meta["clip_len"], head.window, (meta["height"], meta["width"]), rgb, motion, classify)
+    return pipe, meta
+
+
+def synthetic_frames(n_clips: int, seed: int, meta: dict) -> tuple[np.ndarray, list[int]]:
+    """A stream of ``n_clips`` generator clips back to back (at the models' resolution)."""
+    from components.har.config import DataConfig
+    from components.har.data import render_clip
+
+    cfg = DataConfig(height=meta["height"], width=meta["width"], fps=meta.get("fps", 30),
+                     frames_per_clip=meta.get("frames_per_clip", 30), classes=meta["classes"])
+    rng = np.random.default_rng([seed, 99])
+    frames, labels = [], []
+    for _ in range(n_clips):
+        label = int(rng.integers(len(cfg.classes)))
+        clip = render_clip(cfg.classes[label], rng, cfg)
+        frames.append(clip)
+        labels += [label] * (len(clip) // meta["clip_len"])
+    return np.concatenate(frames), labels
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m components.har.stream",
+                                description="Real-time action recognition on a video stream (RT-HARE runtime).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video", help="video file to stream (decoded frame by frame)")
+    src.add_argument("--generate", type=int, metavar="N", help="stream N clips rendered by the generator")
+    p.add_argument("--fps", type=float, default=30.0, help="frame rate the frames arrive at (default 30)")
+    p.add_argument("--models", default="models/har", help="models folder written by the har stages")
+    p.add_argument("--source", default="imfe", help="motion source: imfe, tvl1, farneback, dis or rgb")
+    p.add_argument("--backend", default="onnx", choices=["onnx", "torch"], help="IMFE runtime (default onnx)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for inference (default 1)")
+    p.add_argument("--deadline-ms", type=float, default=None, help="per-frame deadline (default 1000/fps)")
+    p.add_argument("--queue", type=int, default=2, help="frames the camera buffer holds before dropping")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--resize", action="store_true", help="rescale frames of another size instead of failing")
+    p.add_argument("--seed", type=int, default=0, help="seed of --generate")
+    p.add_argument("--json", default=None, help="write the report (and predictions) to this file")
+    args = p.parse_args(argv)
+    try:
+        pipe, meta = load_pipeline(args.models, args.source, args.backend, args.threads)
+        truth = None
+        if args.video:
+            from components.har.video import iter_frames, read_video
+
+            # fail early (before timing) on a missing/unreadable file, wrong size or a too-short clip
+            read_video(args.video, size=None if args.resize else pipe.size, min_frames=pipe.clip_len,
+                       max_frames=pipe.clip_len, resize=args.resize)
+            frames: Iterable[np.ndarray] = iter_frames(args.video, pipe.size, resize=args.resize)
+        else:
+            if args.generate < 1:
+                raise ConfigError(f"--generate {args.generate}; expected at least 1 clip")
+            arr, truth = synthetic_frames(args.generate, args.seed, meta)
+            frames = list(arr)
+        rep = run_stream(frames, pipe, args.fps, deadline_ms=args.deadline_ms, queue_size=args.queue,
+                         max_frames=args.max_frames)
+    except (ConfigError, InputError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = rep.summary()
+    out["source"], out["backend"] = args.source, args.backend
+    out["predicted"] = [meta["classes"][i] for i in rep.labels]
+    if truth is not None and rep.frames_dropped == 0:
+        hits = sum(int(a == b) for a, b in zip(rep.labels, truth))
+        out["online_accuracy"] = hits / max(1, len(rep.labels))
+    text = {k: v for k, v in out.items() if k != "predicted"}
+    print(json.dumps(text, indent=1))
+    print("predictions:", " ".join(out["predicted"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

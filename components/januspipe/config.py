@@ -1,0 +1,94 @@
+"""The ``januspipe`` section of ``params.yaml`` (defaults = quick profile, a few minutes on 2 cores).
+
+It nests the MLIP library's settings (``data``, ``model``, ``train``) and adds the phase-cost
+profiling, the real pipelined runs and the simulation.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from components.base import ComponentConfig
+from components.januspipe.schedules import SCHEDULE_NAMES
+from components.mlip.config import MlipDataConfig, MlipModelConfig, MlipTrainConfig
+
+ScheduleName = Literal["gpipe4", "1f1b4", "hanayo4", "symfold", "wavek"]
+
+
+class ProfileConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reps: int = Field(4, ge=1, le=100, description="timed repetitions of the four phases (after one warm-up)")
+    microbatches: int = Field(2, ge=1, le=64, description="distinct micro-batches timed per repetition")
+    p2p_sizes_bytes: list[int] = Field([8, 1 << 20], min_length=2, description="gloo ping-pong message sizes")
+
+
+class PipelineConfig(BaseModel):
+    """Real four-phase pipelined runs (torch.distributed, gloo on CPU)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_blocks: int = Field(8, ge=1, le=512, description="interaction blocks of the pipelined model (>= the "
+                            "largest virtual stage count run: 2 x processes for symfold/wavek, 4 x for hanayo4 W=2)")
+    process_counts: list[int] = Field([2, 4], min_length=1, description="pipeline depths run for real "
+                                      "(one process per device; 4 on 2 cores is oversubscribed)")
+    schedules: list[ScheduleName] = Field(list(SCHEDULE_NAMES), min_length=1, description="schedules run for real")
+    microbatches_per_device: int = Field(2, ge=1, le=64, description="micro-batches per step = this x devices")
+    structures_per_microbatch: int = Field(1, ge=1, le=64, description="structures per micro-batch")
+    warmup: int = Field(1, ge=1, le=10, description="untimed steps (the first also measures saved-tensor memory)")
+    steps: int = Field(1, ge=1, le=100, description="timed steps per schedule")
+    dtype: Literal["float32", "float64"] = Field("float32", description="dtype of the timed runs")
+    backend: Literal["gloo", "nccl"] = Field("gloo", description="torch.distributed backend (nccl needs GPUs)")
+    timeout_s: float = Field(900.0, gt=0, description="kill a launch that runs longer")
+
+    @field_validator("process_counts")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(p < 1 for p in v):
+            raise ValueError(f"process_counts {v}: every entry must be >= 1")
+        return v
+
+
+class SimulateConfig(BaseModel):
+    """Discrete-event simulation at 2..32 devices fed by the measured costs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    devices: list[int] = Field([2, 4, 8, 16, 32], min_length=1, description="pipeline devices simulated")
+    microbatches_per_device: int = Field(2, ge=1, le=64, description="M = this x devices (fixed before "
+                                         "looking at results: 1F1B's usual M >= 2D)")
+    num_blocks: int = Field(128, ge=1, le=4096, description="blocks of the simulated (deep) model; >= 4 x the "
+                            "largest device count so every placement fits")
+    headline_devices: int = Field(32, ge=1, description="device count of the throughput claim")
+    extra_microbatch_factors: list[int] = Field([], description="also simulate M = f x D at the headline "
+                                                "device count (full profile: [1, 4])")
+    timeline_devices: int = Field(4, ge=1, le=64, description="devices of the simulated timeline pictures")
+
+
+class JanuspipeConfig(ComponentConfig):
+    paper: ClassVar[str] = "januspipe"
+
+    data: MlipDataConfig = MlipDataConfig()
+    model: MlipModelConfig = MlipModelConfig()
+    train: MlipTrainConfig = MlipTrainConfig()
+    profiling: ProfileConfig = ProfileConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    simulate: SimulateConfig = SimulateConfig()
+
+    @model_validator(mode="after")
+    def _stages_fit(self) -> "JanuspipeConfig":
+        need = max(self.pipeline.process_counts) * 2 if set(self.pipeline.schedules) & {"symfold", "wavek", "hanayo4"} \
+            else max(self.pipeline.process_counts)
+        if need > self.pipeline.num_blocks:
+            raise ValueError(f"pipeline.num_blocks={self.pipeline.num_blocks} is smaller than the {need} pipeline "
+                             f"stages of the largest real run (process_counts={self.pipeline.process_counts}); "
+                             f"expected num_blocks >= {need}")
+        if max(self.simulate.devices) * 2 > self.simulate.num_blocks:
+            raise ValueError(f"simulate.num_blocks={self.simulate.num_blocks} is smaller than 2 x "
+                             f"{max(self.simulate.devices)} devices (V-fold stages); expected >= "
+                             f"{2 * max(self.simulate.devices)}")
+        if self.simulate.headline_devices not in self.simulate.devices:
+            raise ValueError(f"simulate.headline_devices={self.simulate.headline_devices} is not one of "
+                             f"simulate.devices={self.simulate.devices}")
+        return self

@@ -1,0 +1,407 @@
+"""Discrete-event simulator of four-phase pipeline schedules.
+
+It runs the *same* per-device action lists the runtime executes: every device works through its
+list in order; an action starts when the device is free and its one input (the previous action of
+the micro-batch's chain) has arrived, i.e. ``start = max(device free, end(pred) + comm)`` with
+``comm = latency + bytes / bandwidth`` for a cross-device message and 0 on the same device.
+
+Inputs are measured (see :mod:`components.januspipe.profiler`): per-block and per-stage compute time
+of each phase, saved-activation bytes of the energy forward (A1, held until that stage's P4 ends)
+and of the create_graph force backward (A2, held until that stage's P3 ends), message sizes and the
+point-to-point latency/bandwidth. Outputs: makespan, bubble ratio, peak activation memory per
+device, and the timeline (for the schedule pictures).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+from components.januspipe.schedules import (Action, Placement, Priority, Schedule, ScheduleError, build_schedule,
+                                            chain_index, family_grid, janus_sweeps, list_schedule, predecessor,
+                                            successor, vfold)
+from components.mlip.model import split_blocks
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Measured costs of one micro-batch, per interaction block and per stage (seconds, bytes)."""
+
+    block_s: tuple[float, float, float, float]          # one block, phases P1..P4
+    stage_overhead_s: tuple[float, float, float, float]  # per stage: geometry recomputation, dispatch
+    first_extra_s: tuple[float, float, float, float]     # embedding (first stage) incl. force loss
+    last_extra_s: tuple[float, float, float, float]      # energy head (last stage) incl. energy loss
+    block_act_forward_bytes: float                      # A1 per block
+    block_act_force_bytes: float                        # A2 per block
+    stage_act_forward_bytes: float = 0.0                # A1 per stage (geometry)
+    stage_act_force_bytes: float = 0.0                  # A2 per stage
+    state_bytes: float = 0.0                            # activation message between stages
+    geo_bytes: float = 0.0                              # partial force / its cotangent (P2, P3)
+    latency_s: float = 0.0
+    bandwidth_Bps: float = 1e12
+    structures_per_microbatch: int = 1
+
+    def scaled(self, compute: float = 1.0) -> "CostModel":
+        """Compute times multiplied by ``compute`` (e.g. oversubscription of shared cores)."""
+        f = lambda t: tuple(x * compute for x in t)  # noqa: E731
+        return CostModel(**{**asdict(self), "block_s": f(self.block_s),
+                            "stage_overhead_s": f(self.stage_overhead_s),
+                            "first_extra_s": f(self.first_extra_s), "last_extra_s": f(self.last_extra_s)})
+
+    def message_s(self, phase: int) -> float:
+        nbytes = self.state_bytes + (self.geo_bytes if phase in (2, 3) else 0.0)
+        return self.latency_s + nbytes / self.bandwidth_Bps
+
+    def stage_costs(self, num_stages: int, num_blocks: int) -> list[tuple[float, float, float, float]]:
+        """Compute time of each phase on each of ``num_stages`` stages of a ``num_blocks`` model."""
+        out = []
+        ranges = split_blocks(num_blocks, num_stages)
+        for v, (a, b) in enumerate(ranges):
+            c = [self.stage_overhead_s[p] + (b - a) * self.block_s[p] for p in range(4)]
+            if v == 0:
+                c = [x + y for x, y in zip(c, self.first_extra_s)]
+            if v == num_stages - 1:
+                c = [x + y for x, y in zip(c, self.last_extra_s)]
+            out.append(tuple(c))
+        return out
+
+    def stage_memory(self, num_stages: int, num_blocks: int) -> list[tuple[float, float]]:
+        """(A1, A2) bytes of each stage."""
+        return [(self.stage_act_forward_bytes + (b - a) * self.block_act_forward_bytes,
+                 self.stage_act_force_bytes + (b - a) * self.block_act_force_bytes)
+                for a, b in split_blocks(num_blocks, num_stages)]
+
+
+@dataclass
+class SimResult:
+    schedule: str
+    label: str
+    num_devices: int
+    num_microbatches: int
+    makespan_s: float
+    bubble_ratio: float
+    peak_memory_bytes: list[float]
+    busy_s: list[float]
+    params: dict[str, Any] = field(default_factory=dict)
+    timeline: list[tuple[int, Action, float, float]] | None = None
+    release_times: list[float] = field(default_factory=list)  # ends of P3/P4 (memory released)
+
+    @property
+    def peak_memory_max_bytes(self) -> float:
+        return max(self.peak_memory_bytes)
+
+    def throughput(self, structures_per_microbatch: int = 1) -> float:
+        return self.num_microbatches * structures_per_microbatch / self.makespan_s
+
+    def row(self, structures_per_microbatch: int = 1) -> dict[str, Any]:
+        return {"schedule": self.schedule, "params": self.label, "devices": self.num_devices,
+                "microbatches": self.num_microbatches, "makespan_s": self.makespan_s,
+                "throughput_structures_per_s": self.throughput(structures_per_microbatch),
+                "bubble_ratio": self.bubble_ratio,
+                "peak_activation_MiB": self.peak_memory_max_bytes / 2**20}
+
+
+def simulate(schedule: Schedule, costs: CostModel, num_blocks: int, keep_timeline: bool = False,
+             stage_costs: Sequence[Sequence[float]] | None = None, cores: int | None = None) -> SimResult:
+    """Time ``schedule`` under ``costs`` for a model of ``num_blocks`` blocks (see module doc).
+
+    ``stage_costs[v][p-1]`` overrides the compute times (e.g. CPU times measured inside a real run).
+    ``cores``: when fewer than the devices (an oversubscribed CPU run), the busy devices share the
+    cores (processor sharing: each runs at ``min(1, cores / busy devices)`` of full speed)."""
+    V, D = schedule.num_stages, schedule.num_devices
+    compute = [tuple(c) for c in stage_costs] if stage_costs is not None else costs.stage_costs(V, num_blocks)
+    if len(compute) != V:
+        raise ValueError(f"stage_costs has {len(compute)} stages; the schedule has {V}")
+    if cores is not None and cores < D:
+        return _simulate_shared(schedule, costs, num_blocks, compute, cores, keep_timeline)
+    memory = costs.stage_memory(V, num_blocks)
+    dev = schedule.placement.stage_device
+    msg = [0.0] + [costs.message_s(p) for p in (1, 2, 3, 4)]
+    M, L = schedule.num_microbatches, 4 * V
+    # chain position k -> (phase, stage); the predecessor of k is k-1 (same micro-batch)
+    pos = [((k // V) + 1, (k % V) if (k // V) % 2 == 0 else V - 1 - (k % V)) for k in range(L)]
+    k_dev = [dev[st] for _, st in pos]
+    k_cost = [compute[st][ph - 1] for ph, st in pos]
+    k_comm = [0.0] + [0.0 if k_dev[k] == k_dev[k - 1] else msg[pos[k - 1][0]] for k in range(1, L)]
+    k_mem = [(memory[st][0] if ph == 1 else memory[st][1] if ph == 2 else -memory[st][1] if ph == 3
+              else -memory[st][0]) for ph, st in pos]
+    lists = schedule.index_lists or [[a.microbatch * L + (a.phase - 1) * V + (a.stage if a.phase in (1, 3)
+                                                                             else V - 1 - a.stage)
+                                       for a in acts] for acts in schedule.actions]
+    end = [-1.0] * (M * L)
+    ptr = [0] * D
+    free = [0.0] * D
+    busy = [0.0] * D
+    mem_events: list[list[tuple[float, int, float]]] = [[] for _ in range(D)]
+    timeline: list[tuple[int, Action, float, float]] = []
+    releases: list[float] = []
+    stack = list(range(D))
+    while stack:
+        d = stack.pop()
+        acts = lists[d]
+        n = len(acts)
+        i = ptr[d]
+        f = free[d]
+        while i < n:
+            idx = acts[i]
+            k = idx % L
+            if k:
+                pe = end[idx - 1]
+                if pe < 0:
+                    break
+                arrive = pe + k_comm[k]
+                start = f if f > arrive else arrive
+            else:
+                start = f
+            c = k_cost[k]
+            f = start + c
+            end[idx] = f
+            busy[d] += c
+            delta = k_mem[k]
+            if delta >= 0:
+                mem_events[d].append((start, 1, delta))
+            else:
+                mem_events[d].append((f, 0, delta))
+                releases.append(f)
+            if keep_timeline:
+                ph, st = pos[k]
+                timeline.append((d, Action(ph, idx // L, st), start, f))
+            i += 1
+            if k + 1 < L and k_dev[k + 1] != d:
+                stack.append(k_dev[k + 1])
+        ptr[d], free[d] = i, f
+    if any(ptr[d] < len(lists[d]) for d in range(D)):
+        blocked = [str(schedule.actions[d][ptr[d]]) for d in range(D) if ptr[d] < len(lists[d])]
+        raise ScheduleError(f"{schedule.label}: deadlock; devices wait on {', '.join(blocked[:6])}")
+    makespan = max(free)
+    res = SimResult(schedule.name, schedule.label, D, M, makespan, 1.0 - sum(busy) / (D * makespan),
+                    _memory_peaks(mem_events), busy, dict(schedule.params), timeline if keep_timeline else None)
+    res.release_times = releases
+    return res
+
+
+def _memory_peaks(events: list[list[tuple[float, int, float]]]) -> list[float]:
+    peaks = []
+    for ev in events:
+        cur = peak = 0.0
+        for _, _, delta in sorted(ev, key=lambda e: (e[0], e[1])):  # releases before allocations at equal t
+            cur += delta
+            peak = max(peak, cur)
+        peaks.append(peak)
+    return peaks
+
+
+def _simulate_shared(schedule: Schedule, costs: CostModel, num_blocks: int, compute, cores: int,
+                     keep_timeline: bool) -> SimResult:
+    """Event-driven variant of :func:`simulate` where the busy devices share ``cores`` processors."""
+    V, D, M = schedule.num_stages, schedule.num_devices, schedule.num_microbatches
+    memory = costs.stage_memory(V, num_blocks)
+    dev = schedule.placement.stage_device
+    msg = [0.0] + [costs.message_s(p) for p in (1, 2, 3, 4)]
+    arrival: dict[Action, float] = {}
+    ptr = [0] * D
+    running: dict[int, list] = {}  # device -> [action, remaining work, start]
+    t = 0.0
+    busy = [0.0] * D
+    mem_events: list[list[tuple[float, int, float]]] = [[] for _ in range(D)]
+    timeline = []
+    end_time = [0.0] * D
+    left = sum(len(a) for a in schedule.actions)
+    while left:
+        for d in range(D):  # start every device whose next input has arrived
+            if d in running or ptr[d] >= len(schedule.actions[d]):
+                continue
+            a = schedule.actions[d][ptr[d]]
+            at = 0.0 if predecessor(a, V) is None else arrival.get(a)
+            if at is not None and at <= t + 1e-15:
+                arrival.pop(a, None)
+                running[d] = [a, compute[a.stage][a.phase - 1], t]
+                a1, a2 = memory[a.stage]
+                if a.phase == 1:
+                    mem_events[d].append((t, 1, a1))
+                elif a.phase == 2:
+                    mem_events[d].append((t, 1, a2))
+        rate = min(1.0, cores / len(running)) if running else 0.0
+        pending = [v for a, v in arrival.items() if v > t + 1e-15]
+        candidates = [t + rem / rate for _, rem, _ in running.values()] + pending
+        if not candidates:
+            blocked = [str(schedule.actions[d][ptr[d]]) for d in range(D) if ptr[d] < len(schedule.actions[d])]
+            raise ScheduleError(f"{schedule.label}: deadlock; devices wait on {', '.join(blocked[:6])}")
+        t_next = min(candidates)
+        dt = t_next - t
+        for d in list(running):
+            a, rem, start = running[d]
+            rem -= dt * rate
+            if rem <= 1e-12:
+                del running[d]
+                cost = compute[a.stage][a.phase - 1]
+                busy[d] += cost
+                end_time[d] = t_next
+                a1, a2 = memory[a.stage]
+                if a.phase == 3:
+                    mem_events[d].append((t_next, 0, -a2))
+                elif a.phase == 4:
+                    mem_events[d].append((t_next, 0, -a1))
+                if keep_timeline:
+                    timeline.append((d, a, start, t_next))
+                ptr[d] += 1
+                left -= 1
+                nxt = successor(a, V)
+                if nxt is not None:
+                    arrival[nxt] = t_next + (0.0 if dev[nxt.stage] == d else msg[a.phase])
+            else:
+                running[d][1] = rem
+        t = t_next
+    makespan = max(end_time)
+    return SimResult(schedule.name, schedule.label, D, M, makespan, 1.0 - sum(busy) / (D * makespan),
+                     _memory_peaks(mem_events), busy, dict(schedule.params), timeline if keep_timeline else None)
+
+
+@dataclass
+class Tuned:
+    best: SimResult | None
+    candidates: list[SimResult]
+    schedule: Schedule | None
+
+
+def budget_admission(name: str, placement: Placement, num_microbatches: int, costs: CostModel, num_blocks: int,
+                     priority: Priority, memory_budget_bytes: float, wave_size: int = 1,
+                     params: dict[str, Any] | None = None) -> Schedule:
+    """List schedule whose micro-batches enter as early as the memory budget allows.
+
+    Micro-batches are admitted a wave (``wave_size`` of them) at a time: a wave enters at the earliest
+    time (the previous wave's entry, or a later P3/P4 completion, when memory is released) at which
+    the simulated schedule of all admitted micro-batches stays within ``memory_budget_bytes`` on
+    every device. Each check simulates the whole remaining schedule, so the final schedule provably
+    stays within the budget (the timeline up to the next admission is the one that was checked).
+    Raises :class:`ScheduleError` if a wave alone does not fit.
+    """
+    M = num_microbatches
+    stage_costs = costs.stage_costs(placement.num_stages, num_blocks)
+    comm = costs.message_s(1)
+    entry: list[float] = []
+
+    def trial(times: list[float], keep: bool = False):
+        sched = list_schedule(name, placement, len(times), stage_costs, priority, len(times),
+                              wave_size=wave_size, comm_s=comm, entry_times=times, validate=False)
+        return sched, simulate(sched, costs, num_blocks, keep_timeline=keep)
+
+    previous = None
+    for m0 in range(0, M, wave_size):
+        m = m0
+        size = min(wave_size, M - m0)
+        lo = entry[-1] if entry else 0.0
+        candidates = [lo]
+        if previous is not None:
+            candidates += sorted({e for e in previous.release_times if e > lo})
+        results: dict[int, Any] = {}
+
+        def fits(i: int) -> bool:
+            if i not in results:
+                results[i] = trial(entry + [candidates[i]] * size)[1]
+            return results[i].peak_memory_max_bytes <= memory_budget_bytes * (1 + 1e-9)
+
+        # earliest fitting candidate: gallop + bisection (memory falls as entry is delayed), then
+        # verified; a linear scan upwards covers the rare non-monotone case
+        i = 0
+        if not fits(0):
+            step, hi = 1, None
+            while step < len(candidates):
+                if fits(min(step, len(candidates) - 1)):
+                    hi = min(step, len(candidates) - 1)
+                    break
+                step *= 2
+            if hi is None:
+                raise ScheduleError(f"{name}: micro-batch {m} never fits the memory budget "
+                                    f"{memory_budget_bytes / 2**20:.1f} MiB")
+            lo_i = hi // 2 if hi > 1 else 0
+            while hi - lo_i > 1:
+                mid = (lo_i + hi) // 2
+                if fits(mid):
+                    hi = mid
+                else:
+                    lo_i = mid
+            i = hi
+        entry.extend([candidates[i]] * size)
+        previous = results[i]
+    final = list_schedule(name, placement, M, stage_costs, priority, M, wave_size=wave_size, comm_s=comm,
+                          entry_times=entry, params={**(params or {}), "admission": "budget"})
+    return final
+
+
+def build(name: str, num_devices: int, num_microbatches: int, costs: CostModel, num_blocks: int,
+          memory_budget_bytes: float | None = None, **params: Any) -> Schedule:
+    """Any named schedule with ``params``; ``wavek`` uses the memory-budget admission (all
+    micro-batches at once when no budget is given)."""
+    if name == "wavek":
+        K = params["K"]
+        if memory_budget_bytes is None:
+            return list_schedule(name, vfold(num_devices), num_microbatches,
+                                 costs.stage_costs(2 * num_devices, num_blocks), janus_sweeps, num_microbatches,
+                                 wave_size=K, comm_s=costs.message_s(1), params={"K": K, "admission": "all"},
+                                 entry_times=[0.0] * num_microbatches)
+        return budget_admission(name, vfold(num_devices), num_microbatches, costs, num_blocks, janus_sweeps,
+                                memory_budget_bytes, wave_size=K, params={"K": K})
+    return build_schedule(name, num_devices, num_microbatches, lambda V: costs.stage_costs(V, num_blocks),
+                          comm_s=costs.message_s(1), **params)
+
+
+def tune(name: str, num_devices: int, num_microbatches: int, costs: CostModel, num_blocks: int,
+         memory_budget_bytes: float | None = None) -> Tuned:
+    """Sweep schedule ``name``'s small parameter grid on the simulator; return the fastest candidate
+    whose peak activation memory fits ``memory_budget_bytes`` (all candidates if None)."""
+    candidates, schedules = [], []
+    seen: set[tuple] = set()
+
+    def run(params: dict[str, Any]) -> SimResult | None:
+        key = tuple(sorted(params.items()))
+        if key in seen:
+            return None
+        seen.add(key)
+        try:
+            sched = build(name, num_devices, num_microbatches, costs, num_blocks, memory_budget_bytes, **params)
+        except ScheduleError:
+            return None
+        res = simulate(sched, costs, num_blocks)
+        candidates.append(res)
+        schedules.append(sched)
+        return res
+
+    grid = family_grid(name, num_devices, num_microbatches, max_stages=num_blocks)
+    for params in grid:
+        run(params)
+    if memory_budget_bytes is not None:
+        # the grid's caps are coarse: also give every capped variant the largest cap that fits the
+        # budget (bisection over integer caps, memory grows with the cap) and its neighbour below
+        for base in {tuple((k, v) for k, v in p.items() if k != "cap") for p in grid if "cap" in p}:
+            lo, hi = 1, min(2 * num_devices, num_microbatches)
+            fits = lambda c: (lambda r: r is not None and r.peak_memory_max_bytes <= memory_budget_bytes * (1 + 1e-9))(  # noqa: E731
+                simulate(build(name, num_devices, num_microbatches, costs, num_blocks, None, **dict(base), cap=c),
+                         costs, num_blocks))
+            if not fits(lo):
+                continue
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+            best_cap = hi if fits(hi) else lo
+            for c in (best_cap, best_cap - 1):
+                if c >= 1:
+                    run({**dict(base), "cap": c})
+    fits = [(r, s) for r, s in zip(candidates, schedules)
+            if memory_budget_bytes is None or r.peak_memory_max_bytes <= memory_budget_bytes * (1 + 1e-9)]
+    if not fits:
+        return Tuned(None, candidates, None)
+    r, s = min(fits, key=lambda rs: rs[0].makespan_s)
+    return Tuned(r, candidates, s)
+
+
+def canonical_1f1b_budget(num_devices: int, num_microbatches: int, costs: CostModel, num_blocks: int) -> float:
+    """Peak activation memory of 1F1B-4 with 1F1B's in-flight count (``cap = D``): the memory budget
+    every schedule is held to in the throughput comparison."""
+    sched = build("1f1b4", num_devices, num_microbatches, costs, num_blocks, cap=min(num_devices, num_microbatches))
+    return simulate(sched, costs, num_blocks).peak_memory_max_bytes
+
+
+def ideal_makespan(num_devices: int, num_microbatches: int, costs: CostModel, num_blocks: int) -> float:
+    """Lower bound: the busiest device's work (no bubbles)."""
+    per_mb = sum(sum(c) for c in costs.stage_costs(num_devices, num_blocks)) / num_devices
+    return per_mb * num_microbatches

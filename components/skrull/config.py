@@ -1,0 +1,163 @@
+"""Parameters of the Skrull component (the ``skrull`` section of params.yaml). Defaults = quick profile."""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from components.base import ComponentConfig
+
+Dataset = Literal["wikipedia", "lmsyschat1m", "chatqa2", "corpus"]
+PaperModel = Literal["qwen2.5-0.5b", "qwen2.5-7b"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CorpusConfig(_Strict):
+    root: str | None = Field(None, description="folder of Python sources; null = this interpreter's site-packages")
+    max_files: int = Field(800, ge=1, description="documents sampled (seeded) from the sorted list of .py files")
+    min_bytes: int = Field(64, ge=1, description="skip files shorter than this (empty __init__.py etc.)")
+    vocab_size: int = Field(2048, ge=260, le=65536, description="byte-level BPE vocabulary (also the model's)")
+    bpe_train_mb: float = Field(3.0, gt=0, description="MB of the selected documents the BPE is trained on")
+
+
+class DataConfig(_Strict):
+    corpus: CorpusConfig = CorpusConfig()
+    samples_per_distribution: int = Field(50_000, ge=1000, description="lengths drawn from each Table 1 distribution")
+
+
+class ModelConfig(_Strict):
+    """The small randomly initialised Qwen2 decoder of the real runs and of the CPU profile."""
+    hidden_size: int = Field(64, ge=8, description="hidden size h")
+    intermediate_size: int = Field(176, ge=8, description="MLP width")
+    num_layers: int = Field(4, ge=1, description="decoder layers")
+    num_heads: int = Field(4, ge=1, description="attention heads")
+    num_kv_heads: int = Field(2, ge=1, description="K/V heads (GQA)")
+
+    @model_validator(mode="after")
+    def _heads(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}")
+        return self
+
+
+class ProfilingConfig(_Strict):
+    """Offline profiling on this machine (stage ``profile``)."""
+    cp: int = Field(2, ge=1, le=64, description="CP degree the compute profile emulates (= train.cp)")
+    lengths: list[int] = Field([16, 64, 256, 1024, 2048], min_length=3, description="sequence lengths profiled")
+    tokens_per_config: int = Field(1024, ge=16, description="tokens per packed micro-batch of short sequences")
+    repeats: int = Field(3, ge=1, description="timed repetitions per point (median)")
+    activation_budget_mb: float = Field(24.0, gt=0, description="activation memory per rank → BucketSize C")
+    comm_sizes_kb: list[int] = Field([4, 64, 256, 1024, 4096], min_length=3, description="collective sizes")
+    comm_repeats: int = Field(10, ge=1, description="repetitions per collective size (median)")
+
+    @field_validator("lengths", "comm_sizes_kb")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v) or len(set(v)) != len(v):
+            raise ValueError(f"{v}: expected distinct positive integers")
+        return sorted(v)
+
+
+class ParallelSetting(_Strict):
+    dp: int = Field(ge=1, le=1024, description="data-parallel degree")
+    cp: int = Field(ge=1, le=1024, description="context-parallel degree")
+    batch_size: int = Field(ge=1, description="sequences per DP rank per step (global batch = dp × batch_size)")
+
+
+class PaperSimConfig(_Strict):
+    """Simulation at paper scale (H100 presets)."""
+    models: list[PaperModel] = Field(["qwen2.5-0.5b", "qwen2.5-7b"], min_length=1)
+    datasets: list[Dataset] = Field(["wikipedia", "lmsyschat1m", "chatqa2", "corpus"], min_length=1)
+    setting: ParallelSetting = ParallelSetting(dp=4, cp=8, batch_size=64)
+    overrides: dict[str, ParallelSetting] = Field(
+        {"qwen2.5-7b/chatqa2": ParallelSetting(dp=2, cp=16, batch_size=40)},
+        description="per '<model>/<dataset>' settings (the paper's 7B + ChatQA2 run)")
+    num_batches: int = Field(10, ge=1, description="global batches simulated per (model, dataset)")
+    achieved_tflops: float = Field(400.0, gt=0, description="[R] H100 throughput assumed by the preset")
+
+    @field_validator("overrides")
+    @classmethod
+    def _keys(cls, v: dict[str, ParallelSetting]) -> dict[str, ParallelSetting]:
+        for key in v:
+            model, _, data = key.partition("/")
+            if model not in ("qwen2.5-0.5b", "qwen2.5-7b") or data not in ("wikipedia", "lmsyschat1m", "chatqa2", "corpus"):
+                raise ValueError(f"override key {key!r}: expected '<model>/<dataset>'")
+        return v
+
+
+class LocalSimConfig(_Strict):
+    """Simulation at local scale with the profiled CPU cost model."""
+    datasets: list[Dataset] = Field(["wikipedia", "lmsyschat1m", "chatqa2", "corpus"], min_length=1)
+    setting: ParallelSetting = ParallelSetting(dp=1, cp=2, batch_size=64)
+    length_scale: int = Field(32, ge=1, description="CPU down-scaling: lengths divided by this (notes §6.4)")
+    num_batches: int = Field(10, ge=1)
+
+
+class SensitivityConfig(_Strict):
+    """Paper's sensitivity study (Qwen2.5-0.5B, ChatQA2, DP=1, CP=8)."""
+    batch_sizes: list[int] = Field([8, 16, 32, 64], min_length=1)
+    bucket_k_tokens: list[int] = Field([8, 16, 26, 32], min_length=1)
+    num_batches: int = Field(4, ge=1)
+
+
+class ILPConfig(_Strict):
+    instances: int = Field(6, ge=0, description="small instances solved exactly (0 = skip)")
+    sequences: int = Field(8, ge=2, le=16, description="sequences per instance")
+    dp: int = Field(2, ge=1, le=8, description="DP degree of the small instances")
+    cp: int = Field(4, ge=1, le=8, description="CP degree of the small instances")
+    model: PaperModel = "qwen2.5-0.5b"
+    time_limit_s: float = Field(10.0, gt=0, description="HiGHS time limit per instance")
+
+
+class TrainConfig(_Strict):
+    """Real 2-process runs: DeepSpeed ZeRO-2 over gloo, baseline vs Skrull on the same batches."""
+    dp: int = Field(1, ge=1, le=8, description="data-parallel degree of the real run")
+    cp: int = Field(2, ge=1, le=8, description="context-parallel degree (processes = dp × cp)")
+    global_batch: int = Field(64, ge=1, description="sequences per optimizer step")
+    steps: int = Field(3, ge=1, description="timed steps per variant")
+    warmup_steps: int = Field(1, ge=0, description="untimed steps per variant first")
+    length_scale: int = Field(32, ge=1, description="corpus documents keep their first ceil(n/scale) tokens")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    timeout_s: float = Field(1800.0, gt=0, description="the launch is killed after this (s)")
+    variants: list[Literal["deepspeed", "packed", "skrull"]] = Field(
+        ["deepspeed", "packed", "skrull"], min_length=2, description="schedules trained side by side")
+
+    @model_validator(mode="after")
+    def _degrees(self):
+        if self.global_batch < self.dp:
+            raise ValueError(f"global_batch={self.global_batch} < dp={self.dp}: every DP rank needs a sequence")
+        if self.dp * self.cp > 8:
+            raise ValueError(f"dp×cp={self.dp * self.cp} processes; expected <= 8 on one machine")
+        if "skrull" not in self.variants or "deepspeed" not in self.variants or len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants={self.variants}: expected distinct names including 'deepspeed' and 'skrull'")
+        return self
+
+
+class SkrullConfig(ComponentConfig):
+    paper: ClassVar[str] = "skrull"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    profiling: ProfilingConfig = ProfilingConfig()
+    paper_sim: PaperSimConfig = PaperSimConfig()
+    local_sim: LocalSimConfig = LocalSimConfig()
+    sensitivity: SensitivityConfig = SensitivityConfig()
+    ilp: ILPConfig = ILPConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.profiling.cp != self.train.cp:
+            raise ValueError(f"profiling.cp={self.profiling.cp} differs from train.cp={self.train.cp}; the CPU cost "
+                             f"model must be profiled for the CP degree it schedules")
+        if self.local_sim.setting.cp != self.train.cp or self.local_sim.setting.dp != self.train.dp:
+            raise ValueError(f"local_sim.setting (dp={self.local_sim.setting.dp}, cp={self.local_sim.setting.cp}) "
+                             f"differs from train (dp={self.train.dp}, cp={self.train.cp}); expected the same "
+                             f"parallel degrees")
+        return self

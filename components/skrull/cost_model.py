@@ -1,0 +1,234 @@
+"""Skrull's performance model (paper App. C): compute, activation memory and communication.
+
+All times are one training iteration's forward + backward, in seconds, per rank.
+
+* **Compute** [V text, R form]: ``T_comp(S) = c_seq + c_tok·S + c_quad·S²`` — the linear and
+  quadratic terms of the per-layer FLOPs ``(20h² + 4h·h_kv)·S + 4h·S²`` (Eq. 13 as quoted in the
+  notes [S]) times a seconds-per-FLOP constant, plus a per-sequence constant (β_c).
+  A sequence sharded over the N ranks of a CP group costs every rank
+  ``T_comp(S, N) = c_seq_shard + (c_tok·S + c_quad·S²)/N`` (zigzag chunks balance the causal work).
+* **Memory** [V]: activation memory is linear in the tokens a rank holds, ``Mem = α·S + β``;
+  the **BucketSize** ``C`` is the number of tokens that fit the activation budget.
+* **Communication** [V text, R form]: a sharded sequence's K and V are all-gathered in the forward
+  and their gradients reduce-scattered in the backward, per layer; the volume is linear in S and
+  h_kv (Eq. 15). One collective costs ``max(latency, base + bytes/bandwidth)`` — a fixed latency
+  below a size threshold, linear above it (Eq. 16).
+* **Micro-batch time** (Eqs. 1–2): ``Time_j = max(T_comm(V), T_comp(Local_j)) + T_comp(Dist) + c_mb``
+  on CP rank j — communication of the sharded sequences overlaps the local sequences' compute.
+
+Two calibrations: :func:`paper_preset` (H100, Qwen2.5 constants from the notes) and a CPU model
+fitted from offline profiling on this machine (:mod:`components.skrull.profiling`).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from components.base import ConfigError, InputError
+
+#: placement code of a sequence sharded across the CP group (else: the CP rank holding it whole)
+SHARDED = -1
+
+
+@functools.lru_cache(maxsize=65536)
+def _shard_sizes(length: int, cp: int) -> tuple[int, ...]:
+    base, extra = divmod(length, 2 * cp)
+    chunk = [base + (1 if c < extra else 0) for c in range(2 * cp)]
+    return tuple(chunk[r] + chunk[2 * cp - 1 - r] for r in range(cp))
+
+
+def shard_sizes(length: int, cp: int) -> tuple[int, ...]:
+    """Tokens each CP rank holds of a sharded sequence: zigzag split into 2N chunks, rank r takes
+    chunks r and 2N-1-r (causal load balance, as in Megatron/llama3 context parallelism)."""
+    return _shard_sizes(int(length), int(cp))
+
+
+@dataclass(frozen=True)
+class CommModel:
+    """Time of one collective of ``nbytes`` (Eq. 16 [R form])."""
+
+    latency_s: float
+    base_s: float = 0.0
+    bandwidth_Bps: float = float("inf")
+
+    def time(self, nbytes: float) -> float:
+        if nbytes <= 0:
+            return 0.0
+        return max(self.latency_s, self.base_s + nbytes / self.bandwidth_Bps)
+
+    @classmethod
+    def fit(cls, sizes: Sequence[float], times: Sequence[float]) -> "CommModel":
+        """Fit to a micro-benchmark: latency = the median time of the smallest messages; the linear
+        regime by least squares on the larger half of the sizes (slope clamped positive)."""
+        sizes, times = np.asarray(sizes, float), np.asarray(times, float)
+        if len(sizes) < 3 or len(sizes) != len(times) or np.any(sizes <= 0) or np.any(times <= 0):
+            raise InputError(f"comm benchmark: expected >= 3 positive (size, time) points, got sizes={sizes.tolist()} "
+                             f"times={times.tolist()}")
+        order = np.argsort(sizes)
+        sizes, times = sizes[order], times[order]
+        latency = float(np.median(times[: max(1, len(sizes) // 3)]))
+        big = slice(len(sizes) // 2, None)
+        slope, base = np.polyfit(sizes[big], times[big], 1)
+        if not slope > 0:
+            slope = float(np.max(times[big] / sizes[big]))
+            base = 0.0
+        return cls(latency_s=latency, base_s=max(float(base), 0.0), bandwidth_Bps=1.0 / float(slope))
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Per-rank time/memory model of one CP group (see the module docstring)."""
+
+    name: str
+    layers: int
+    kv_bytes_per_token: float          # K and V of one token in one layer (Eq. 15)
+    c_tok: float                       # s per token (fwd+bwd), linear term
+    c_quad: float                      # s per token², attention term (full S² as in Eq. 13)
+    mem_bytes_per_token: float         # α of Mem(S) = α·S + β
+    mem_budget_bytes: float            # activation memory available per rank
+    all_gather: CommModel
+    reduce_scatter: CommModel
+    c_seq: float = 0.0                 # s per whole (local) sequence: attention call overhead (β_c)
+    c_seq_shard: float = 0.0           # s per sharded sequence per rank (its zigzag chunk calls)
+    c_mb: float = 0.0                  # s per micro-batch per rank (framework overhead)
+    overlap: bool = True               # Eq. 2: comm of sharded sequences overlaps local compute
+    notes: str = ""
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def bucket_size(self) -> int:
+        """BucketSize C: tokens one rank can hold within the activation budget."""
+        return int(self.mem_budget_bytes // self.mem_bytes_per_token)
+
+    def flops_time(self, length: float) -> float:
+        """Compute-time weight of a sequence (the "FLOPs" GDS balances): T_comp(S) without β."""
+        return self.c_tok * length + self.c_quad * length * length
+
+    def t_comp(self, length: float) -> float:
+        """T_comp(S): one rank processes the whole sequence."""
+        return self.c_seq + self.flops_time(length)
+
+    def t_comp_shard(self, length: float, cp: int) -> float:
+        """T_comp(S, N): what a sharded sequence costs each of the N ranks."""
+        return self.c_seq_shard + self.flops_time(length) / cp
+
+    def volume(self, length: float) -> float:
+        """Bytes one layer exchanges for a sharded sequence (Eq. 15)."""
+        return length * self.kv_bytes_per_token
+
+    def t_comm(self, volume: float) -> float:
+        """T_comm(V): every layer all-gathers K/V (forward) and reduce-scatters dK/dV (backward)."""
+        if volume <= 0:
+            return 0.0
+        return self.layers * (self.all_gather.time(volume) + self.reduce_scatter.time(volume))
+
+    def rank_times(self, lengths: Sequence[int], placement: Sequence[int], cp: int) -> list[float]:
+        """Time_j of every CP rank for one micro-batch (Eqs. 1–5)."""
+        local = [0.0] * cp
+        dist, volume = 0.0, 0.0
+        for s, p in zip(lengths, placement):
+            if p == SHARDED:
+                dist += self.t_comp_shard(s, cp)
+                volume += self.volume(s)
+            else:
+                local[p] += self.t_comp(s)
+        comm = self.t_comm(volume)
+        if self.overlap:
+            return [self.c_mb + max(comm, loc) + dist for loc in local]
+        return [self.c_mb + comm + loc + dist for loc in local]
+
+    def microbatch_time(self, lengths: Sequence[int], placement: Sequence[int], cp: int) -> float:
+        """T_DACP (Eq. 1): the slowest CP rank."""
+        return max(self.rank_times(lengths, placement, cp)) if len(lengths) else 0.0
+
+    # -- (de)serialisation -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["bucket_size"] = self.bucket_size
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CostModel":
+        d = dict(d)
+        d.pop("bucket_size", None)
+        try:
+            d["all_gather"] = CommModel(**d["all_gather"])
+            d["reduce_scatter"] = CommModel(**d["reduce_scatter"])
+            model = cls(**d)
+        except (KeyError, TypeError) as err:
+            raise InputError(f"cost model: malformed record ({err}); expected the fields of CostModel") from None
+        if model.bucket_size < 1:
+            raise InputError(f"cost model {model.name}: bucket size {model.bucket_size} tokens; expected >= 1 "
+                             f"(mem_budget_bytes={model.mem_budget_bytes}, mem_bytes_per_token={model.mem_bytes_per_token})")
+        return model
+
+    def with_bucket(self, tokens: int) -> "CostModel":
+        """The same model with the activation budget set to ``tokens`` tokens per rank."""
+        return replace(self, mem_budget_bytes=float(tokens) * self.mem_bytes_per_token)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Paper-scale presets: H100 + Qwen2.5 (constants from the notes; [R] where marked)
+# ---------------------------------------------------------------------------------------------------
+
+#: Qwen2.5 architecture constants (public model configs): hidden, KV hidden (kv_heads × head_dim), layers;
+#: BucketSize C on H100 as reported by Skrull [V].
+QWEN25 = {
+    "qwen2.5-0.5b": {"hidden": 896, "kv_hidden": 2 * 64, "layers": 24, "bucket_tokens": 26 * 1024},
+    "qwen2.5-7b": {"hidden": 3584, "kv_hidden": 4 * 128, "layers": 28, "bucket_tokens": 13 * 1024},
+}
+
+#: Skrull Table 5 [V] (H100, microseconds): message size (bytes) -> time
+TABLE5_US = {
+    "all_gather": {2 * 2**20: 53.0, 512 * 2**20: 3416.0, 2**30: 6468.0},
+    "reduce_scatter": {2 * 2**20: 59.0, 512 * 2**20: 3240.0, 2**30: 6294.0},
+}
+
+
+def table5_comm(kind: str) -> CommModel:
+    """Eq. 16 fitted to Table 5: latency = the 2 MB time; bandwidth through the origin from 1 GB
+    (reproduces the 512 MB entry within 6 %)."""
+    pts = TABLE5_US[kind]
+    big = max(pts)
+    return CommModel(latency_s=pts[min(pts)] * 1e-6, base_s=0.0, bandwidth_Bps=big / (pts[big] * 1e-6))
+
+
+def paper_preset(model: str, *, achieved_tflops: float = 400.0, bytes_per_value: int = 2,
+                 fwd_bwd_linear: float = 3.0, fwd_bwd_attention: float = 4.0,
+                 c_seq_s: float = 0.0, c_seq_shard_s: float = 0.0, c_mb_s: float = 0.0) -> CostModel:
+    """Cost model of one Qwen2.5 CP group on H100 (paper scale).
+
+    [R] ``achieved_tflops`` (H100 bf16 peak 989 TFLOP/s at ~40 % MFU), backward = 2× forward for the
+    linear term and 3× for attention (selective recomputation re-runs attention), bf16 K/V. The
+    per-sequence and per-micro-batch constants default to 0 (Skrull's model has only α, β).
+    """
+    if model not in QWEN25:
+        raise ConfigError(f"paper model {model!r}: expected one of {sorted(QWEN25)}")
+    if achieved_tflops <= 0:
+        raise ConfigError(f"achieved_tflops={achieved_tflops}: expected > 0")
+    q = QWEN25[model]
+    h, hkv, layers = q["hidden"], q["kv_hidden"], q["layers"]
+    s_per_flop = 1.0 / (achieved_tflops * 1e12)
+    # Eq. 13 (per layer, forward): (20h² + 4h·h_kv)·S + 4h·S²
+    c_tok = layers * (20 * h * h + 4 * h * hkv) * fwd_bwd_linear * s_per_flop
+    c_quad = layers * 4 * h * fwd_bwd_attention * s_per_flop
+    mem_per_token = 1.0  # C is given directly: budget in "tokens"
+    return CostModel(
+        name=f"{model}@H100", layers=layers, kv_bytes_per_token=2 * hkv * bytes_per_value,
+        c_tok=c_tok, c_quad=c_quad, mem_bytes_per_token=mem_per_token,
+        mem_budget_bytes=float(q["bucket_tokens"]) * mem_per_token,
+        all_gather=table5_comm("all_gather"), reduce_scatter=table5_comm("reduce_scatter"),
+        c_seq=c_seq_s, c_seq_shard=c_seq_shard_s, c_mb=c_mb_s,
+        notes=f"paper preset: {model} on H100 at {achieved_tflops:g} TFLOP/s achieved [R], "
+              f"C={q['bucket_tokens']} tokens [V], Table 5 collectives [V]",
+        meta={"hidden": h, "kv_hidden": hkv, "achieved_tflops": achieved_tflops})
+
+
+def quadratic_crossover(cost: CostModel) -> float:
+    """Sequence length where the attention (S²) term equals the linear term."""
+    return cost.c_tok / cost.c_quad if cost.c_quad > 0 else math.inf

@@ -1,0 +1,184 @@
+"""DACP — Distributed-aware Context Parallelism (Skrull Alg. 1 + RollBack, Alg. 3).
+
+Inside one micro-batch, decide per sequence whether it is **sharded** across the N ranks of the CP
+group or kept **whole** on one CP rank, such that no rank holds more than BucketSize C tokens
+(Eq. 7) and the compute load is balanced (Eqs. 1–4). Design principles (paper §4): (i) avoid
+sharding — place sequences locally first, shortest first; (ii) compute balance before memory
+balance — try the least-loaded rank, then the rank with the most free memory; (iii) when even
+sharding does not fit, **roll back**: shard the first (= shortest) local sequence on the binding rank
+to free memory there, and retry. With ``rollback=False`` (the paper's ablation) a sequence that
+fits nowhere is placed on the least-loaded rank anyway — the schedule then exceeds C ("OOM").
+
+:func:`round_robin_place` is Alg. 4, the case-study baseline: input order, most-free bucket first.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from components.skrull.cost_model import SHARDED, CostModel, shard_sizes
+
+
+class DACPInfeasible(Exception):
+    """The micro-batch cannot be placed within the bucket (GDS then uses more micro-batches)."""
+
+
+class _Buckets:
+    """Remaining bucket RB_j and compute load L_j of the N CP ranks while placing (Alg. 1 state)."""
+
+    def __init__(self, lengths: Sequence[int], cp: int, bucket: int, cost: CostModel):
+        self.lengths, self.cp, self.cost = [int(s) for s in lengths], cp, cost
+        self.rb = [int(bucket)] * cp      # remaining bucket (tokens)
+        self.load = [0.0] * cp            # compute load L_j (seconds): local + sharded work on rank j
+        self.local = [0.0] * cp           # T_comp(Local_j)
+        self.dist = 0.0                   # T_comp(Dist), the same on every rank
+        self.volume = 0.0                 # V of the sharded sequences
+        self.ret: dict[int, int] = {}     # sequence -> CP rank or SHARDED, in placement order
+
+    def t_dacp(self, local: Sequence[float] | None = None, dist: float | None = None,
+               volume: float | None = None) -> float:
+        """Eqs. 1–2 on the current (or a hypothetical) partial placement."""
+        local = self.local if local is None else local
+        comm = self.cost.t_comm(self.volume if volume is None else volume)
+        d = self.dist if dist is None else dist
+        return max(max(comm, x) for x in local) + d
+
+    def sharding_is_faster(self, k: int, t: int) -> bool:
+        """Balance guard [R]: is sharding ``k`` better for T_DACP than keeping it whole on rank t?"""
+        s = self.lengths[k]
+        if not self.can_shard(k):
+            return False
+        local = list(self.local)
+        local[t] += self.cost.t_comp(s)
+        as_local = self.t_dacp(local=local)
+        as_shard = self.t_dacp(dist=self.dist + self.cost.t_comp_shard(s, self.cp),
+                               volume=self.volume + self.cost.volume(s))
+        return as_shard < as_local
+
+    def place_local(self, k: int, t: int) -> None:
+        self.rb[t] -= self.lengths[k]
+        self.load[t] += self.cost.t_comp(self.lengths[k])
+        self.local[t] += self.cost.t_comp(self.lengths[k])
+        self.ret[k] = t
+
+    def can_shard(self, k: int) -> bool:
+        return all(rb >= sh for rb, sh in zip(self.rb, shard_sizes(self.lengths[k], self.cp)))
+
+    def shard(self, k: int) -> None:
+        s = self.lengths[k]
+        for r, sh in enumerate(shard_sizes(s, self.cp)):
+            self.rb[r] -= sh
+            self.load[r] += self.cost.t_comp_shard(s, self.cp)
+        self.dist += self.cost.t_comp_shard(s, self.cp)
+        self.volume += self.cost.volume(s)
+        self.ret[k] = SHARDED
+
+    def binding_rank(self, k: int) -> int:
+        """The rank with the least room for ``k``'s shard (argmin RB in the paper)."""
+        shares = shard_sizes(self.lengths[k], self.cp)
+        return min(range(self.cp), key=lambda r: (self.rb[r] - shares[r], r))
+
+    def roll_back(self, t: int) -> bool:
+        """RollBack(t): shard the first local sequence on rank t whose sharding frees memory there
+        and fits on the other ranks [R: the printed pseudo-code updates only rank t's bucket]."""
+        for j, p in self.ret.items():
+            if p != t:
+                continue
+            s, shares = self.lengths[j], shard_sizes(self.lengths[j], self.cp)
+            if s - shares[t] <= 0:
+                continue
+            if any(self.rb[r] < shares[r] for r in range(self.cp) if r != t):
+                continue
+            self.rb[t] += s
+            self.load[t] -= self.cost.t_comp(s)
+            self.local[t] -= self.cost.t_comp(s)
+            del self.ret[j]
+            self.shard(j)
+            return True
+        return False
+
+    def placement(self, n: int) -> tuple[int, ...]:
+        return tuple(self.ret[k] for k in range(n))
+
+
+def dacp_place(lengths: Sequence[int], cp: int, bucket: int, cost: CostModel,
+               rollback: bool = True, balance_guard: bool = True) -> tuple[int, ...]:
+    """Alg. 1: placement (CP rank or SHARDED) of every sequence of one micro-batch.
+
+    ``balance_guard`` [R]: before keeping a sequence whole on a rank, compare T_DACP (Eqs. 1–2) of
+    that choice with sharding it, and shard when that is faster. The printed algorithm shards only
+    under memory pressure; with an under-full bucket it then keeps long sequences whole and
+    unbalances compute badly (see the component README). ``balance_guard=False`` is the literal
+    pseudo-code.
+    """
+    b = _Buckets(lengths, cp, bucket, cost)
+    order = sorted(range(len(b.lengths)), key=lambda k: (b.lengths[k], k))   # shortest first
+    i = 0
+    while i < len(order):
+        k = order[i]
+        s = b.lengths[k]
+        t = min(range(cp), key=lambda r: (b.load[r], r))                    # least-loaded rank
+        if b.rb[t] < s:
+            t = max(range(cp), key=lambda r: (b.rb[r], -r))                   # most free memory
+        if b.rb[t] >= s:
+            if balance_guard and b.sharding_is_faster(k, t):
+                b.shard(k)
+            else:
+                b.place_local(k, t)
+        else:
+            if b.can_shard(k):
+                b.shard(k)
+            elif not rollback:
+                b.place_local(k, min(range(cp), key=lambda r: (b.load[r], r)))  # no guard: may exceed C
+            elif b.roll_back(b.binding_rank(k)):
+                continue                                                     # retry the same sequence
+            else:
+                raise DACPInfeasible(f"sequence {k} ({s} tokens) does not fit the CP group's buckets {b.rb}")
+        i += 1
+    return b.placement(len(b.lengths))
+
+
+def dacp_literal_place(lengths: Sequence[int], cp: int, bucket: int, cost: CostModel,
+                       rollback: bool = True) -> tuple[int, ...]:
+    """Alg. 1 exactly as printed (no balance guard)."""
+    return dacp_place(lengths, cp, bucket, cost, rollback, balance_guard=False)
+
+
+def round_robin_place(lengths: Sequence[int], cp: int, bucket: int, cost: CostModel,
+                      rollback: bool = True) -> tuple[int, ...]:
+    """Alg. 4: input order; the bucket with the most free capacity, else shard, else roll back."""
+    b = _Buckets(lengths, cp, bucket, cost)
+    i = 0
+    while i < len(b.lengths):
+        s = b.lengths[i]
+        t = max(range(cp), key=lambda r: (b.rb[r], -r))
+        if b.rb[t] >= s:
+            b.place_local(i, t)
+        elif b.can_shard(i):
+            b.shard(i)
+        elif not rollback:
+            b.place_local(i, t)                                              # no guard: may exceed C
+        elif b.roll_back(b.binding_rank(i)):
+            continue
+        else:
+            raise DACPInfeasible(f"sequence {i} ({s} tokens) does not fit the CP group's buckets {b.rb}")
+        i += 1
+    return b.placement(len(b.lengths))
+
+
+def all_sharded(lengths: Sequence[int], cp: int, bucket: int, cost: CostModel | None = None,
+                rollback: bool = True) -> tuple[int, ...]:
+    """DeepSpeed-style context parallelism: every sequence sharded over the whole CP group."""
+    ls = np.asarray(lengths, dtype=np.int64)
+    if ls.size:
+        base, extra = np.divmod(ls, 2 * cp)
+        ranks = np.arange(cp)
+        tokens = (2 * base[:, None] + (ranks[None, :] < extra[:, None])
+                  + ((2 * cp - 1 - ranks)[None, :] < extra[:, None])).sum(0)   # shard_sizes, vectorised
+        if tokens.max() > bucket:
+            raise DACPInfeasible(f"all-sharded micro-batch needs {int(tokens.max())} tokens on a rank > C={bucket}")
+    return (SHARDED,) * len(ls)
+
+
+PLACERS = {"dacp": dacp_place, "dacp_literal": dacp_literal_place, "round_robin": round_robin_place, "all_sharded": all_sharded}

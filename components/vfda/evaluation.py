@@ -1,0 +1,129 @@
+"""Evaluation of trained federations: Dice per institute, held-in and held-out, and the paper table.
+
+Held-in institutes are evaluated on their local test split ("validation" in the datalist) with the
+model each institute would use: the global model (FedAvg, FedProx) or the global model with the
+institute's own normalisation layers (FedBN). The held-out institute never trained and is evaluated
+with the global model (for FedBN: with the server-side average of the norm layers).
+Aggregates: per seed, held-in Dice = macro mean over institutes; then mean +- std over seeds.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from components.base import InputError
+from components.vfda.config import VfdaConfig
+
+
+def evaluate_federation(model_dir: Path, history: dict[str, Any], data_dir: Path, cfg: VfdaConfig) -> dict[str, Any]:
+    """Dice of one trained federation on every institute."""
+    import torch
+
+    from components.vfda.data import held_out_institutes, load_split, read_manifest, training_institutes
+    from components.vfda.model import build_model
+    from components.vfda.training import evaluate_dice
+
+    global_pt = model_dir / "global.pt"
+    if not global_pt.is_file():
+        raise InputError(f"{global_pt}: trained model not found; run the vfda federate stage first")
+    state = torch.load(global_pt, map_location="cpu", weights_only=True)
+    norms_pt = model_dir / "local_norms.pt"
+    local_norms = torch.load(norms_pt, map_location="cpu", weights_only=True) if norms_pt.is_file() else {}
+    manifest = read_manifest(data_dir)
+    k = cfg.data.num_classes
+    out: dict[str, Any] = {"held_in": {}, "held_out": {}}
+    for entry in training_institutes(manifest):
+        net = build_model(cfg.model, k, cfg.vfda)
+        net.load_state_dict(state)
+        if history["strategy"] == "fedbn":
+            if entry["name"] not in local_norms:
+                raise InputError(f"{norms_pt}: no local norm layers for institute {entry['name']}")
+            net.load_state_dict(local_norms[entry["name"]], strict=False)
+        out["held_in"][entry["name"]] = evaluate_dice(net, load_split(data_dir / entry["datalist"], "validation", cfg.data), k)
+    net = build_model(cfg.model, k, cfg.vfda)
+    net.load_state_dict(state)
+    for entry in held_out_institutes(manifest):
+        out["held_out"][entry["name"]] = evaluate_dice(net, load_split(data_dir / entry["datalist"], "validation", cfg.data), k)
+    out["held_in_mean"] = float(np.mean([v["dice"] for v in out["held_in"].values()]))
+    out["held_out_mean"] = float(np.mean([v["dice"] for v in out["held_out"].values()])) if out["held_out"] else 0.0
+    return out
+
+
+def _mean_std(values: Iterable[float]) -> tuple[float, float]:
+    arr = np.asarray(list(values), dtype=float)
+    return (float(arr.mean()), float(arr.std())) if arr.size else (0.0, 0.0)
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """``results``: one dict per federation with strategy, variant, seed, vfda_rule and
+    :func:`evaluate_federation`'s output. Returns the ``dice`` and ``gain`` sections of the metrics."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        groups[(r["strategy"], r["variant"])].append(r)
+    dice: dict[str, dict[str, Any]] = defaultdict(dict)
+    for (strategy, variant), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        hi_m, hi_s = _mean_std(r["held_in_mean"] for r in rs)
+        ho_m, ho_s = _mean_std(r["held_out_mean"] for r in rs)
+        per_inst = {}
+        for inst in rs[0]["held_in"]:
+            per_inst[inst] = _mean_std(r["held_in"][inst]["dice"] for r in rs)[0]
+        for inst in rs[0]["held_out"]:
+            per_inst[inst] = _mean_std(r["held_out"][inst]["dice"] for r in rs)[0]
+        dice[strategy][variant] = {"held_in": hi_m, "held_in_std": hi_s, "held_out": ho_m, "held_out_std": ho_s,
+                                   "per_institute": per_inst, "seeds": len(rs)}
+    gain: dict[str, dict[str, Any]] = defaultdict(dict)
+    for (strategy, variant), rs in groups.items():
+        base = {r["seed"]: r for r in groups.get((strategy, "base"), [])}
+        paired = [(r, base[r["seed"]]) for r in rs if r["seed"] in base]
+        if variant == "base" or not paired:
+            continue
+        d_in = [r["held_in_mean"] - b["held_in_mean"] for r, b in paired]
+        d_out = [r["held_out_mean"] - b["held_out_mean"] for r, b in paired]
+        gain[strategy][variant] = {"held_in": _mean_std(d_in)[0], "held_in_std": _mean_std(d_in)[1],
+                                   "held_out": _mean_std(d_out)[0], "held_out_std": _mean_std(d_out)[1],
+                                   "held_in_seeds_improved": int(sum(d > 0 for d in d_in)),
+                                   "held_out_seeds_improved": int(sum(d > 0 for d in d_out)),
+                                   "seeds": len(paired)}
+    return {"dice": dict(dice), "gain": dict(gain)}
+
+
+_NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedbn": "FedBN"}
+
+
+def variant_label(strategy: str, variant: str, rule: str) -> str:
+    name = _NAMES.get(strategy, strategy)
+    if variant == "base":
+        return name
+    if variant == "mixup":
+        return f"{name} + MixUp"
+    if variant == "vfda-local":
+        return f"{name} + VFDA (local only, {rule})"
+    return f"{name} + VFDA ({rule})"
+
+
+def paper_table(summary: dict[str, Any], rules: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
+    """Rows like the paper's table: per-institute Dice, held-in mean +- std, held-out +- std (in %)."""
+    rows = []
+    for strategy, variants in summary["dice"].items():
+        order = sorted(variants, key=lambda v: (["base", "mixup"].index(v) if v in ("base", "mixup") else 2, v))
+        for variant in order:
+            d = variants[variant]
+            row: dict[str, Any] = {"method": variant_label(strategy, variant, rules.get((strategy, variant), "-"))}
+            for inst, v in d["per_institute"].items():
+                row[inst] = round(100 * v, 2)
+            row["held-in (mean ± std)"] = f"{100 * d['held_in']:.2f} ± {100 * d['held_in_std']:.2f}"
+            row["held-out (mean ± std)"] = f"{100 * d['held_out']:.2f} ± {100 * d['held_out_std']:.2f}"
+            rows.append(row)
+    return rows
+
+
+def load_history(results_dir: Path, fed_id: str) -> dict[str, Any]:
+    path = results_dir / "federations" / fed_id / "history.json"
+    if not path.is_file():
+        raise InputError(f"{path}: federation record not found; run the vfda federate stage first")
+    return json.loads(path.read_text())

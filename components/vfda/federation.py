@@ -1,0 +1,106 @@
+"""What one federation is, and how server and clients agree on it.
+
+A *federation* is one (strategy, variant, seed) training run. The ServerApp runs many of them in one
+Flower run (one simulation start-up); every message carries the federation's id and the serialized
+:class:`~components.vfda.config.VfdaConfig`, so a ClientApp needs nothing but the message and its
+node config (``partition-id``, or its own ``datalist`` on a real SuperNode).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from components.base import ConfigError
+from components.vfda.config import VfdaConfig
+
+
+@dataclass(frozen=True)
+class Federation:
+    strategy: str
+    variant: str
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.strategy}-{self.variant}-s{self.seed}"
+
+    @property
+    def uses_vfda(self) -> bool:
+        return self.variant.startswith("vfda")
+
+    def vfda_rule(self, cfg: VfdaConfig) -> str:
+        """The variance-combination rule this federation's VFDA layers use ("-" without VFDA)."""
+        if not self.uses_vfda:
+            return "-"
+        if self.variant in ("vfda-product", "vfda-fedfa"):
+            return self.variant.split("-", 1)[1]
+        return cfg.vfda.rule
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan(cfg: VfdaConfig) -> list[Federation]:
+    """Every federation of the experiment: strategies x variants x seeds, then the ablations."""
+    fed = cfg.federation
+    seeds = [cfg.seed + s for s in fed.seeds]
+    out = [Federation(st, v, s) for st in fed.strategies for v in fed.variants for s in seeds]
+    out += [Federation(st, v, s) for st in fed.ablation_strategies for v in fed.ablation_variants
+            for s in seeds if Federation(st, v, s) not in out]
+    return out
+
+
+def parse_federation_id(fed_id: str) -> Federation:
+    try:
+        strategy, rest = fed_id.split("-", 1)
+        variant, seed = rest.rsplit("-s", 1)
+        return Federation(strategy, variant, int(seed))
+    except ValueError:
+        raise ConfigError(f"federation id {fed_id!r}: expected '<strategy>-<variant>-s<seed>'") from None
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the ServerApp needs: the validated config, where the data is, where results go, and
+    which federations to run (default: the whole plan)."""
+
+    config: VfdaConfig
+    data_dir: Path
+    out_dir: Path
+    federations: tuple[Federation, ...] = ()
+
+    def resolved(self) -> list[Federation]:
+        return list(self.federations) or plan(self.config)
+
+
+def settings_from_run_config(run_config: Mapping[str, Any], cwd: Path | None = None) -> RunSettings:
+    """Build :class:`RunSettings` from a Flower run config (``[tool.flwr.app.config]`` of
+    ``components/vfda/pyproject.toml``, overridable with ``flwr run --run-config``).
+
+    Keys: ``params-file`` (a params.yaml with a ``vfda`` section; empty = quick defaults),
+    ``profile``, ``data-dir``, ``out-dir``, ``federations`` (comma-separated ids, empty = all).
+    Relative paths are taken from the current directory (the repository root when run as documented).
+    """
+    import yaml
+
+    from components.base import resolve_section
+
+    cwd = cwd or Path.cwd()
+    section: dict[str, Any] = {}
+    params_file = str(run_config.get("params-file", "") or "")
+    if params_file:
+        path = (cwd / params_file).resolve()
+        if not path.is_file():
+            raise ConfigError(f"run config params-file={params_file!r}: {path} not found; expected a "
+                              f"params.yaml with a 'vfda' section")
+        section = (yaml.safe_load(path.read_text()) or {}).get("vfda") or {}
+    overrides: dict[str, Any] = {}
+    if run_config.get("profile"):
+        overrides["profile"] = str(run_config["profile"])
+    cfg = resolve_section(VfdaConfig, section, overrides)
+    feds = tuple(parse_federation_id(f.strip()) for f in str(run_config.get("federations", "") or "").split(",")
+                 if f.strip())
+    return RunSettings(config=cfg, data_dir=(cwd / str(run_config.get("data-dir", "data/vfda"))).resolve(),
+                       out_dir=(cwd / str(run_config.get("out-dir", "results/vfda/flwr-run"))).resolve(),
+                       federations=feds)

@@ -1,0 +1,245 @@
+"""The Flower ServerApp: every (strategy x variant x seed) federation of the experiment in one run.
+
+Starting a Flower simulation costs seconds (Ray start-up), so one run executes the whole plan:
+
+1. a ``query`` round asks every SuperNode which institute it holds;
+2. the nodes are grouped into *lanes*, each holding one node per training institute (simulation:
+   ``num_supernodes = lanes x institutes``; a deployment with one SuperNode per institute is one lane);
+3. each lane runs its share of the federations one after another (lanes run concurrently, so one
+   federation's message latency overlaps another's compute); a lane's nodes only ever serve that
+   lane, so each node's local state (FedBN norms, VFDA statistics) belongs to one federation at a time;
+4. a federation is Flower's ``Strategy.start`` with the held-out institute evaluated on the server
+   after every round; its final global model, FedBN's per-institute norm layers and the per-round,
+   per-client record are written under ``<out-dir>/federations/<id>/``.
+
+``flwr run components/vfda`` uses the module-level ``app`` (settings from the run config); the
+paperworks flow builds its own with :func:`make_server_app`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from components.base import InputError
+from components.vfda.federation import Federation, RunSettings, settings_from_run_config
+from components.vfda.strategy import CLIENT_INFO, make_strategy
+
+log = logging.getLogger("paperworks.vfda.server")
+_INIT_LOCK = threading.Lock()
+
+
+class LaneGrid(Grid):
+    """A view of a Grid restricted to one lane's nodes (everything else is delegated)."""
+
+    def __init__(self, grid: Grid, node_ids: Iterable[int]) -> None:
+        self._grid = grid
+        self._nodes = sorted(int(n) for n in node_ids)
+
+    def set_run(self, run: Any) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self._grid.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self._nodes)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self._grid.send_and_receive(messages, timeout=timeout)
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def discover_lanes(grid: Grid, data_dir: Path, timeout: float = 120.0,
+                   wait_s: float = 60.0) -> tuple[list[dict[int, str]], dict[int, str]]:
+    """Ask every node for its institute; return lanes (``{node_id: institute}``, one node per
+    training institute each) and all nodes."""
+    from components.vfda.data import read_manifest, training_institutes
+
+    institutes = [e["name"] for e in training_institutes(read_manifest(data_dir))]
+    deadline = time.monotonic() + wait_s
+    while len(list(grid.get_node_ids())) < len(institutes) and time.monotonic() < deadline:
+        time.sleep(0.5)  # deployment: SuperNodes may still be connecting
+    node_ids = sorted(grid.get_node_ids())
+    msgs = [Message(RecordDict({"config": ConfigRecord({"data-dir": str(data_dir)})}), nid, MessageType.QUERY)
+            for nid in node_ids]
+    replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    nodes: dict[int, tuple[str, int]] = {}
+    for r in replies:
+        if r.has_error():
+            log.warning("node %d did not answer the institute query: %s", r.metadata.src_node_id,
+                        r.error.reason if r.error else "?")
+            continue
+        info = r.content[CLIENT_INFO]
+        nodes[int(r.metadata.src_node_id)] = (str(info["institute"]), int(info["partition-id"]))
+    pool = [(nid, inst) for nid, (inst, _) in sorted(nodes.items(), key=lambda kv: kv[1][1])]
+    lanes: list[dict[int, str]] = []
+    while True:  # fill lanes in partition-id order with one node per training institute
+        lane: dict[int, str] = {}
+        for nid, inst in list(pool):
+            if inst in institutes and inst not in lane.values():
+                lane[nid] = inst
+                pool.remove((nid, inst))
+        if len(lane) < len(institutes):
+            break
+        lanes.append(lane)
+    if not lanes:
+        raise InputError(f"no complete set of SuperNodes: found {sorted(v[0] for v in nodes.values())}, "
+                         f"expected one node per training institute {institutes}")
+    return lanes, {nid: inst for nid, (inst, _) in nodes.items()}
+
+
+def _initial_model(settings: RunSettings, fed: Federation):
+    from components.vfda.model import build_model
+
+    cfg = settings.config
+    with _INIT_LOCK:  # nn.Module init draws from the global RNG: seed it without races between lanes
+        torch.manual_seed(fed.seed)
+        return build_model(cfg.model, cfg.data.num_classes, cfg.vfda)
+
+
+def run_federation(grid: Grid, fed: Federation, settings: RunSettings, num_clients: int,
+                   heldout: dict[str, list]) -> dict[str, Any]:
+    """One federation with Flower's ``Strategy.start``; writes and returns its record."""
+    from components.vfda.model import build_model, norm_keys, weights
+    from components.vfda.training import evaluate_dice
+
+    cfg = settings.config
+    t0 = time.perf_counter()
+    model = _initial_model(settings, fed)
+    strategy = make_strategy(fed, num_clients=num_clients, min_train_clients=cfg.federation.min_train_clients,
+                             proximal_mu=cfg.federation.proximal_mu, norm_keys=norm_keys(model))
+    common = {"federation": fed.id, "settings": cfg.model_dump_json(), "data-dir": str(settings.data_dir)}
+    train_config = ConfigRecord({**common, "fault-round": cfg.simulation.fault_round,
+                                 "fault-partition": cfg.simulation.fault_partition})
+    heldout_record: dict[int, dict[str, dict[str, float]]] = {}
+    net = build_model(cfg.model, cfg.data.num_classes, cfg.vfda)  # reused for every round
+
+    def evaluate_heldout(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        net.load_state_dict(arrays.to_torch_state_dict())
+        res = {name: evaluate_dice(net, data, cfg.data.num_classes) for name, data in heldout.items()}
+        heldout_record[server_round] = res
+        return MetricRecord({f"{name}-dice": r["dice"] for name, r in res.items()}) if res else None
+
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(weights(model)),
+                            num_rounds=cfg.federation.num_rounds, timeout=cfg.federation.round_timeout_s,
+                            train_config=train_config, evaluate_config=ConfigRecord(dict(common)),
+                            evaluate_fn=evaluate_heldout)
+    final = result.arrays.to_torch_state_dict()
+    rounds = []
+    for r in range(1, cfg.federation.num_rounds + 1):
+        rec = dict(strategy.rounds.get(r, {"round": r, "train": {}, "evaluate": {}, "failures": [],
+                                          "aggregated": False}))
+        rec["heldout"] = heldout_record.get(r, {})
+        rounds.append(rec)
+    record = {"federation": fed.id, **fed.as_dict(), "vfda_rule": fed.vfda_rule(cfg),
+              "num_clients": num_clients, "rounds": rounds, "heldout_round0": heldout_record.get(0, {}),
+              "wall_s": time.perf_counter() - t0}
+    folder = settings.out_dir / "federations" / fed.id
+    _atomic_torch_save(folder / "global.pt", final)
+    if fed.strategy == "fedbn":
+        _atomic_torch_save(folder / "local_norms.pt", {inst: {k: torch.from_numpy(v.copy()) for k, v in sd.items()}
+                                                       for inst, sd in strategy.client_norms.items()})
+    _atomic_write_json(folder / "history.json", record)
+    return record
+
+
+def run_plan(grid: Grid, settings: RunSettings) -> dict[str, Any]:
+    """Discover lanes, run every federation of the plan, write ``<out-dir>/run.json``."""
+    from components.vfda.data import held_out_institutes, load_split, read_manifest, validate_dataset
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    torch.set_num_threads(1)
+    cfg = settings.config
+    manifest = validate_dataset(settings.data_dir, cfg.data)
+    heldout = {e["name"]: load_split(settings.data_dir / e["datalist"], "validation", cfg.data)
+               for e in held_out_institutes(manifest)}
+    lanes, nodes = discover_lanes(grid, settings.data_dir)
+    lanes = lanes[: max(1, cfg.simulation.lanes)]
+    feds = settings.resolved()
+    log.info("vfda: %d federations on %d lane(s) of %d SuperNodes", len(feds), len(lanes), len(lanes[0]))
+    records: dict[str, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+    queue = list(feds)
+    qlock = threading.Lock()
+
+    def lane_worker(lane: dict[int, str]) -> None:
+        lane_grid = LaneGrid(grid, lane)
+        while True:
+            with qlock:
+                if not queue or errors:
+                    return
+                fed = queue.pop(0)
+            try:
+                rec = run_federation(lane_grid, fed, settings, len(lane), heldout)
+                last = rec["rounds"][-1]
+                log.info("vfda: %s done in %.1f s (held-in dice %s, held-out %s)", fed.id, rec["wall_s"],
+                         {k: round(v.get("dice", 0.0), 3) for k, v in last["evaluate"].items()},
+                         {k: round(v["dice"], 3) for k, v in last["heldout"].items()})
+                records[fed.id] = rec
+            except BaseException as err:  # surface the first failure once every lane stopped
+                errors.append(err)
+                return
+
+    threads = [threading.Thread(target=lane_worker, args=(lane,), name=f"vfda-lane{i}", daemon=True)
+               for i, lane in enumerate(lanes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    client_cpu = sum(v.get("client-cpu-s", 0.0) for rec in records.values() for r in rec["rounds"]
+                     for phase in ("train", "evaluate") for v in r[phase].values())
+    summary = {"federations": [f.id for f in feds], "lanes": [sorted(l.values()) for l in lanes],
+               "nodes": {str(k): v for k, v in nodes.items()}, "wall_s": time.perf_counter() - t0,
+               "server_process_cpu_s": time.process_time() - c0, "client_cpu_s": client_cpu}
+    _atomic_write_json(settings.out_dir / "run.json", summary)
+    return summary
+
+
+def make_server_app(settings: RunSettings | None = None) -> ServerApp:
+    """A ServerApp running ``settings`` (None: read them from the Flower run config)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_plan(grid, settings or settings_from_run_config(context.run_config))
+
+    return server_app
+
+
+app = make_server_app()

@@ -1,0 +1,58 @@
+"""Run the whole federation plan on Flower's simulation runtime (Ray backend), in this process.
+
+One ``run_simulation`` call (one Ray start-up) runs every federation: ``lanes x institutes``
+SuperNodes, ``num_cpus / cpus_per_client`` ClientApp actors working in parallel (1 torch thread each).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from components.vfda.federation import RunSettings
+
+log = logging.getLogger("paperworks.vfda.simulation")
+
+
+def backend_config(settings: RunSettings) -> dict[str, Any]:
+    sim = settings.config.simulation
+    init_args: dict[str, Any] = {"num_cpus": sim.num_cpus, "include_dashboard": False}
+    if sim.gpus_per_client == 0:
+        init_args["num_gpus"] = 0
+    return {"client_resources": {"num_cpus": sim.cpus_per_client, "num_gpus": sim.gpus_per_client},
+            "init_args": init_args}
+
+
+def simulate(settings: RunSettings) -> dict[str, Any]:
+    """Run ``settings``' federations; return the ServerApp's summary (also in ``run.json``)."""
+    import json
+
+    from flwr.simulation import run_simulation
+
+    from components.vfda.client_app import app as client_app
+    from components.vfda.data import read_manifest, training_institutes
+    from components.vfda.server_app import make_server_app
+
+    n_inst = len(training_institutes(read_manifest(settings.data_dir)))
+    lanes = max(1, min(settings.config.simulation.lanes, len(settings.resolved())))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the Ray actors
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    log.info("vfda simulation: %d SuperNodes (%d lane(s) x %d institutes), backend %s",
+             lanes * n_inst, lanes, n_inst, settings.config.simulation.backend)
+    try:
+        run_simulation(server_app=make_server_app(settings), client_app=client_app,
+                       num_supernodes=lanes * n_inst, backend_name=settings.config.simulation.backend,
+                       backend_config=backend_config(settings))
+    finally:
+        try:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+        except ImportError:  # pragma: no cover - ray is part of flwr[simulation]
+            pass
+    run_json = settings.out_dir / "run.json"
+    if not run_json.is_file():
+        raise RuntimeError(f"Flower simulation ended without {run_json}; see the ServerApp log above")
+    return json.loads(run_json.read_text())

@@ -1,0 +1,296 @@
+"""RT-HARE / IMFE flow: data -> teacher (flow + stream CNNs) -> IMFE distillation -> evaluate.
+
+``python -m flows har <stage>`` runs one stage (what ``dvc repro har_<stage>`` calls);
+``python -m flows har all`` runs every stage in one process. See components/har/README.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from components.har.config import HarConfig
+from tasks.io import atomic_dir, read_json, write_json
+from tasks.pipeline import StageContext, flow_config, run_paper, stage_task
+
+PAPER = "har"
+CONFIG = HarConfig
+STAGES = ("data", "teacher", "imfe", "evaluate")
+
+_MARK: dict[str, float] = {}
+
+
+def _stage_cost() -> dict[str, float]:
+    """Wall and CPU (user+sys, this process and its children) seconds since the previous stage of
+    this process ended, or since the process started: interpreter start-up, imports and the Prefect
+    and MLflow set-up are part of what a stage costs."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+        age = float(Path("/proc/uptime").read_text().split()[0]) - start
+    except (OSError, ValueError, IndexError):   # not Linux: time since this module was imported
+        age = time.perf_counter() - _IMPORTED
+    ru_s, ru_c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = ru_s.ru_utime + ru_s.ru_stime + ru_c.ru_utime + ru_c.ru_stime
+    cost = {"wall_s": age - _MARK.get("wall", 0.0), "cpu_s": cpu - _MARK.get("cpu", 0.0)}
+    _MARK.update(wall=age, cpu=cpu)
+    return cost
+
+
+_IMPORTED = time.perf_counter()
+
+
+def _timing_file(ctx: StageContext, stage: str) -> Path:
+    return ctx.paths.results / stage / "timing.json"
+
+
+@stage_task
+def data(ctx: StageContext) -> dict:
+    """Render the synthetic action clips (or import a UCF101-layout folder) into data/har."""
+    from components.har.data import class_counts, generate_dataset, import_ucf101
+
+    cfg = ctx.config
+    with atomic_dir(ctx.paths.data) as tmp:
+        if cfg.data.source == "synthetic":
+            clips = generate_dataset(cfg.data, tmp, seed=cfg.seed, progress=ctx.progress)
+        else:
+            clips = import_ucf101(cfg.data, tmp, cfg.opticalflow.clip_len, progress=ctx.progress)
+    counts = {s: class_counts(clips, s) for s in ("train", "test")}
+    out = {"num_clips": len(clips), "train_clips": sum(counts["train"].values()),
+           "test_clips": sum(counts["test"].values())}
+    ctx.log_metrics({f"data.{k}": v for k, v in out.items()})
+    with atomic_dir(ctx.paths.results / "data") as tmp:
+        write_json(tmp / "timing.json", {"stage": "data", **_stage_cost(), "class_counts": counts})
+    return out
+
+
+@stage_task
+def teacher(ctx: StageContext) -> dict:
+    """TV-L1 / Farnebäck / DIS flow of every chunk; RGB and flow stream CNNs (TV-L1 = the teacher)."""
+    from components.har.experiment import run_teacher
+
+    with atomic_dir(ctx.paths.models / "teacher") as models, atomic_dir(ctx.paths.results / "teacher") as res:
+        summary = run_teacher(ctx.config, ctx.paths.data, models, res, ctx.progress)
+        write_json(res / "timing.json", {"stage": "teacher", **_stage_cost()})
+    ctx.log_metrics({"teacher.chunk_accuracy": summary["chunk_accuracy"],
+                     "teacher.flow_ms_per_pair": {m: t["ms_per_pair"] for m, t in summary["flow_cpu"].items()}})
+    return {"chunk_accuracy": summary["chunk_accuracy"]}
+
+
+@stage_task
+def imfe(ctx: StageContext) -> dict:
+    """Distil IMFE onto the TV-L1 flow stream; export to ONNX and check onnxruntime parity."""
+    from components.har.experiment import run_imfe
+
+    with atomic_dir(ctx.paths.models / "imfe") as models, atomic_dir(ctx.paths.results / "imfe") as res:
+        summary = run_imfe(ctx.config, ctx.paths.data, ctx.paths.models / "teacher", ctx.paths.results / "teacher",
+                           models, res, ctx.progress)
+        write_json(res / "timing.json", {"stage": "imfe", **_stage_cost()})
+    for epoch, (tr, va) in enumerate(zip(summary["train_mse"], summary["val_mse"] or summary["train_mse"])):
+        ctx.log_metrics({"imfe.train_mse": tr, "imfe.val_mse": va}, step=epoch)
+    ctx.log_metrics({"imfe.onnx_max_abs_diff": summary["onnx"]["max_abs_diff"], "imfe.params": summary["params"]})
+    return {"val_mse": summary["val_mse"][-1] if summary["val_mse"] else None}
+
+
+@stage_task
+def evaluate(ctx: StageContext) -> dict:
+    """Every motion source through the LSTR head (accuracy), the latency benchmark, the streaming
+    runtime; metrics/har.json, plots/har, MLflow tables and figures."""
+    import numpy as np
+    import torch
+
+    from components.har import experiment as ex
+    from components.har.config import ImfeConfig
+    from components.har.imfe import ImfeNet
+    from components.har.opticalflow import FLOW_METHODS
+    from components.har.stream import WallClock, load_pipeline, run_stream
+    from components.har.video import iter_frames, write_video
+
+    cfg, paths = ctx.config, ctx.paths
+    torch.set_num_threads(cfg.torch_threads)
+    manifest, splits = ex.load_splits(paths.data, cfg.opticalflow.clip_len)
+    classes = manifest["classes"]
+    nets: dict[str, Any] = {k: ex.load_stream_net(paths.models / "teacher" / f"{k}.pt") for k in ("rgb", *FLOW_METHODS)}
+    b = ex.load_bundle(paths.models / "imfe" / "imfe.pt")
+    nets["imfe"] = ImfeNet(b["height"], b["width"], b["num_frames"], b["feature_dim"], ImfeConfig(**b["config"]))
+    nets["imfe"].load_state_dict(b["state_dict"])
+    nets["imfe"].eval()
+    flows = {s: {m: ex.load_flows(paths.results / "teacher" / f"flows_{m}.npz", sp.ids) for m in FLOW_METHODS}
+             for s, sp in splits.items()}
+    meta = {"classes": classes, "clip_len": cfg.opticalflow.clip_len, "height": manifest["height"],
+            "width": manifest["width"], "fps": manifest["fps"], "frames_per_clip": manifest.get("frames_per_clip"),
+            "opticalflow": cfg.opticalflow.model_dump(by_alias=True)}
+
+    with atomic_dir(paths.models / "heads") as heads_dir:
+        rows, per_source = ex.evaluate_heads(cfg, classes, splits, flows, nets, heads_dir, meta, ctx.progress)
+    for r in rows:
+        with ctx.child(f"{r['source']}-seed{r['seed']}", params={"source": r["source"], "seed": r["seed"]},
+                       tags={"variant": r["source"]}) as run:
+            run.log_metrics({k: v for k, v in r.items() if k not in ("source", "seed")})
+
+    ctx.progress("har latency: %d chunks per source, %d thread(s)", cfg.evaluate.latency_chunks, cfg.evaluate.threads)
+    latency = ex.latency_benchmark(cfg, splits["test"], nets, paths.models / "imfe" / "imfe.onnx", progress=ctx.progress)
+
+    # the streaming runtime on a video file: test clips back to back, frames arriving at stream_fps
+    streams: dict[str, Any] = {}
+    with atomic_dir(paths.results / "evaluate") as res:
+        clips, n = [], 0
+        for c in splits["test"].chunks:
+            clips.append(c.reshape(-1, *c.shape[2:]))
+            n += len(clips[-1])
+            if n >= cfg.evaluate.stream_frames:
+                break
+        video = write_video(res / "stream.mp4", np.concatenate(clips)[: cfg.evaluate.stream_frames], manifest["fps"])
+        lat_hist = {}
+        for source in ("imfe", "tvl1"):
+            if source not in cfg.evaluate.sources:
+                continue
+            pipe, _ = load_pipeline(paths.models, source, "onnx", cfg.evaluate.threads)
+            rep = run_stream(iter_frames(video, pipe.size), pipe, cfg.evaluate.stream_fps, WallClock(),
+                             queue_size=cfg.evaluate.queue_size)
+            streams[source] = rep.summary()
+            lat_hist[source] = rep.latencies_ms
+            ctx.progress("har stream %s: p50 %.1f ms p99 %.1f ms, %.1f fps achieved (capacity %.0f), %d misses, %d drops",
+                         source, rep.latency_ms_p50, rep.latency_ms_p99, rep.achieved_fps, rep.capacity_fps,
+                         rep.deadline_misses, rep.frames_dropped)
+        write_json(res / "stream_latencies_ms.json", lat_hist)
+        write_json(res / "heads.json", {"rows": rows, "per_source": per_source})
+        write_json(res / "latency.json", latency)
+        cost = _stage_cost()
+        write_json(res / "timing.json", {"stage": "evaluate", **cost})
+
+    # ---- the record
+    timings = {}
+    for stage in STAGES:
+        f = _timing_file(ctx, stage)
+        if f.is_file():
+            timings[stage] = read_json(f)
+    profile = {f"{s}_wall_s": t["wall_s"] for s, t in timings.items()} | \
+              {f"{s}_cpu_s": t["cpu_s"] for s, t in timings.items()}
+    profile["total_wall_s"] = sum(t["wall_s"] for t in timings.values())
+    profile["total_cpu_s"] = sum(t["cpu_s"] for t in timings.values())
+    teacher_sum = read_json(paths.results / "teacher" / "teacher.json")
+    imfe_sum = read_json(paths.results / "imfe" / "imfe.json")
+    acc = {s: v["online_accuracy"] for s, v in per_source.items()}
+    pts = lambda a, b: 100.0 * (acc[a] - acc[b]) if a in acc and b in acc else None  # noqa: E731
+    metrics = {
+        "paper": PAPER, "profile": cfg.profile,
+        "accuracy": {s: {k: v for k, v in d.items() if k != "accuracy_by_step"} for s, d in per_source.items()},
+        "accuracy_points": {"imfe_minus_tvl1": pts("imfe", "tvl1"), "imfe_minus_rgb": pts("imfe", "rgb"),
+                            "tvl1_minus_rgb": pts("tvl1", "rgb"),
+                            "tvl1_minus_imfe_abs": abs(pts("imfe", "tvl1")) if pts("imfe", "tvl1") is not None else None},
+        "latency": {k: v for k, v in latency.items() if k not in ("ms", "resolution")},
+        "stream": streams,
+        "imfe": {"val_mse": imfe_sum["val_mse"][-1] if imfe_sum["val_mse"] else None,
+                 "val_relative_mse": imfe_sum["val_relative_mse"], "params": imfe_sum["params"],
+                 "onnx_max_abs_diff": imfe_sum["onnx"]["max_abs_diff"], "train_seconds": imfe_sum["train_seconds"]},
+        "teacher": {"chunk_accuracy": teacher_sum["chunk_accuracy"],
+                    "flow_cpu_ms_per_pair": {m: t["ms_per_pair"] for m, t in teacher_sum["flow_cpu"].items()}},
+        "profile_seconds": profile,
+    }
+    metrics = _drop_none(metrics)
+    ctx.log_metrics({k: v for k, v in metrics.items() if k not in ("paper", "profile")})
+    ctx.log_table([{"source": s, "online_accuracy": d["online_accuracy"], "std": d["online_accuracy_std"],
+                    "clip_accuracy": d["clip_accuracy"],
+                    "motion_ms_p50": _motion_ms(latency, s)} for s, d in per_source.items()], "accuracy_by_source")
+    ctx.log_table(rows, "heads_by_seed")
+    ctx.log_table([{"path": k, "p50_ms": v["p50"], "p99_ms": v["p99"], "mean_ms": v["mean"]}
+                   for k, v in latency["ms"].items()], "latency_per_chunk")
+    ctx.log_table([{"source": s, **{k: v for k, v in d.items()}} for s, d in streams.items()], "streaming")
+    with atomic_dir(paths.plots) as tmp:
+        _plots(tmp, per_source, latency, _stream_latencies(paths), imfe_sum, cfg)
+    ctx.log_artifact(paths.plots, "plots")
+    write_json(paths.metrics, metrics)
+    return metrics
+
+
+def _stream_latencies(paths) -> dict[str, list[float]]:
+    f = paths.results / "evaluate" / "stream_latencies_ms.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def _motion_ms(latency: dict[str, Any], source: str) -> float | None:
+    if source == "imfe":
+        return latency["imfe_ms_p50"]
+    if source == "rgb":
+        return 0.0
+    return latency.get(f"{source}_feature_ms_p50")
+
+
+def _drop_none(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+    return d
+
+
+def _plots(out: Path, per_source: dict, latency: dict, lat_hist: dict, imfe_sum: dict, cfg: HarConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tasks.tracking import rows_to_csv
+
+    names = list(per_source)
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    accs = [100 * per_source[s]["online_accuracy"] for s in names]
+    errs = [100 * per_source[s]["online_accuracy_std"] for s in names]
+    ax[0].bar(names, accs, yerr=errs, color=["tab:blue", "tab:cyan", "tab:olive", "tab:red", "tab:gray"][: len(names)])
+    ax[0].set_ylabel("online accuracy (%)")
+    ax[0].set_title(f"test accuracy, mean of {len(cfg.evaluate.seeds)} head seeds")
+    for i, a in enumerate(accs):
+        ax[0].text(i, a + 1, f"{a:.1f}", ha="center", fontsize=8)
+    motion = {s: _motion_ms(latency, s) for s in names if s != "rgb"}
+    ax[1].bar(list(motion), list(motion.values()), color="tab:purple")
+    ax[1].set_yscale("log")
+    ax[1].set_ylabel("motion feature per chunk, p50 (ms)")
+    ax[1].set_title(f"{latency['pairs_per_chunk']} flow pairs + flow CNN vs IMFE ({latency['resolution']})")
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_latency.png", dpi=110)
+    plt.close(fig)
+    (out / "accuracy.csv").write_text(rows_to_csv([{"source": s, "online_accuracy": per_source[s]["online_accuracy"],
+                                                   "clip_accuracy": per_source[s]["clip_accuracy"]} for s in names]))
+    (out / "latency.csv").write_text(rows_to_csv([{"source": s, "motion_ms_p50": v} for s, v in motion.items()]))
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.4))
+    ep = list(range(1, len(imfe_sum["train_mse"]) + 1))
+    ax[0].plot(ep, imfe_sum["train_mse"], label="train (augmented)")
+    if imfe_sum["val_mse"]:
+        ax[0].plot(ep, imfe_sum["val_mse"], label="test chunks")
+    ax[0].set_xlabel("epoch")
+    ax[0].set_ylabel("MSE to the TV-L1 teacher feature")
+    ax[0].set_yscale("log")
+    ax[0].legend()
+    ax[0].set_title("IMFE distillation")
+    for s, lat in lat_hist.items():
+        v = sorted(lat)
+        ax[1].plot(v, [(i + 1) / len(v) for i in range(len(v))], label=s)
+    ax[1].axvline(1000.0 / cfg.evaluate.stream_fps, color="k", lw=1, ls="--", label="frame period")
+    ax[1].set_xscale("log")
+    ax[1].set_xlabel("per-frame latency (ms)")
+    ax[1].set_ylabel("fraction of frames")
+    ax[1].set_title(f"streaming at {cfg.evaluate.stream_fps:g} fps")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(out / "distillation_streaming.png", dpi=110)
+    plt.close(fig)
+    (out / "distillation.csv").write_text(rows_to_csv([{"epoch": e, "train_mse": t, **({"val_mse": v} if v is not None else {})}
+                                                       for e, t, v in zip(ep, imfe_sum["train_mse"],
+                                                                          imfe_sum["val_mse"] or [None] * len(ep))]))
+
+
+@flow(name="har", log_prints=True)
+def har(config: HarConfig | None = None, stages: list[str] | None = None) -> dict:
+    """RT-HARE: a TV-L1 two-stream online action recogniser vs. the IMFE single-shot motion extractor
+    (distilled from the TV-L1 flow stream): accuracy of every motion source, per-chunk latency and
+    a 30 fps streaming run (metrics/har.json)."""
+    cfg = flow_config(HarConfig, config)
+    return run_paper(PAPER, cfg, stages, {"data": data, "teacher": teacher, "imfe": imfe, "evaluate": evaluate})
+
+
+FLOW = har

@@ -1,0 +1,467 @@
+"""JanusPipe flow: data -> reference training -> phase-cost profiling -> real pipelined runs ->
+simulation at 2..32 devices (metrics/januspipe.json, plots/januspipe/, MLflow experiment ``januspipe``).
+
+Stage outputs (each written atomically, each a DVC output):
+
+- ``data``:     data/mlip/{train,val,test}.extxyz, manifest.json (EMT molecular dynamics)
+- ``train``:    models/januspipe/train/ (weights, history), results/januspipe/train/metrics.json
+- ``profile``:  results/januspipe/profile/costs.json (per-block/per-phase costs, activation bytes, P2P)
+- ``pipeline``: results/januspipe/pipeline/runs.json (real gloo runs of every schedule, exactness check)
+- ``simulate``: metrics/januspipe.json, plots/januspipe/*.png
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from components.base import InputError
+from components.januspipe.config import JanuspipeConfig
+from tasks.io import atomic_dir, read_json, write_json
+from tasks.pipeline import StageContext, flow_config, run_paper, stage_task
+
+PAPER = "januspipe"
+CONFIG = JanuspipeConfig
+STAGES = ("data", "train", "profile", "pipeline", "simulate")
+
+
+def data_dir(ctx: StageContext) -> Path:
+    """The issue asks for the MLIP data in ``data/mlip`` (DVC stage ``januspipe_data``)."""
+    return ctx.paths.root / "data" / "mlip"
+
+
+def _results(ctx: StageContext, stage: str) -> Path:
+    return ctx.paths.results / stage
+
+
+def _read_results(ctx: StageContext, stage: str, name: str) -> dict:
+    path = _results(ctx, stage) / name
+    if not path.is_file():
+        raise InputError(f"{path}: not found; run `python -m flows januspipe {stage}` (or `dvc repro "
+                         f"januspipe_{stage}`) first")
+    return read_json(path)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU of this process and its finished children (spawned ranks included)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+# -- data ---------------------------------------------------------------------------------------
+@stage_task
+def data(ctx: StageContext) -> dict:
+    from components.mlip.data import generate_emt_dataset
+
+    t0, c0 = time.perf_counter(), _cpu_seconds()
+    with atomic_dir(data_dir(ctx)) as tmp:
+        manifest = generate_emt_dataset(ctx.config.data, tmp, seed=ctx.config.seed, progress=ctx.progress)
+        manifest["stage_seconds"] = time.perf_counter() - t0
+        manifest["stage_cpu_seconds"] = _cpu_seconds() - c0
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    ctx.log_metrics({f"data.{k}_structures": v for k, v in manifest["splits"].items()})
+    ctx.log_metrics({"data.force_rms_eV_per_A": manifest["force_rms_eV_per_A"]})
+    return manifest
+
+
+# -- reference training -------------------------------------------------------------------------------
+@stage_task
+def train(ctx: StageContext) -> dict:
+    import torch
+
+    from components.mlip.data import load_split
+    from components.mlip.graph import GraphDataset
+    from components.mlip.model import MatrisLikeMLIP, count_parameters
+    from components.mlip.train import (evaluate, finite_difference_check, per_element_mean_baseline, prepare_model,
+                                       train_reference)
+
+    cfg = ctx.config
+    t0, c0 = time.perf_counter(), _cpu_seconds()
+    torch.set_num_threads(1)
+    require = ("energy", "forces", "stress") if cfg.train.stress_weight > 0 else ("energy", "forces")
+    splits = {s: load_split(data_dir(ctx), s, require=require) for s in ("train", "val", "test")}
+    sets = {s: GraphDataset(v, cfg.model.cutoff, cfg.model.three_body_cutoff) for s, v in splits.items()}
+    torch.manual_seed(cfg.seed)
+    model = MatrisLikeMLIP(cfg.model)
+    prepare_model(model, splits["train"])
+    ctx.progress("training %d parameters on %d structures (%d epochs max)", count_parameters(model),
+                 len(splits["train"]), cfg.train.epochs)
+    res = train_reference(model, sets["train"], sets["val"], cfg.train, seed=cfg.seed, progress=ctx.progress)
+    test = evaluate(model, sets["test"])
+    base = per_element_mean_baseline(splits["train"], splits["test"])
+    fd = finite_difference_check(model, sets["test"])
+    out = {
+        "model": {**{k: v for k, v in test.items() if k != "structures"}, "parameters": count_parameters(model)},
+        "per_element_mean": base,
+        "force_mae_ratio_baseline_over_model": base["force_mae_eV_per_A"] / max(test["force_mae_eV_per_A"], 1e-12),
+        "energy_mae_ratio_baseline_over_model": base["energy_mae_eV_per_atom"]
+        / max(test["energy_mae_eV_per_atom"], 1e-12),
+        "finite_difference": fd,
+        "steps": res.steps, "epochs_done": res.epochs_done, "stopped_early": res.stopped_early,
+        "train_seconds": res.seconds, "test_structures": test["structures"],
+        "stage_seconds": time.perf_counter() - t0, "stage_cpu_seconds": _cpu_seconds() - c0,
+    }
+    with atomic_dir(ctx.paths.models / "train") as tmp:
+        torch.save(model.state_dict(), tmp / "model.pt")
+        (tmp / "history.json").write_text(json.dumps(res.history, indent=2) + "\n")
+    with atomic_dir(_results(ctx, "train")) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(out, indent=2) + "\n")
+    with ctx.child("reference_mlip", params={"seed": cfg.seed}) as run:
+        run.log_metrics({"test_" + k: v for k, v in out["model"].items()})
+        for row in res.history:
+            run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+    with ctx.child("per_element_mean_baseline") as run:
+        run.log_metrics({"test_" + k: v for k, v in base.items()})
+    ctx.log_metrics({"train.force_mae_eV_per_A": test["force_mae_eV_per_A"],
+                     "train.force_mae_ratio_baseline_over_model": out["force_mae_ratio_baseline_over_model"]})
+    return out
+
+
+# -- phase-cost profiling ---------------------------------------------------------------------------
+@stage_task
+def profile(ctx: StageContext) -> dict:
+    import torch
+
+    from components.januspipe.profiler import measure_costs, p2p_model, phase_ratios, pingpong_worker
+    from components.mlip.data import load_split
+    from components.mlip.train import LossWeights
+    from tasks.launch import spawn
+
+    cfg = ctx.config
+    t0, c0 = time.perf_counter(), _cpu_seconds()
+    torch.set_num_threads(1)
+    spm = cfg.pipeline.structures_per_microbatch
+    structures = load_split(data_dir(ctx), "train")[: cfg.profiling.microbatches * spm]
+    weights = LossWeights.from_config(cfg.train)
+    measured = measure_costs(cfg.model, structures, weights, spm, reps=cfg.profiling.reps,
+                             dtype=getattr(torch, cfg.pipeline.dtype), seed=cfg.seed, progress=ctx.progress)
+    ctx.progress("measuring gloo point-to-point latency and bandwidth (2 processes)")
+    halftrip = spawn(pingpong_worker, 2, cfg.profiling.p2p_sizes_bytes, timeout=cfg.pipeline.timeout_s)[0]
+    latency, bandwidth = p2p_model(halftrip)
+    ratios = phase_ratios(measured["cost_model"])
+    c = measured["cost_model"]
+    out = {**measured, "p2p_halftrip_s": halftrip, "latency_s": latency, "bandwidth_Bps": bandwidth,
+           "phase_ratio_vs_P1": ratios,
+           "force_graph_over_forward_bytes": c["block_act_force_bytes"] / max(c["block_act_forward_bytes"], 1.0),
+           "cores": _cores(), "stage_seconds": time.perf_counter() - t0, "stage_cpu_seconds": _cpu_seconds() - c0}
+    with atomic_dir(_results(ctx, "profile")) as tmp:
+        (tmp / "costs.json").write_text(json.dumps(out, indent=2) + "\n")
+    ctx.log_metrics({"profile.phase_ratio_P2": ratios[1], "profile.phase_ratio_P3": ratios[2],
+                     "profile.phase_ratio_P4": ratios[3], "profile.p2p_latency_us": latency * 1e6,
+                     "profile.force_graph_over_forward_bytes": out["force_graph_over_forward_bytes"]})
+    return out
+
+
+def _cost_model(ctx: StageContext):
+    from components.januspipe.profiler import cost_model
+
+    costs = _read_results(ctx, "profile", "costs.json")
+    return cost_model(costs, costs["latency_s"], costs["bandwidth_Bps"]), costs
+
+
+# -- real pipelined runs --------------------------------------------------------------------------
+@stage_task
+def pipeline(ctx: StageContext) -> dict:
+    import torch
+
+    from components.januspipe.runtime import RunSpec, exactness_error, run_many, summarize
+    from components.januspipe.schedules import check_stages
+    from components.januspipe.simulator import canonical_1f1b_budget, simulate, tune
+    from components.mlip.data import load_split
+    from components.mlip.graph import GraphDataset
+    from components.mlip.model import MatrisLikeMLIP
+    from components.mlip.train import LossWeights, prepare_model, reference_gradients
+    from tasks.launch import spawn
+
+    cfg = ctx.config
+    pc = cfg.pipeline
+    t0, c0 = time.perf_counter(), _cpu_seconds()
+    costs, raw_costs = _cost_model(ctx)
+    weights = LossWeights.from_config(cfg.train)
+    model_cfg = cfg.model.model_copy(update={"num_blocks": pc.num_blocks})
+    train_structs = load_split(data_dir(ctx), "train")
+    cores = _cores()
+    # exactness check (float64, tiny width) rides along with the smallest launch: every schedule vs
+    # single-process double backward on the same micro-batches
+    p_exact = min(pc.process_counts)
+    m_exact = pc.microbatches_per_device * p_exact
+    tiny = cfg.model.model_copy(update={"num_blocks": pc.num_blocks, "hidden_dim": 8})
+    exact_structs = train_structs[:m_exact]
+    torch.manual_seed(cfg.seed)
+    ref_model = MatrisLikeMLIP(tiny).double()
+    prepare_model(ref_model, exact_structs)
+    ds = GraphDataset(exact_structs, tiny.cutoff, tiny.three_body_cutoff)
+    reference = reference_gradients(ref_model, [ds.batch([i], dtype=torch.float64) for i in range(m_exact)], weights)
+    exact_specs, exact_labels = [], []
+    for name in pc.schedules:
+        tuned = tune(name, p_exact, m_exact, costs, pc.num_blocks, None)
+        exact_specs.append(RunSpec(tuned.schedule, tiny, exact_structs, weights, 1, steps=0, warmup=1,
+                                   dtype="float64", seed=cfg.seed, measure_memory=False, return_grads=True,
+                                   optimizer_step=False, device="cuda" if pc.backend == "nccl" else "cpu"))
+        exact_labels.append(tuned.schedule.label)
+    exact: dict[str, float] = {}
+
+    runs: list[dict[str, Any]] = []
+    timelines: dict[str, Any] = {}
+    for procs in pc.process_counts:
+        M = pc.microbatches_per_device * procs
+        need = M * pc.structures_per_microbatch
+        if need > len(train_structs):
+            raise InputError(f"{data_dir(ctx) / 'train.extxyz'}: {len(train_structs)} structures; a {procs}-process "
+                             f"run needs {need} (pipeline.microbatches_per_device x processes x structures_per_microbatch)")
+        budget = canonical_1f1b_budget(procs, M, costs, pc.num_blocks)
+        specs, chosen = [], []
+        for name in pc.schedules:
+            tuned = tune(name, procs, M, costs, pc.num_blocks, None if name == "gpipe4" else budget)
+            if tuned.schedule is None:
+                ctx.progress("%s at %d processes: no configuration fits the memory budget; skipped", name, procs)
+                continue
+            check_stages(tuned.schedule.num_stages, pc.num_blocks, f"{name} at {procs} processes")
+            chosen.append((name, tuned))
+            specs.append(RunSpec(tuned.schedule, model_cfg, train_structs[:need], weights, pc.structures_per_microbatch,
+                                 steps=pc.steps, warmup=pc.warmup, dtype=pc.dtype, seed=cfg.seed,
+                                 device="cuda" if pc.backend == "nccl" else "cpu"))
+        over = max(1.0, procs / cores)
+        ctx.progress("real runs at %d processes (%d micro-batches, %s): %s", procs, M,
+                     "oversubscribed %.1fx on %d cores" % (over, cores) if over > 1 else f"{cores} cores",
+                     ", ".join(t.schedule.label for _, t in chosen))
+        extra = exact_specs if procs == p_exact and not exact else []
+        results = spawn(run_many, procs, specs + extra, backend=pc.backend, timeout=pc.timeout_s)
+        if extra:
+            exact = {label: exactness_error([r[len(specs) + k] for r in results], reference)
+                     for k, label in enumerate(exact_labels)}
+        for k, (name, tuned) in enumerate(chosen):
+            per_rank = [r[k] for r in results]
+            summ = summarize(per_rank, tuned.schedule)
+            # the simulator gets the CPU time of each phase (per stage, median) measured in this run
+            # and shares the machine's cores among busy processes (4 processes on 2 cores)
+            sim_inrun = simulate(tuned.schedule, costs, pc.num_blocks, keep_timeline=True,
+                                 stage_costs=summ["stage_cpu_s"], cores=cores)
+            sim_profile = simulate(tuned.schedule, costs, pc.num_blocks, cores=cores)
+            # variant: each phase's *wall* time in this run, devices fully parallel (what a
+            # loaded or oversubscribed machine actually gave each action)
+            sim_wall = simulate(tuned.schedule, costs, pc.num_blocks, stage_costs=summ["stage_costs_s"])
+            measured = summ["makespan_s"]
+            row = {"schedule": name, "params": tuned.schedule.label, "processes": procs, "microbatches": M,
+                   "oversubscription": over, "measured_makespan_s": measured, "measured_step_s": summ["step_s"],
+                   "measured_makespans_s": summ["makespans_s"],
+                   "throughput_structures_per_s": M * pc.structures_per_microbatch / summ["step_s"],
+                   "sim_makespan_s": sim_inrun.makespan_s,
+                   "sim_error": sim_inrun.makespan_s / measured - 1.0,
+                   "sim_wall_costs_makespan_s": sim_wall.makespan_s,
+                   "sim_wall_costs_error": sim_wall.makespan_s / measured - 1.0,
+                   "cpu_share_while_busy": sum(map(sum, summ["stage_cpu_s"])) / max(sum(map(sum, summ["stage_costs_s"])),
+                                                                                    1e-12),
+                   "sim_profile_costs_makespan_s": sim_profile.makespan_s,
+                   "sim_profile_costs_error": sim_profile.makespan_s / measured - 1.0,
+                   "measured_peak_saved_MiB": max(summ["peak_saved_bytes"]) / 2**20,
+                   "sim_peak_activation_MiB": sim_inrun.peak_memory_max_bytes / 2**20,
+                   "stage_wall_s": summ["stage_costs_s"], "stage_cpu_s": summ["stage_cpu_s"]}
+            runs.append(row)
+            last = per_rank
+            real_events = [(r["pp"], ph, mb, st, ts, te) for r in last for (ph, mb, st, ts, te, *_) in r["actions"][-1]
+                           if r["gp"] == 0 and r["dp"] == 0]
+            sim_events = [(d, a.phase, a.microbatch, a.stage, s, e) for d, a, s, e in sim_inrun.timeline]
+            timelines[f"{name}_{procs}p"] = {"devices": procs, "real": real_events, "sim": sim_events}
+            ctx.progress("%s %dp: measured %.3f s, simulated %.3f s (%+.1f%%)", name, procs, measured,
+                         sim_inrun.makespan_s, 100 * row["sim_error"])
+
+    out = {"runs": runs, "exactness_rel_error": exact, "cores": cores, "stage_seconds": time.perf_counter() - t0,
+           "stage_cpu_seconds": _cpu_seconds() - c0}
+    with atomic_dir(_results(ctx, "pipeline")) as tmp:
+        (tmp / "runs.json").write_text(json.dumps(out, indent=2) + "\n")
+        (tmp / "timelines.json").write_text(json.dumps(timelines) + "\n")
+    for row in runs:
+        with ctx.child(f"real_{row['schedule']}_{row['processes']}p", params={"schedule": row["params"]}) as run:
+            run.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float))})
+    ctx.log_metrics({"pipeline.exactness_max_rel_error": max(exact.values())})
+    return out
+
+
+# -- simulation ---------------------------------------------------------------------------------------
+@stage_task
+def simulate(ctx: StageContext) -> dict:
+    from components.januspipe import plots
+    from components.januspipe.schedules import SCHEDULE_NAMES
+    from components.januspipe.simulator import canonical_1f1b_budget, ideal_makespan, simulate as sim, tune
+
+    cfg = ctx.config
+    sc = cfg.simulate
+    t0, c0 = time.perf_counter(), _cpu_seconds()
+    costs, raw_costs = _cost_model(ctx)
+    real = _read_results(ctx, "pipeline", "runs.json")
+    train_metrics = _read_results(ctx, "train", "metrics.json")
+    timelines = _read_results(ctx, "pipeline", "timelines.json")
+    nb = sc.num_blocks
+    spm = costs.structures_per_microbatch
+
+    def sweep(devices: int, M: int) -> tuple[list[dict], dict[str, Any], float]:
+        budget = canonical_1f1b_budget(devices, M, costs, nb)
+        rows, best = [], {}
+        for name in SCHEDULE_NAMES:
+            tuned = tune(name, devices, M, costs, nb, None if name == "gpipe4" else budget)
+            if tuned.best is None:
+                continue
+            best[name] = tuned
+            row = tuned.best.row(spm)
+            row["candidates"] = len(tuned.candidates)
+            row["memory_budget_MiB"] = budget / 2**20 if name != "gpipe4" else None
+            rows.append(row)
+        return rows, best, budget
+
+    table: list[dict[str, Any]] = []
+    headline: dict[str, Any] = {}
+    budgets: dict[int, float] = {}
+    for D in sc.devices:
+        M = sc.microbatches_per_device * D
+        ctx.progress("simulating %d devices, %d micro-batches (every schedule's parameter sweep)", D, M)
+        rows, best, budget = sweep(D, M)
+        budgets[D] = budget / 2**20
+        ideal = ideal_makespan(D, M, costs, nb)
+        for r in rows:
+            r["efficiency_vs_ideal"] = ideal / r["makespan_s"]
+        table += rows
+        if D == sc.headline_devices:
+            headline = {"rows": rows, "best": best, "budget": budget}
+    extra_rows = []
+    for f in sc.extra_microbatch_factors:
+        D = sc.headline_devices
+        ctx.progress("simulating %d devices with M = %d x devices", D, f)
+        rows, _, _ = sweep(D, f * D)
+        extra_rows += rows
+
+    def thr(name: str) -> float:
+        return headline["best"][name].best.throughput(spm)
+
+    hb = headline["best"]
+    mem_1f1b = hb["1f1b4"].best.peak_memory_max_bytes
+    speed = {
+        "speedup_vs_1f1b4": thr("wavek") / thr("1f1b4"),
+        "speedup_vs_hanayo4": thr("wavek") / thr("hanayo4"),
+        "memory_ratio_vs_1f1b4": hb["wavek"].best.peak_memory_max_bytes / mem_1f1b,
+        "symfold_speedup_vs_1f1b4": thr("symfold") / thr("1f1b4"),
+        "gpipe4_speedup_vs_1f1b4": thr("gpipe4") / thr("1f1b4"),
+        "gpipe4_memory_ratio_vs_1f1b4": hb["gpipe4"].best.peak_memory_max_bytes / mem_1f1b,
+    }
+    by_sched = {r["schedule"]: r for r in headline["rows"]}
+
+    # simulated timelines at a small device count, the real-vs-sim validation
+    Dt = sc.timeline_devices
+    Mt = sc.microbatches_per_device * Dt
+    _, best_t, _ = sweep(Dt, Mt)
+    runs = real["runs"]
+    errs = {p: max(abs(r["sim_error"]) for r in runs if r["processes"] == p) for p in {r["processes"] for r in runs}}
+    with atomic_dir(ctx.paths.plots) as tmp:
+        fig = plots.throughput_and_memory(table, budgets)
+        fig.savefig(tmp / "throughput_memory.png", dpi=110)
+        ctx.log_figure(fig, "throughput_memory.png")
+        for name, tuned in best_t.items():
+            res = sim(tuned.schedule, costs, nb, keep_timeline=True)
+            ev = [(d, a.phase, a.microbatch, a.stage, s, e) for d, a, s, e in res.timeline]
+            f = plots.timeline(ev, Dt, f"{tuned.schedule.label}: simulated, {Dt} devices, {Mt} micro-batches "
+                                       f"(bubble {res.bubble_ratio:.0%}, peak {res.peak_memory_max_bytes / 2**20:.0f} MiB)")
+            f.savefig(tmp / f"timeline_sim_{name}.png", dpi=100)
+        for key, tl in timelines.items():
+            f = plots.timelines_real_vs_sim([tuple(e) for e in tl["real"]], [tuple(e) for e in tl["sim"]],
+                                            tl["devices"], key)
+            f.savefig(tmp / f"timeline_real_{key}.png", dpi=90)
+        f = plots.real_vs_sim_bars(runs)
+        f.savefig(tmp / "real_vs_sim.png", dpi=110)
+        ctx.log_figure(f, "real_vs_sim.png")
+        _write_csv(tmp / "throughput.csv", table)
+        _write_csv(tmp / "real_runs.csv", [{k: v for k, v in r.items() if not isinstance(v, list)} for r in runs])
+    ctx.log_artifact(ctx.paths.plots, "plots")
+    ctx.log_table(table, "simulated_throughput")
+    ctx.log_table([{k: v for k, v in r.items() if not isinstance(v, list)} for r in runs], "real_vs_simulated")
+    if extra_rows:
+        ctx.log_table(extra_rows, "simulated_microbatch_sweep")
+
+    seconds = {s: _stage_seconds(ctx, s) for s in ("data", "train", "profile", "pipeline")}
+    seconds["simulate"] = time.perf_counter() - t0
+    cpu = {s: _stage_seconds(ctx, s, "stage_cpu_seconds") for s in ("data", "train", "profile", "pipeline")}
+    cpu["simulate"] = _cpu_seconds() - c0
+    metrics = {
+        "paper": PAPER, "profile": cfg.profile,
+        "accuracy": {
+            "force_mae_eV_per_A": train_metrics["model"]["force_mae_eV_per_A"],
+            "energy_mae_eV_per_atom": train_metrics["model"]["energy_mae_eV_per_atom"],
+            "baseline_force_mae_eV_per_A": train_metrics["per_element_mean"]["force_mae_eV_per_A"],
+            "baseline_energy_mae_eV_per_atom": train_metrics["per_element_mean"]["energy_mae_eV_per_atom"],
+            "force_mae_ratio_baseline_over_model": train_metrics["force_mae_ratio_baseline_over_model"],
+            "fd_force_max_abs_err_eV_per_A": train_metrics["finite_difference"]["force_max_abs_err_eV_per_A"],
+            "fd_stress_max_abs_err_eV_per_A3": train_metrics["finite_difference"]["stress_max_abs_err_eV_per_A3"],
+        },
+        "exactness": {"max_rel_grad_error": max(real["exactness_rel_error"].values()),
+                      "per_schedule": real["exactness_rel_error"]},
+        "phase_costs": {"ratio_vs_P1": dict(zip(("P1", "P2", "P3", "P4"), raw_costs["phase_ratio_vs_P1"])),
+                        "force_graph_over_forward_bytes": raw_costs["force_graph_over_forward_bytes"],
+                        "p2p_latency_us": raw_costs["latency_s"] * 1e6},
+        "headline": {"devices": sc.headline_devices, "microbatches": sc.microbatches_per_device * sc.headline_devices,
+                     "memory_budget_MiB": headline["budget"] / 2**20, **speed},
+        "throughput": {f"{name}": {"throughput_structures_per_s": r["throughput_structures_per_s"],
+                                   "bubble_ratio": r["bubble_ratio"], "peak_activation_MiB": r["peak_activation_MiB"]}
+                       for name, r in by_sched.items()},
+        "simulator": {"max_abs_error": max(errs.values()),
+                      **{f"max_abs_error_{p}proc": e for p, e in sorted(errs.items())},
+                      "max_abs_error_profile_costs": max(abs(r["sim_profile_costs_error"]) for r in runs),
+                      "max_abs_error_wall_costs": max(abs(r["sim_wall_costs_error"]) for r in runs),
+                      "min_cpu_share_while_busy": min(r["cpu_share_while_busy"] for r in runs)},
+        "real_runs": {f"{r['schedule']}_{r['processes']}p": {
+            "measured_makespan_s": r["measured_makespan_s"], "sim_makespan_s": r["sim_makespan_s"],
+            "sim_error": r["sim_error"], "throughput_structures_per_s": r["throughput_structures_per_s"],
+            "measured_peak_saved_MiB": r["measured_peak_saved_MiB"]} for r in runs},
+        "stage_seconds": seconds,
+        "stage_cpu_seconds": cpu,
+        "quick_profile_seconds": sum(seconds.values()),
+        "quick_profile_cpu_seconds": sum(cpu.values()),
+    }
+    write_json(ctx.paths.metrics, metrics)
+    ctx.log_metrics({k: v for k, v in speed.items()})
+    ctx.log_metrics({"simulator_max_abs_error": metrics["simulator"]["max_abs_error"],
+                     "exactness_max_rel_grad_error": metrics["exactness"]["max_rel_grad_error"]})
+    for name, r in by_sched.items():
+        with ctx.child(f"sim_{name}_{sc.headline_devices}dev", params={"schedule": r["params"]}) as run:
+            run.log_metrics({k: v for k, v in r.items() if isinstance(v, (int, float))})
+    return metrics
+
+
+def _stage_seconds(ctx: StageContext, stage: str, key: str = "stage_seconds") -> float:
+    name = {"data": None, "train": "metrics.json", "profile": "costs.json", "pipeline": "runs.json"}[stage]
+    try:
+        if stage == "data":
+            return float(json.loads((data_dir(ctx) / "manifest.json").read_text()).get(key, 0.0))
+        return float(_read_results(ctx, stage, name).get(key, 0.0))
+    except (InputError, OSError, ValueError):
+        return 0.0
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    from tasks.tracking import rows_to_csv
+
+    path.write_text(rows_to_csv(rows))
+
+
+@flow(name="januspipe", log_prints=True)
+def januspipe(config: JanuspipeConfig | None = None, stages: list[str] | None = None) -> dict:
+    """JanusPipe: four-phase (double-backward) pipeline-parallel training of a conservative MLIP;
+    real gloo runs of GPipe-4, 1F1B-4, Hanayo-4 and the SymFold/WaveK reconstructions, and a
+    discrete-event simulator at 2-32 devices fed by measured phase costs."""
+    cfg = flow_config(JanuspipeConfig, config)
+    return run_paper(PAPER, cfg, stages, {"data": data, "train": train, "profile": profile,
+                                          "pipeline": pipeline, "simulate": simulate})
+
+
+FLOW = januspipe

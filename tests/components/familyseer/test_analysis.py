@@ -1,0 +1,80 @@
+"""Search-time speed-up and ranking-accuracy arithmetic (components/familyseer/analysis.py)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from components.familyseer.analysis import first_reach, mean_curve, pairwise_accuracy, search_speedup
+from components.familyseer.scheduler import FAILED_MS, task_gradient, trajectory
+
+
+def _run(latencies_per_trial, tasks=None, weights=(1.0,), dt=1.0):
+    """A run record: one task unless ``tasks`` given; trial i takes ``dt`` seconds."""
+    tasks = tasks or [0] * len(latencies_per_trial)
+    trials = [{"index": i + 1, "task": t, "kind": "main", "latency_ms": lat, "error": "", "wall_s": dt * (i + 1)}
+              for i, (t, lat) in enumerate(zip(tasks, latencies_per_trial))]
+    return {"trials": trials, "weights": list(weights)}
+
+
+def test_trajectory_is_weighted_sum_of_best_and_inf_until_all_tasks_measured():
+    run = _run([5.0, 3.0, 4.0, 1.0], tasks=[0, 0, 1, 0], weights=(2.0, 1.0))
+    curve = trajectory(run["trials"], run["weights"])
+    assert math.isinf(curve.latency_ms[0]) and math.isinf(curve.latency_ms[1])
+    assert curve.latency_ms[2] == pytest.approx(2 * 3.0 + 4.0)
+    assert curve.latency_ms[3] == pytest.approx(2 * 1.0 + 4.0)
+
+
+def test_failed_trials_never_improve_the_curve():
+    curve = trajectory(_run([2.0, FAILED_MS, 1.5])["trials"], [1.0])
+    assert curve.latency_ms == [2.0, 2.0, 1.5]
+
+
+def test_speedup_is_ratio_of_trials_to_reach_baseline_final():
+    baseline = [_run([10, 8, 8, 6, 6, 6, 5, 5])]           # reaches its final 5 at trial 7
+    method = [_run([10, 6, 5, 5, 4, 4, 4, 4], dt=2.0)]     # reaches 5 at trial 3, each trial 2 s
+    sp = search_speedup(baseline, method)
+    assert sp.baseline_trials == 7 and sp.method_trials == 3 and sp.reached
+    assert sp.speedup_trials == pytest.approx(7 / 3)
+    assert sp.speedup_wall == pytest.approx(7.0 / 6.0)
+
+
+def test_speedup_when_method_never_reaches_is_an_upper_bound_below_one():
+    sp = search_speedup([_run([10, 8, 5, 5])], [_run([10, 9, 9, 9])])
+    assert not sp.reached and sp.method_trials is None
+    assert sp.speedup_trials == pytest.approx(3 / 4)
+
+
+def test_speedup_at_90_percent_uses_partial_improvement_threshold():
+    sp = search_speedup([_run([10, 9, 1.5, 1])], [_run([10, 1.8, 1.5, 1.5])], level=0.9)
+    assert sp.threshold_ms == pytest.approx(10 - 0.9 * 9)
+    assert sp.baseline_trials == 3 and sp.method_trials == 2
+
+
+def test_mean_curve_averages_seeds_and_holds_last_value():
+    lat, wall = mean_curve([_run([4, 2]), _run([6, 6, 2])])
+    assert lat.tolist() == [5.0, 4.0, 2.0]
+    assert wall.tolist() == [1.0, 2.0, 2.5]
+
+
+def test_first_reach():
+    assert first_reach(np.array([5.0, 3.0, 1.0]), 3.0) == 2
+    assert first_reach(np.array([5.0, 4.0]), 3.0) is None
+
+
+def test_pairwise_accuracy_counts_correct_orderings():
+    lat = [1.0, 2.0, 3.0, 3.0]                     # lower latency should get the higher score
+    assert pairwise_accuracy([4, 3, 2, 1], lat) == (5, 5)   # the tied pair (3.0, 3.0) is not counted
+    assert pairwise_accuracy([1, 2, 3, 4], lat) == (0, 5)
+    c, n = pairwise_accuracy([4, 2, 3, 1], lat)
+    assert n == 5 and c == 4
+
+
+def test_task_gradient_matches_metaschedule_formula():
+    # gradient_based.cc: g = a*(best[n-1-w]-best)/w + (1-a)*best/n, times weight
+    hist = [10.0, 8.0, 7.0, 6.0]
+    g = task_gradient(hist, best=6.0, weight=2.0, alpha=0.2, window=3)
+    assert g == pytest.approx((0.2 * (10.0 - 6.0) / 3 + 0.8 * 6.0 / 4) * 2.0)
+    assert task_gradient(hist[:2], best=8.0, weight=1.0, alpha=0.2, window=3) == pytest.approx(0.8 * 8.0 / 2)
+    assert task_gradient([], best=FAILED_MS, weight=1.0, alpha=0.2, window=3) == -1e9

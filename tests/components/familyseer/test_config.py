@@ -1,0 +1,41 @@
+"""The familyseer section of params.yaml is the config model's defaults; bad values are named."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.base import ConfigError, resolve_section
+from components.familyseer.config import FamilySeerConfig
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_params_yaml_repeats_the_defaults():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert params["familyseer"] == FamilySeerConfig().model_dump(mode="json")
+
+
+def test_full_profile_validates_and_is_paper_scale():
+    cfg = resolve_section(FamilySeerConfig, {"profile": "full"})
+    assert len(cfg.zoo.models) >= 4 and len(cfg.tune.seeds) >= 3
+    assert (cfg.tune.trials_per_round, cfg.tune.foresee_trials, cfg.tune.foresee_random) == (64, 16, 3)
+    assert {"familyseer_hash", "familyseer_ind", "round_robin", "gradient"} <= set(cfg.tune.policies)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ({"zoo": {"models": ["vgg"]}}, "familyseer.zoo.models.0: got 'vgg'"),
+    ({"zoo": {"models": []}}, "familyseer.zoo.models"),
+    ({"tune": {"policies": ["ansor"]}}, "familyseer.tune.policies.0: got 'ansor'"),
+    ({"tune": {"seeds": [0, 0]}}, "seeds must be unique"),
+    ({"tune": {"foresee_random": 5, "foresee_trials": 4}}, "foresee_random=5 must be <= foresee_trials=4"),
+    ({"tune": {"foresee_trials": 16, "trials_per_round": 8}}, "foresee_trials=16 must be <="),
+    ({"tune": {"trials_per_round": 0}}, "familyseer.tune.trials_per_round: got 0"),
+    ({"tune": {"search": {"population_size": 16, "init_min_unmeasured": 32}}}, "init_min_unmeasured=32"),
+    ({"tune": {"policies": ["familyseer"]}}, "evaluate.baseline='gradient' is not among tune.policies"),
+    ({"tune": {"budget": 3}}, "familyseer.tune.budget: unknown parameter"),
+])
+def test_bad_parameters_are_named(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        resolve_section(FamilySeerConfig, {}, override)

@@ -1,0 +1,110 @@
+"""A tiny end-to-end tune of a matmul model with FamilySeer and with MetaSchedule's gradient scheduler.
+
+Properties: equal budget accounting (every measured candidate, main or foresee, is one trial, and both
+policies stop by the same rule), foresee rounds go to a live sibling of the task just tuned, the family
+cost model receives every measurement of its members, the database compiles to a correct model, and a
+stored run is replayed instead of re-measured.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from components.base import InputError
+from components.familyseer.tuning import load_run, tune_model
+from components.familyseer.zoo import load_model
+
+from .conftest import tiny_tune_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runs(mlp_zoo, tmp_path_factory):
+    from components.familyseer.measure import Measurer
+
+    out = tmp_path_factory.mktemp("runs")
+    model = load_model(mlp_zoo, "mlp_tiny")
+    cfg = tiny_tune_config()
+    with Measurer.from_config(cfg) as measurer:  # one builder/runner for both policies, as the tune stage
+        results = {p: (tune_model(model, p, 0, cfg, out / p, measurer=measurer), out / p)
+                   for p in ("familyseer", "gradient")}
+    return results, model, cfg
+
+
+def test_both_policies_spend_the_same_budget_by_the_same_rule(runs):
+    results, model, cfg = runs
+    n = len(model.manifest["tasks"])
+    budget = cfg.trials_per_task * n
+    for policy, (run, _) in results.items():
+        assert run["budget"] == budget
+        # MetaSchedule's loop: stop once the count reaches the budget, checked before each round
+        assert budget <= run["num_trials"] < budget + cfg.trials_per_round, policy
+        assert run["num_trials"] == len(run["trials"]) == [t["index"] for t in run["trials"]][-1]
+    fs = results["familyseer"][0]
+    main = sum(1 for t in fs["trials"] if t["kind"] == "main")
+    assert fs["foresee_trials"] > 0 and main + fs["foresee_trials"] == fs["num_trials"]
+    assert results["gradient"][0]["foresee_trials"] == 0
+
+
+def test_foresee_rounds_go_to_a_sibling_of_the_task_just_tuned(runs):
+    results, model, cfg = runs
+    fs = results["familyseer"][0]
+    assert fs["families"] == {"matmul": [0, 1, 2]}
+    assert fs["foresee_log"], "no foresee round happened"
+    for entry in fs["foresee_log"]:
+        assert entry["sibling"] != entry["after"]
+        assert 0 < entry["trials"] <= cfg.foresee_trials
+
+
+def test_family_model_receives_every_valid_measurement_of_its_members(runs):
+    results, _, _ = runs
+    fs = results["familyseer"][0]
+    valid = sum(1 for t in fs["trials"] if t["error"] != "build")
+    assert fs["cost_model_updates"] == {"matmul": valid}
+
+
+def test_database_records_every_measurement_and_compiles_to_a_correct_model(runs):
+    results, model, _ = runs
+    from components.familyseer.latency import (applied_schedules, compile_tuned, load_database, measure_vm,
+                                               torch_reference)
+    from components.familyseer.zoo import build_torch_model, make_target
+
+    run, run_dir = results["familyseer"]
+    records = load_database(run_dir).get_all_tuning_records()
+    assert len(records) == run["num_trials"]
+    module, inputs = build_torch_model("mlp_tiny", 0)  # the data stage's weights (same seed)
+    assert all(applied_schedules(model.fused, run_dir, make_target(2))[t["name"]] for t in model.manifest["tasks"])
+    exe = compile_tuned(model.fused, run_dir, make_target(2))
+    stats = measure_vm(exe, inputs, repeat=3, min_repeat_ms=1, reference=torch_reference(module, inputs))
+    assert stats["max_abs_err"] < 1e-4
+    assert stats["latency_ms_p50"] > 0
+
+
+def test_a_stored_run_is_replayed_not_remeasured(runs):
+    results, model, cfg = runs
+    run, run_dir = results["gradient"]
+    t0 = time.perf_counter()
+    again = tune_model(model, "gradient", 0, cfg, run_dir)
+    assert again["replayed"] and time.perf_counter() - t0 < 5
+    assert again["trials"] == run["trials"]
+    # a different setting changes the fingerprint: that run would be measured anew
+    from components.familyseer.tuning import fingerprint
+
+    assert fingerprint(model.manifest, "gradient", 0, cfg) != fingerprint(
+        model.manifest, "gradient", 0, tiny_tune_config(trials_per_task=7))
+
+
+def test_malformed_run_record_is_named(runs, tmp_path):
+    _, run_dir = runs[0]["gradient"]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("database_workload.json", "database_tuning_record.json", "ledger.json"):
+        (bad / name).write_text((run_dir / name).read_text())
+    with pytest.raises(InputError, match="run.json: missing"):
+        load_run(bad)
+    (bad / "run.json").write_text(json.dumps({"policy": "gradient"}))
+    with pytest.raises(InputError, match="malformed run record"):
+        load_run(bad)

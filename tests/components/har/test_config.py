@@ -1,0 +1,38 @@
+"""The har section of params.yaml is the config model's defaults; bad values are named."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.base import ConfigError, resolve_section
+from components.har.config import HarConfig
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_params_yaml_repeats_the_defaults():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert params["har"] == HarConfig().model_dump(mode="json")
+
+
+def test_full_profile_validates():
+    cfg = resolve_section(HarConfig, {"profile": "full"})
+    assert cfg.data.height > HarConfig().data.height
+
+
+@pytest.mark.parametrize("override, needle", [
+    ({"data": {"height": 50}}, "har.data.height: got 50"),
+    ({"data": {"classes": ["walk_left", "moonwalk"]}}, "har.data.classes"),
+    ({"data": {"frames_per_clip": 25}}, "multiple of opticalflow.clip_len"),
+    ({"opticalflow": {"tvl1": {"lambda": -1}}}, "har.opticalflow.tvl1.lambda"),
+    ({"imfe": {"downsample": 2}}, "har.imfe.downsample: got 2"),
+    ({"temporal": {"d_model": 30, "heads": 4}}, "divisible by heads"),
+    ({"evaluate": {"sources": ["raft"]}}, "har.evaluate.sources"),
+    ({"data": {"source": "ucf101"}}, "ucf101_root"),
+    ({"typo": 1}, "har.typo: unknown parameter"),
+])
+def test_bad_parameters_are_named(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        resolve_section(HarConfig, {}, override)

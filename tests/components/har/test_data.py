@@ -1,0 +1,116 @@
+"""The procedural action-video generator and the data loaders."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from components.base import InputError
+from components.har.config import DataConfig
+from components.har.data import (clip_rng, class_counts, generate_dataset, import_ucf101, load_clip,
+                                 load_manifest, render_clip, scan_ucf101)
+from components.har.figures import ACTIONS, MIRROR
+from components.har.video import read_video, write_video
+
+SMALL = DataConfig(height=32, width=32, frames_per_clip=12, train_clips_per_class=2, test_clips_per_class=1)
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_generator_is_deterministic_by_seed(tmp_path):
+    a = generate_dataset(SMALL, tmp_path / "a", seed=3)
+    b = generate_dataset(SMALL, tmp_path / "b", seed=3)
+    c = render_clip("wave", clip_rng(4, "train", 0), SMALL)
+    assert a == b
+    assert (tmp_path / "a" / "manifest.json").read_text() == (tmp_path / "b" / "manifest.json").read_text()
+    for clip in a:   # the video files are byte-identical (single-threaded x264)
+        assert _digest(tmp_path / "a" / clip["path"]) == _digest(tmp_path / "b" / clip["path"])
+    same = render_clip("wave", clip_rng(3, "train", 0), SMALL)
+    assert np.array_equal(same, render_clip("wave", clip_rng(3, "train", 0), SMALL))
+    assert not np.array_equal(same, c)          # another seed, another clip
+
+
+def test_classes_are_balanced_and_splits_disjoint(tmp_path):
+    clips = generate_dataset(SMALL, tmp_path, seed=0)
+    assert class_counts(clips, "train") == {c: 2 for c in ACTIONS}
+    assert class_counts(clips, "test") == {c: 1 for c in ACTIONS}
+    assert len({c["id"] for c in clips}) == len(clips)
+    manifest = load_manifest(tmp_path)
+    assert manifest["classes"] == list(ACTIONS) and len(manifest["clips"]) == 3 * len(ACTIONS)
+
+
+def test_written_clips_decode_to_the_rendered_frames(tmp_path):
+    clips = generate_dataset(SMALL, tmp_path, seed=1)
+    manifest = load_manifest(tmp_path)
+    frames = load_clip(tmp_path, clips[0], manifest, min_frames=6)
+    ref = render_clip(clips[0]["class"], clip_rng(1, "train", 0), SMALL)
+    assert frames.shape == ref.shape == (12, 32, 32, 3)
+    assert np.abs(frames.astype(float) - ref).mean() < 8     # H.264 at crf 17 smooths the pixel noise
+
+
+def test_mirror_pairs_share_single_frame_appearance():
+    """walk_left/right and arm_circle_cw/ccw differ only in motion: the pose at a random instant of
+    one class has the same distribution as of its mirror class (here: the mean figure extent)."""
+    from components.har.figures import sample_action, skeleton
+
+    def extents(name):
+        rng = np.random.default_rng(0)
+        out = []
+        for _ in range(300):
+            pose = sample_action(name, rng).pose(rng.uniform(0, 1))
+            segs, _ = skeleton(pose)
+            xs = np.array([p[0] for s in segs for p in s])
+            out.append(xs.max() - xs.min())
+        return np.mean(out)
+
+    for a in ("walk_left", "arm_circle_cw"):
+        assert abs(extents(a) - extents(MIRROR[a])) < 0.02
+
+
+def test_bad_video_inputs_are_named(tmp_path):
+    with pytest.raises(InputError, match="missing.mp4: file not found"):
+        read_video(tmp_path / "missing.mp4")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all")
+    with pytest.raises(InputError, match="cannot be read as a video"):
+        read_video(junk)
+    path = write_video(tmp_path / "v.mp4", np.zeros((8, 32, 32, 3), np.uint8), fps=30)
+    with pytest.raises(InputError, match=r"frame size 32x32 .*expected 48x48"):
+        read_video(path, size=(48, 48))
+    with pytest.raises(InputError, match="8 frames; expected at least 12"):
+        read_video(path, min_frames=12)
+    with pytest.raises(InputError, match="manifest not found"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"classes": ["a"], "clips": [{"id": 1}], "fps": 30,
+                                                        "height": 32, "width": 32}))
+    with pytest.raises(InputError, match=r"clips\[0\]"):
+        load_manifest(tmp_path)
+
+
+def test_ucf101_layout_loader(tmp_path):
+    root = tmp_path / "ucf"
+    rng = np.random.default_rng(0)
+    for cls in ("ApplyEyeMakeup", "Basketball"):
+        for g in (1, 8):
+            frames = rng.integers(0, 255, (14, 40, 56, 3), dtype=np.uint8)
+            write_video(root / cls / f"v_{cls}_g{g:02d}_c01.mp4", frames, fps=25)
+    classes, clips = scan_ucf101(root)
+    assert classes == ["ApplyEyeMakeup", "Basketball"]
+    assert {c["split"] for c in clips if "_g01_" in c["id"]} == {"test"}     # UCF101: groups 1-7 test
+    assert {c["split"] for c in clips if "_g08_" in c["id"]} == {"train"}
+    cfg = DataConfig(source="ucf101", ucf101_root=str(root), height=32, width=32, frames_per_clip=12)
+    out = import_ucf101(cfg, tmp_path / "out", min_frames=6)
+    manifest = load_manifest(tmp_path / "out")
+    assert len(out) == 4 and manifest["classes"] == classes
+    assert load_clip(tmp_path / "out", out[0], manifest, 6).shape == (12, 32, 32, 3)   # resized, trimmed
+    # the official split files win when present
+    (root / "ucfTrainTestlist").mkdir()
+    (root / "ucfTrainTestlist" / "testlist01.txt").write_text("Basketball/v_Basketball_g08_c01.mp4\n")
+    _, clips = scan_ucf101(root)
+    assert [c["id"] for c in clips if c["split"] == "test"] == ["v_Basketball_g08_c01"]
+    with pytest.raises(InputError, match="not a folder"):
+        scan_ucf101(tmp_path / "nowhere")

@@ -1,0 +1,59 @@
+"""IMFE: shapes, the single-shot correlation, ONNX parity, distillation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from components.har.config import ImfeConfig, StreamNetConfig
+from components.har.imfe import ImfeNet, distill, export_onnx, feature_mse, onnx_parity
+from components.har.streams import StreamNet
+
+CFG = ImfeConfig(encoder_widths=[8, 8, 12, 16, 16], compress_dim=8, motion_widths=[16, 16, 16], mid_dim=16)
+
+
+def test_output_shape_and_resolution_tie():
+    torch.manual_seed(0)
+    net = ImfeNet(32, 48, 6, 64, CFG).eval()
+    x = torch.randn(3, 6, 3, 32, 48)
+    assert net(x).shape == (3, 64)
+    assert net.compress.in_channels == (32 // 4) * (48 // 4)          # one channel per position of frame i
+    assert ImfeNet(32, 32, 6, 64, CFG.model_copy(update={"downsample": 8})).compress.in_channels == 16
+    with pytest.raises(RuntimeError):
+        net(torch.randn(1, 6, 3, 48, 48))                            # tied to the training resolution
+    with pytest.raises(ValueError, match="multiples of imfe.downsample"):
+        ImfeNet(30, 32, 6, 64, CFG)
+
+
+def test_correlation_is_all_pairs_dot_product():
+    net = ImfeNet(32, 32, 6, 64, CFG)
+    f1, f2 = torch.randn(2, 16, 8, 8), torch.randn(2, 16, 8, 8)
+    corr = net.correlation(f1, f2)
+    # channel = position p in frame i (row-major), spatial = position q in frame i+1
+    p, q = (3, 5), (6, 1)
+    expected = (f1[:, :, p[0], p[1]] * f2[:, :, q[0], q[1]]).sum(1) / 4.0
+    torch.testing.assert_close(corr[:, p[0] * 8 + p[1], q[0], q[1]], expected)
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    torch.manual_seed(0)
+    net = ImfeNet(32, 32, 6, 64, CFG).eval()
+    path = export_onnx(net, tmp_path / "imfe.onnx", opset=16)
+    parity = onnx_parity(net, path, torch.randn(2, 6, 3, 32, 32))
+    assert parity["max_abs_diff"] < 1e-4 and parity["max_rel_diff"] < 1e-4
+
+
+def test_distillation_loss_decreases():
+    """MSE to a fixed teacher's flow feature falls during training, on the training and on unseen chunks."""
+    torch.manual_seed(0)
+    teacher = StreamNet(10, 4, StreamNetConfig(widths=[8, 16]).widths).eval()
+    g = torch.Generator().manual_seed(1)
+    frames = torch.randn(24, 6, 3, 32, 32, generator=g)
+    # flow correlated with the frames' temporal differences, so that there is something to learn
+    flows = (frames[:, 1:] - frames[:, :-1]).mean(2, keepdim=True).repeat(1, 1, 2, 1, 1).flatten(1, 2)
+    cfg = CFG.model_copy(update={"epochs": 6, "batch_size": 8, "lr": 3e-3})
+    net, hist = distill(frames[:16], flows[:16], teacher.features, cfg, 32, 32, seed=0,
+                        val=(frames[16:], flows[16:]))
+    assert hist["train_mse"][-1] < 0.75 * hist["train_mse"][0]
+    assert hist["val_mse"][-1] < hist["val_mse"][0]
+    assert feature_mse(net, frames[16:], teacher.features, flows[16:]) == pytest.approx(hist["val_mse"][-1])

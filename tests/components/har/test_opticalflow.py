@@ -1,0 +1,62 @@
+"""Optical flow of the standard pipeline: storage, chunking, mirroring."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from components.base import InputError
+from components.har.chunks import flip_flow, flip_frames, split_chunks
+from components.har.config import OpticalFlowConfig
+from components.har.opticalflow import (chunk_starts, clip_flows, dequantize, make_flow_fn, quantize,
+                                        to_gray)
+
+
+def _translating_texture(shift=(1.5, -1.0), n=6, size=48, seed=0):
+    """Frames of a smooth random texture moving by ``shift`` (dx, dy) pixels per frame."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    big = cv2.GaussianBlur(rng.uniform(0, 255, (size * 2, size * 2, 3)).astype(np.float32), (0, 0), 2.0)
+    frames = []
+    for t in range(n):
+        m = np.float32([[1, 0, -size / 2 + shift[0] * t], [0, 1, -size / 2 + shift[1] * t]])
+        frames.append(cv2.warpAffine(big, m, (size, size), flags=cv2.INTER_LINEAR))
+    return np.clip(np.stack(frames), 0, 255).astype(np.uint8)
+
+
+def test_quantisation_round_trip_within_one_step():
+    flow = np.random.default_rng(0).uniform(-10, 10, (4, 8, 8)).astype(np.float32)
+    q = quantize(flow, bound=8.0)
+    assert q.dtype == np.uint8
+    err = np.abs(dequantize(q, 8.0) - np.clip(flow, -8, 8))
+    assert err.max() <= 8.0 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("method", ["tvl1", "farneback", "dis"])
+def test_flow_recovers_a_known_translation(method):
+    frames = _translating_texture()
+    q, cpu = clip_flows(frames, method, OpticalFlowConfig())
+    assert q.shape == (1, 10, 48, 48) and cpu > 0
+    flow = dequantize(q[0], 8.0)[:, 8:-8, 8:-8]       # interior: away from the image border
+    assert abs(np.median(flow[0::2]) - 1.5) < 0.3 and abs(np.median(flow[1::2]) + 1.0) < 0.3
+
+
+def test_mirrored_frames_give_mirrored_flow():
+    """flip_flow (mirror the image, negate x) is what TV-L1 computes on mirrored frames."""
+    frames = _translating_texture(shift=(2.0, 0.5), n=3)
+    cfg = OpticalFlowConfig()
+    fn = make_flow_fn("tvl1", cfg)
+    from components.har.opticalflow import chunk_flow
+
+    direct = chunk_flow(to_gray(flip_frames(frames)), fn, cfg.bound).astype(float)
+    mirrored = flip_flow(chunk_flow(to_gray(frames), fn, cfg.bound)).astype(float)
+    assert np.median(np.abs(direct - mirrored)[:, 8:-8, 8:-8]) <= 2      # quantisation steps
+
+
+def test_chunking_and_short_clips():
+    assert chunk_starts(24, 6) == [0, 6, 12, 18]
+    assert split_chunks(np.zeros((14, 8, 8, 3), np.uint8), 6).shape == (2, 6, 8, 8, 3)
+    with pytest.raises(InputError, match="4 frames; expected at least clip_len=6"):
+        chunk_starts(4, 6)
+    with pytest.raises(InputError, match="expected at least clip_len=6"):
+        split_chunks(np.zeros((5, 8, 8, 3), np.uint8), 6)

@@ -1,0 +1,107 @@
+"""Server-side aggregation: VFDA statistics are taken out of the replies and turned into the global
+variance (never averaged as weights), the variance goes out with the next round, FedBN marks its
+messages, and a failed client is logged while the round aggregates the rest (or, with too few
+replies, keeps the previous model)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from components.vfda.federation import Federation
+from components.vfda.strategy import CLIENT_INFO, VFDA_GLOBAL, VFDA_STATS, make_strategy
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Messages need a task identity (a Flower runtime sets it; here the test does)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    old = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = old
+
+
+class FakeGrid(Grid):
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def set_run(self, run):
+        pass
+
+    @property
+    def run(self):
+        return None
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        raise NotImplementedError
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def push_messages(self, messages):
+        return []
+
+    def pull_messages(self, message_ids):
+        return []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return []
+
+
+def _arrays(value: float) -> ArrayRecord:
+    return ArrayRecord({"enc.weight": Array(np.full(3, value, np.float32))})
+
+
+def _reply(ins: Message, institute: str, value: float, mu: list[float] | None) -> Message:
+    content = RecordDict({"arrays": _arrays(value), "metrics": MetricRecord({"num-examples": 1, "train-loss": value}),
+                          CLIENT_INFO: ConfigRecord({"institute": institute, "partition-id": 0})})
+    if mu is not None:
+        content[VFDA_STATS] = ArrayRecord({"enc.0.running_mu": Array(np.array(mu, np.float32)),
+                                           "enc.0.running_sigma": Array(np.ones(2, np.float32))})
+    return Message(content, reply_to=ins)
+
+
+def _configure(strategy, server_round, nodes):
+    msgs = list(strategy.configure_train(server_round, _arrays(0.0), ConfigRecord({}), FakeGrid(nodes)))
+    for i, m in enumerate(msgs):
+        m.metadata.__dict__["_message_id"] = f"m{server_round}-{i}"
+    return sorted(msgs, key=lambda m: m.metadata.dst_node_id)
+
+
+def test_vfda_statistics_are_exchanged_not_averaged():
+    strategy = make_strategy(Federation("fedavg", "vfda", 0), num_clients=3, min_train_clients=2, proximal_mu=0.01)
+    msgs = _configure(strategy, 1, [11, 12, 13])
+    assert len(msgs) == 3 and all(VFDA_GLOBAL not in m.content for m in msgs)  # nothing known yet
+    replies = [_reply(msgs[0], "A", 1.0, [0.0, 1.0]), _reply(msgs[1], "B", 3.0, [2.0, 1.0]),
+               Message(Error(code=0, reason="client crashed"), reply_to=msgs[2])]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["enc.weight"].numpy(), np.full(3, 2.0))   # weights: FedAvg mean
+    assert set(arrays) == {"enc.weight"}                                        # statistics: not weights
+    rec = strategy.rounds[1]
+    assert rec["aggregated"] and set(rec["train"]) == {"A", "B"}
+    assert len(rec["failures"]) == 1 and rec["failures"][0]["reason"] == "client crashed"
+    nxt = _configure(strategy, 2, [11, 12, 13])
+    var = nxt[0].content[VFDA_GLOBAL]                                           # Eq. 4 goes out next round
+    np.testing.assert_allclose(var["enc.0.global_var_mu"].numpy(), [1.0, 0.0])  # var of {0, 2} and {1, 1}
+    np.testing.assert_allclose(var["enc.0.global_var_sigma"].numpy(), [0.0, 0.0])
+
+
+def test_too_few_replies_keep_the_previous_model():
+    strategy = make_strategy(Federation("fedprox", "base", 0), num_clients=3, min_train_clients=2, proximal_mu=0.1)
+    msgs = _configure(strategy, 1, [1, 2, 3])
+    assert msgs[0].content["config"]["proximal-mu"] == 0.1
+    replies = [_reply(msgs[0], "A", 1.0, None)] + [Message(Error(code=0, reason="down"), reply_to=m) for m in msgs[1:]]
+    assert strategy.aggregate_train(1, replies) == (None, None)
+    assert not strategy.rounds[1]["aggregated"] and len(strategy.rounds[1]["failures"]) == 2
+
+
+def test_fedbn_marks_messages_and_keeps_last_client_norms():
+    strategy = make_strategy(Federation("fedbn", "base", 0), num_clients=2, min_train_clients=1, proximal_mu=0.0,
+                             norm_keys=["enc.weight"])
+    msgs = _configure(strategy, 1, [1, 2])
+    assert all(m.content["config"]["fedbn"] for m in msgs)
+    strategy.aggregate_train(1, [_reply(msgs[0], "A", 1.0, None), _reply(msgs[1], "B", 5.0, None)])
+    np.testing.assert_allclose(strategy.client_norms["B"]["enc.weight"], np.full(3, 5.0))

@@ -1,0 +1,76 @@
+"""The familyseer flow end to end on a tiny config (mlp_tiny: one 'matmul' family of three tasks),
+under the Prefect test harness: every stage, metrics, plots, the MLflow record, replay on re-run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import mlflow_client
+
+TINY = {
+    "zoo": {"models": ["mlp_tiny"]},
+    # the warm-up round only (2 trials x 3 tasks): the tuning algorithm is tested in tests/components
+    "tune": {"policies": ["familyseer", "gradient"], "seeds": [0, 1], "trials_per_task": 2,
+             "trials_per_round": 2, "foresee_trials": 1, "foresee_random": 0, "repeat": 2, "min_repeat_ms": 1,
+             "search": {"population_size": 8, "init_min_unmeasured": 4, "genetic_num_iters": 1}},
+    "evaluate": {"latency_repeat": 3, "latency_min_repeat_ms": 1, "ranking_min_records": 2},
+}
+
+
+@pytest.mark.slow
+def test_familyseer_flow_end_to_end(prefect_harness, paperworks_root):
+    from components.familyseer.config import FamilySeerConfig
+    from flows.familyseer import STAGES, familyseer
+
+    cfg = FamilySeerConfig(**TINY)
+    familyseer(config=cfg, stages=list(STAGES))
+    root = paperworks_root
+
+    metrics = json.loads((root / "metrics" / "familyseer.json").read_text())
+    assert metrics["paper"] == "familyseer" and metrics["profile"] == "quick"
+    sp = metrics["search_speedup"]
+    assert sp["models"] == 1 and sp["speedup_vs_gradient_trials_mean"] > 0
+    assert 0 <= metrics["cost_model"]["family_accuracy"] <= 1
+    assert 0 <= metrics["cost_model"]["global_accuracy"] <= 1
+    lat = metrics["latency"]["mlp_tiny"]
+    assert {"pytorch_eager", "tvm_untuned", "tvm_familyseer", "tvm_gradient"} <= set(lat)
+    assert all(v["latency_ms_p50"] > 0 for v in lat.values())
+    assert metrics["timing"]["pipeline_cpu_s"] > 0
+    for path in ("data/familyseer/zoo/mlp_tiny/tasks.json", "results/familyseer/compile/latency.json",
+                 "data/familyseer/tuning/mlp_tiny/familyseer/seed1/database_tuning_record.json",
+                 "plots/familyseer/curve_trials_mlp_tiny.png", "plots/familyseer/curve_mlp_tiny.csv",
+                 "plots/familyseer/search_speedup.png"):
+        assert (root / path).is_file(), path
+    latency = json.loads((root / "results/familyseer/compile/latency.json").read_text())["mlp_tiny"]
+    tasks = [t["name"] for t in json.loads((root / "data/familyseer/zoo/mlp_tiny/tasks.json").read_text())["tasks"]]
+    for p in ("tvm_familyseer", "tvm_gradient"):
+        for s in latency[p].values():
+            assert s["max_abs_err"] < 1e-4
+            assert set(tasks) <= set(s["tuned_functions"])   # every tuned task got its schedule
+
+    client = mlflow_client(root)
+    exp = client.get_experiment_by_name("familyseer")
+    assert "FamilySeer" in exp.tags["mlflow.note.content"]
+    runs = client.search_runs([exp.experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    tuning_runs = [r for r in children if r.data.tags.get("mlflow.runName", "").startswith("mlp_tiny/")]
+    assert len(tuning_runs) == 2 * 2                                   # every policy x seed
+    curve = client.get_metric_history(tuning_runs[0].info.run_id, "best_weighted_latency_us")
+    assert len(curve) >= 2 and all(b.value <= a.value for a, b in zip(curve, curve[1:]))  # best-so-far
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags][0]
+    assert "search_speedup.speedup_vs_gradient_trials_mean" in parent.data.metrics
+    tables = {a.path for a in client.list_artifacts(parent.info.run_id, "tables")}
+    assert {"tables/search_speedup.md", "tables/cost_model_ranking.md", "tables/latency.md"} <= tables
+
+    # a re-run replays the stored tuning records instead of re-measuring them
+    familyseer(config=cfg, stages=["data", "tune"])
+    timing = json.loads((root / "data/familyseer/tuning/timing.json").read_text())
+    assert timing["replayed"] == timing["runs"] == 4
+
+
+def test_bad_parameter_exits_2_before_any_work(capsys):
+    from flows.__main__ import main
+
+    assert main(["familyseer", "tune", "--set", "tune.foresee_trials=64"]) == 2
+    assert "foresee_trials=64 must be <=" in capsys.readouterr().err
