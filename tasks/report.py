@@ -178,7 +178,7 @@ def build_report(root: Path | None = None, out_dir: Path | None = None,
             summary["papers"][paper] = {"claims": len(rows), "met": met, "judged": judged}
             summary["claims_total"] += judged
             summary["claims_met"] += met
-            lines += [f"## {claims.get('short', paper)} — {claims.get('title', '')}", "",
+            lines += [f'<a id="{paper}"></a>', "", f"## {claims.get('short', paper)} — {claims.get('title', '')}", "",
                       f"Component `components/{paper}` · profile `{_fmt(metrics.get('profile'))}` · "
                       f"reproduce: `{claims.get('reproduce', 'dvc repro')}`", ""]
             if rows:
@@ -196,8 +196,17 @@ def build_report(root: Path | None = None, out_dir: Path | None = None,
                 for png in pngs:
                     shutil.copy2(png, figs / paper / png.name)
                     lines += [f"![{paper}: {png.stem}](figures/{paper}/{png.name})", ""]
+        head: list[str] = []
+        if papers:
+            head += ["| paper | claims met / judged | profile |", "|---|---|---|"]
+            for paper in papers:
+                s = summary["papers"][paper]
+                head.append(f"| [{paper}](#{paper}) | {s['met']} / {s['judged']} | "
+                            f"{_fmt(read_json(metrics_dir / f'{paper}.json').get('profile'))} |")
+            head.append("")
         if _claims_figure(all_rows, figs / "claims.png"):
-            lines[6:6] = ["![measured vs target, every claim](figures/claims.png)", ""]
+            head += ["![measured vs target, every claim](figures/claims.png)", ""]
+        lines[7:7] = head
         if not papers:
             lines.append("No metrics found: run `dvc repro` first.")
         (tmp / "README.md").write_text("\n".join(lines) + "\n")

@@ -60,6 +60,7 @@ def test_report_tables_judge_targets(fixture_root):
     assert "## SPEEDY — A Paper About Speed" in text
     assert "| method is at least 2x faster than the baseline | 3.1x on 8 GPUs | >= 2 | 2.5 x | 40 (baseline ms/step) | yes |" in text
     assert "| error below 0.1 | — | < 0.1 | 0.2  | — | no |" in text
+    assert "| [speedy](#speedy) | 1 / 2 | quick |" in text
     assert (fixture_root / "reports" / "figures" / "claims.png").stat().st_size > 1000
     assert (fixture_root / "reports" / "figures" / "speedy" / "curve.png").is_file()
     assert "figures/speedy/curve.png" in text
