@@ -11,8 +11,10 @@ Stage outputs (each written atomically, each a DVC output):
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -177,6 +179,7 @@ def _cost_model(ctx: StageContext):
 def pipeline(ctx: StageContext) -> dict:
     import torch
 
+    from components.januspipe.loadmeter import ExternalLoadSampler
     from components.januspipe.runtime import RunSpec, exactness_error, run_many, summarize
     from components.januspipe.schedules import check_stages
     from components.januspipe.simulator import canonical_1f1b_budget, simulate, tune
@@ -239,30 +242,49 @@ def pipeline(ctx: StageContext) -> dict:
                      "oversubscribed %.1fx on %d cores" % (over, cores) if over > 1 else f"{cores} cores",
                      ", ".join(t.schedule.label for _, t in chosen))
         extra = exact_specs if procs == p_exact and not exact else []
-        results = spawn(run_many, procs, specs + extra, backend=pc.backend, timeout=pc.timeout_s)
+        with ExternalLoadSampler() as load:  # other jobs' runnable tasks while the ranks run
+            results = spawn(run_many, procs, specs + extra, backend=pc.backend, timeout=pc.timeout_s)
         if extra:
             exact = {label: exactness_error([r[len(specs) + k] for r in results], reference)
                      for k, label in enumerate(exact_labels)}
         for k, (name, tuned) in enumerate(chosen):
             per_rank = [r[k] for r in results]
             summ = summarize(per_rank, tuned.schedule)
-            # the simulator gets the CPU time of each phase (per stage, median) measured in this run
-            # and shares the machine's cores among busy processes (4 processes on 2 cores)
-            sim_inrun = simulate(tuned.schedule, costs, pc.num_blocks, keep_timeline=True,
-                                 stage_costs=summ["stage_cpu_s"], cores=cores)
-            sim_profile = simulate(tuned.schedule, costs, pc.num_blocks, cores=cores)
-            # variant: each phase's *wall* time in this run, devices fully parallel (what a
-            # loaded or oversubscribed machine actually gave each action)
-            sim_wall = simulate(tuned.schedule, costs, pc.num_blocks, stage_costs=summ["stage_costs_s"])
+            # external load (other jobs' CPU-bound tasks) during each timed step of this schedule
+            steps_l = [load.mean(min(r["windows"][k][0] for r in per_rank), max(r["windows"][k][1] for r in per_rank))
+                       for k in range(len(per_rank[0]["windows"]))]
+            ext = statistics.mean(x for x in steps_l if x is not None) if any(x is not None for x in steps_l) else 0.0
+            # (1) in-run calibration, the validated prediction: each (stage, phase)'s mean *wall* time
+            #     measured inside this run (what the machine - shared with other jobs, 4 ranks on 2
+            #     cores - actually gave each action; the mean keeps every device's busy time) and the
+            #     mean delay of the messages a rank waited for in this run (wake-up included); from
+            #     them the simulator predicts the waits and bubbles of the action lists
+            delay = summ["message_delay_s"]
+            inrun_costs = costs if delay is None else dataclasses.replace(costs, latency_s=delay, bandwidth_Bps=1e18)
+            sim_inrun = simulate(tuned.schedule, inrun_costs, pc.num_blocks, keep_timeline=True,
+                                 stage_costs=summ["stage_wall_mean_s"])
+            # (2) load model: the run's per-phase *CPU* times, the cores shared (processor sharing)
+            #     between the busy ranks and the external load sampled during the step
+            sim_load = simulate(tuned.schedule, costs, pc.num_blocks, stage_costs=summ["stage_cpu_mean_s"],
+                                cores=cores, external_load=ext)
+            # (3) idle machine: CPU times, no external load (what earlier runs reported as sim_error)
+            sim_idle = simulate(tuned.schedule, costs, pc.num_blocks, stage_costs=summ["stage_cpu_mean_s"],
+                                cores=cores)
+            # (4) the profile stage's costs (one process, CPU time) under the same load model
+            sim_profile = simulate(tuned.schedule, costs, pc.num_blocks, cores=cores, external_load=ext)
             measured = summ["makespan_s"]
             row = {"schedule": name, "params": tuned.schedule.label, "processes": procs, "microbatches": M,
                    "oversubscription": over, "measured_makespan_s": measured, "measured_step_s": summ["step_s"],
                    "measured_makespans_s": summ["makespans_s"],
                    "throughput_structures_per_s": M * pc.structures_per_microbatch / summ["step_s"],
+                   "external_load": ext, "cores": cores, "message_delay_s": delay,
+                   "messages_waited": summ["messages_waited"], "profile_latency_s": costs.latency_s,
                    "sim_makespan_s": sim_inrun.makespan_s,
                    "sim_error": sim_inrun.makespan_s / measured - 1.0,
-                   "sim_wall_costs_makespan_s": sim_wall.makespan_s,
-                   "sim_wall_costs_error": sim_wall.makespan_s / measured - 1.0,
+                   "sim_load_model_makespan_s": sim_load.makespan_s,
+                   "sim_load_model_error": sim_load.makespan_s / measured - 1.0,
+                   "sim_idle_machine_makespan_s": sim_idle.makespan_s,
+                   "sim_idle_machine_error": sim_idle.makespan_s / measured - 1.0,
                    "cpu_share_while_busy": sum(map(sum, summ["stage_cpu_s"])) / max(sum(map(sum, summ["stage_costs_s"])),
                                                                                     1e-12),
                    "sim_profile_costs_makespan_s": sim_profile.makespan_s,
@@ -276,8 +298,9 @@ def pipeline(ctx: StageContext) -> dict:
                            if r["gp"] == 0 and r["dp"] == 0]
             sim_events = [(d, a.phase, a.microbatch, a.stage, s, e) for d, a, s, e in sim_inrun.timeline]
             timelines[f"{name}_{procs}p"] = {"devices": procs, "real": real_events, "sim": sim_events}
-            ctx.progress("%s %dp: measured %.3f s, simulated %.3f s (%+.1f%%)", name, procs, measured,
-                         sim_inrun.makespan_s, 100 * row["sim_error"])
+            ctx.progress("%s %dp: measured %.3f s, simulated %.3f s (%+.1f%%; load model %+.1f%% at external "
+                         "load %.2f)", name, procs, measured, sim_inrun.makespan_s, 100 * row["sim_error"],
+                         100 * row["sim_load_model_error"], ext)
 
     out = {"runs": runs, "exactness_rel_error": exact, "cores": cores, "stage_seconds": time.perf_counter() - t0,
            "stage_cpu_seconds": _cpu_seconds() - c0}
@@ -416,12 +439,21 @@ def simulate(ctx: StageContext) -> dict:
                        for name, r in by_sched.items()},
         "simulator": {"max_abs_error": max(errs.values()),
                       **{f"max_abs_error_{p}proc": e for p, e in sorted(errs.items())},
+                      "max_abs_error_load_model": max(abs(r["sim_load_model_error"]) for r in runs),
+                      **{f"max_abs_error_load_model_{p}proc": max(abs(r["sim_load_model_error"]) for r in runs
+                                                                  if r["processes"] == p)
+                         for p in sorted({r["processes"] for r in runs})},
+                      "max_abs_error_idle_machine": max(abs(r["sim_idle_machine_error"]) for r in runs),
                       "max_abs_error_profile_costs": max(abs(r["sim_profile_costs_error"]) for r in runs),
-                      "max_abs_error_wall_costs": max(abs(r["sim_wall_costs_error"]) for r in runs),
-                      "min_cpu_share_while_busy": min(r["cpu_share_while_busy"] for r in runs)},
+                      "min_cpu_share_while_busy": min(r["cpu_share_while_busy"] for r in runs),
+                      "external_load_min": min(r["external_load"] for r in runs),
+                      "external_load_max": max(r["external_load"] for r in runs)},
         "real_runs": {f"{r['schedule']}_{r['processes']}p": {
             "measured_makespan_s": r["measured_makespan_s"], "sim_makespan_s": r["sim_makespan_s"],
-            "sim_error": r["sim_error"], "throughput_structures_per_s": r["throughput_structures_per_s"],
+            "sim_error": r["sim_error"], "sim_load_model_makespan_s": r["sim_load_model_makespan_s"],
+            "sim_load_model_error": r["sim_load_model_error"], "sim_idle_machine_error": r["sim_idle_machine_error"],
+            "external_load": r["external_load"], "message_delay_ms": 1e3 * (r.get("message_delay_s") or 0.0),
+            "throughput_structures_per_s": r["throughput_structures_per_s"],
             "measured_peak_saved_MiB": r["measured_peak_saved_MiB"]} for r in runs},
         "stage_seconds": seconds,
         "stage_cpu_seconds": cpu,

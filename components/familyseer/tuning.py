@@ -90,7 +90,15 @@ def load_run(run_dir: Path) -> dict[str, Any]:
 
 def _quiet_metaschedule() -> None:
     for name in ("tvm.s_tir.meta_schedule", "tvm_ffi"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
+        # MetaSchedule rebuilds its loggers with logging.config.dictConfig from the names of the handlers
+        # already attached; an unnamed handler (added by a host application or a test harness) makes
+        # it fail with "'NoneType' object has no attribute 'format'". Such handlers cannot be expressed
+        # in its config, so they are detached.
+        for handler in list(logger.handlers):
+            if handler.get_name() is None:
+                logger.removeHandler(handler)
 
 
 def _seed_everything(seed: int) -> None:

@@ -145,6 +145,27 @@ class ImfeNet(nn.Module):
 
 
 # ------------------------------------------------------------------------ distillation
+def augment(frames: torch.Tensor, flows: torch.Tensor, gen: torch.Generator,
+            flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distillation's augmentation, applied to a batch of frames (B, N, 3, H, W) and their
+    normalised TV-L1 flow (B, 2(N-1), H, W) *together*, so that the teacher's target is the feature
+    of the flow of exactly the frames IMFE sees: with ``flip`` a random half of the batch mirrored
+    (frames mirrored; flow mirrored with its x components negated); one random translation of up to
+    3 px for the whole batch (frames and flow alike); a colour jitter of the frames only."""
+    from components.har.streams import colour_jitter
+
+    if flip:
+        sel = torch.rand(len(frames), generator=gen) < 0.5
+        frames = torch.where(sel[:, None, None, None, None], frames.flip(-1), frames)
+        fm = flows.flip(-1)
+        fm[:, 0::2] = -fm[:, 0::2]
+        flows = torch.where(sel[:, None, None, None], fm, flows)
+    dy, dx = (int(v) for v in torch.randint(-3, 4, (2,), generator=gen))
+    frames = torch.roll(frames, (dy, dx), dims=(-2, -1))
+    flows = torch.roll(flows, (dy, dx), dims=(-2, -1))
+    return colour_jitter(frames, gen), flows
+
+
 def distill(frames: torch.Tensor, flows: torch.Tensor, teacher: Callable[[torch.Tensor], torch.Tensor],
             cfg: ImfeConfig, height: int, width: int, seed: int,
             val: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -157,7 +178,7 @@ def distill(frames: torch.Tensor, flows: torch.Tensor, teacher: Callable[[torch.
     frames and flow plus a colour jitter of the frames; the target is always the teacher's feature of
     the (transformed) TV-L1 flow. Returns the net (eval mode) and the loss history.
     """
-    from components.har.streams import colour_jitter, seed_everything
+    from components.har.streams import seed_everything
 
     gen = seed_everything(seed)
     N = frames.shape[1]
@@ -179,18 +200,7 @@ def distill(frames: torch.Tensor, flows: torch.Tensor, teacher: Callable[[torch.
         total = 0.0
         for i in range(0, len(frames), cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
-            xb, fb = frames[idx], flows[idx]
-            if cfg.flip:
-                flip = torch.rand(len(idx), generator=gen) < 0.5
-                xb = torch.where(flip[:, None, None, None, None], xb.flip(-1), xb)
-                fm = fb.flip(-1)
-                fm[:, 0::2] = -fm[:, 0::2]
-                fb = torch.where(flip[:, None, None, None], fm, fb)
-            # one translation for the whole batch keeps frames and flow aligned
-            dy, dx = (int(v) for v in torch.randint(-3, 4, (2,), generator=gen))
-            xb = torch.roll(xb, (dy, dx), dims=(-2, -1))
-            fb = torch.roll(fb, (dy, dx), dims=(-2, -1))
-            xb = colour_jitter(xb, gen)
+            xb, fb = augment(frames[idx], flows[idx], gen, cfg.flip)
             with torch.no_grad():
                 target = teacher(fb)
             loss = F.mse_loss(net(xb), target)

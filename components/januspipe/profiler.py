@@ -1,7 +1,9 @@
 """Measured inputs of the simulator: per-block and per-stage phase costs, activation sizes, P2P cost.
 
 :func:`measure_costs` times the four phases of real :class:`FourPhaseStage` objects in one process
-(one thread, like each pipeline rank): a model of 6 blocks cut into a first stage (embedding +
+(one thread, like each pipeline rank; **CPU time** of that thread, ``time.thread_time``, so the
+costs are those of a dedicated core whatever else the machine runs at the time, the same clock the
+runtime records per action): a model of 6 blocks cut into a first stage (embedding +
 1 block), a 1-block and a 3-block middle stage and a last stage (1 block + energy head). Per phase,
 ``block = (t3 - t1) / 2``, ``stage overhead = t1 - block`` (geometry recomputation and dispatch),
 ``first/last extra = t_first/last - t1``; medians over repetitions and micro-batches. The same runs,
@@ -55,9 +57,9 @@ def measure_costs(model_cfg: MlipModelConfig, structures: Sequence[Structure], w
                 mail: dict[tuple[int, int], tuple] = {}
                 for p, s in chain(S):
                     before = meter.current
-                    t0 = time.perf_counter()
+                    t0 = time.thread_time()
                     out = stages[s].run(p, m, g, mail.pop((p, s), ()))
-                    dt = time.perf_counter() - t0
+                    dt = time.thread_time() - t0
                     if rep > 0:  # rep 0 warms up allocators and caches
                         times.setdefault((s, p), []).append(dt)
                         mem.setdefault((s, p), []).append(meter.current - before)
@@ -103,7 +105,8 @@ def phase_ratios(cost: dict[str, Any]) -> list[float]:
 
 
 def pingpong_worker(rank: int, world_size: int, sizes_bytes: Sequence[int], reps: int = 20) -> dict[str, float]:
-    """Half round-trip time of gloo send/recv for each message size (rank 0 reports)."""
+    """Half round-trip time of gloo send/recv for each message size (rank 0 reports): the minimum
+    over ``reps`` (time-slicing by other jobs only ever adds to a sample)."""
     import torch.distributed as dist
 
     out = {}
@@ -121,16 +124,20 @@ def pingpong_worker(rank: int, world_size: int, sizes_bytes: Sequence[int], reps
                 dist.send(buf, 0)
             if k >= 2:
                 samples.append((time.perf_counter() - t0) / 2)
-        out[str(size)] = statistics.median(samples)
+        out[str(size)] = min(samples)
     return out
 
 
 def p2p_model(halftrip_s: dict[str, float]) -> tuple[float, float]:
-    """(latency s, bandwidth B/s) from the smallest and largest measured message sizes."""
+    """(latency s, bandwidth B/s) from the smallest and largest measured message sizes. A largest
+    message that was not slower than the smallest (noise) cannot give a bandwidth: the bandwidth is
+    then bounded by that message size over the latency."""
     sizes = sorted(int(k) for k in halftrip_s)
     small, big = sizes[0], sizes[-1]
-    lat = halftrip_s[str(small)]
-    extra = max(halftrip_s[str(big)] - lat, 1e-9)
+    lat = min(halftrip_s[str(small)], halftrip_s[str(big)])
+    extra = halftrip_s[str(big)] - halftrip_s[str(small)]
+    if extra <= 0:
+        return lat, (big - small) / max(lat, 1e-9)
     return lat, (big - small) / extra
 
 

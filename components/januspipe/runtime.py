@@ -231,7 +231,8 @@ def pipeline_worker(rank: int, world_size: int, spec: RunSpec) -> dict[str, Any]
         return ((a.phase * M) + a.microbatch) * V + a.stage
 
     result: dict[str, Any] = {"rank": rank, "member": True, "pp": grid.pp_i, "dp": grid.dp_i, "gp": grid.gp_i,
-                              "step_s": [], "pipeline_s": [], "sync_s": [], "actions": [], "losses": []}
+                              "step_s": [], "pipeline_s": [], "sync_s": [], "actions": [], "losses": [],
+                              "windows": []}
     total_steps = spec.warmup + spec.steps
     for step in range(total_steps):
         for p in params:
@@ -251,7 +252,7 @@ def pipeline_worker(rank: int, world_size: int, spec: RunSpec) -> dict[str, Any]
         if meter is not None:
             meter.__enter__()
         dist.barrier(group=run_group)
-        t0 = time.perf_counter()
+        t0, epoch0 = time.perf_counter(), time.time()
         try:
             for a in actions:
                 tw = time.perf_counter()
@@ -301,6 +302,7 @@ def pipeline_worker(rank: int, world_size: int, spec: RunSpec) -> dict[str, Any]
             result["sync_s"].append(t_end - t_pipe)
             result["step_s"].append(t_end - t0)
             result["actions"].append(log)
+            result["windows"].append((epoch0, epoch0 + (t_pipe - t0)))  # wall-clock window (epoch s)
         losses = {m: st.losses.pop(m) for st in stages.values() for m in list(st.losses)}
         result["losses"].append({str(k): v for k, v in losses.items()})
     return result
@@ -314,7 +316,9 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def summarize(results: list[dict[str, Any]], schedule: Schedule) -> dict[str, Any]:
-    """Makespan (max over ranks, median over steps), per-stage per-phase median action times, peaks."""
+    """Makespan (max over ranks, median over steps), per-stage per-phase median and mean action times
+    (wall and CPU), the mean delay of the cross-device messages a rank waited for, peaks, and the
+    wall-clock window (epoch s) of the timed steps."""
     import statistics
 
     results = [r for r in results if r.get("member", True)]
@@ -335,8 +339,37 @@ def summarize(results: list[dict[str, Any]], schedule: Schedule) -> dict[str, An
     def med(table):
         return [tuple(statistics.median(table.get((v, p), [0.0])) for p in (1, 2, 3, 4)) for v in range(V)]
 
-    return {"makespan_s": statistics.median(makespans), "step_s": statistics.median(step_s),
+    def mean(table):  # keeps each device's total busy time (time-slicing makes the times right-skewed)
+        return [tuple(statistics.mean(table.get((v, p), [0.0])) for p in (1, 2, 3, 4)) for v in range(V)]
+
+    # message delay measured in the run: for every cross-device input that was not there when the
+    # receiver began waiting, (receiver starts the action) - (sender finished the predecessor), on
+    # the machine's common clock; it includes the wake-up of a blocked rank on a shared machine
+    from components.januspipe.schedules import Action, predecessor
+
+    delays: list[float] = []
+    dev = schedule.placement.stage_device
+    for k in range(steps):
+        ends: dict[Action, float] = {}
+        starts: list[tuple[Action, float, float]] = []
+        for r in results:
+            if r["gp"] != 0 or r["dp"] != 0 or len(r.get("windows", [])) <= k:
+                continue
+            e0 = r["windows"][k][0]
+            for phase, mb, stage, ts, te, wait, _ in r["actions"][k]:
+                a = Action(phase, mb, stage)
+                ends[a] = e0 + te
+                starts.append((a, e0 + ts, wait))
+        for a, start, wait in starts:
+            pred = predecessor(a, V)
+            if pred is not None and dev[pred.stage] != dev[a.stage] and pred in ends and ends[pred] > start - wait:
+                delays.append(max(0.0, start - ends[pred]))  # the message was not there when it began waiting
+    wins = [w for r in results for w in r.get("windows", [])]
+    window = (min(w[0] for w in wins), max(w[1] for w in wins)) if wins else None
+    return {"makespan_s": statistics.median(makespans), "step_s": statistics.median(step_s), "window": window,
             "makespans_s": makespans, "stage_costs_s": med(wall), "stage_cpu_s": med(cpu),
+            "stage_wall_mean_s": mean(wall), "stage_cpu_mean_s": mean(cpu),
+            "message_delay_s": statistics.mean(delays) if delays else None, "messages_waited": len(delays),
             "peak_saved_bytes": [r.get("peak_saved_bytes", 0) for r in results if r["gp"] == 0 and r["dp"] == 0]}
 
 

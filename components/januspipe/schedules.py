@@ -22,7 +22,9 @@ hanayo4     wave, ``W`` waves       Hanayo-style zig-zag stages (2W per device),
 symfold     V-fold (SymFold-like)   device d holds stages d and 2D-1-d; phase-major inside the window
                                     of ``cap`` in-flight micro-batches
 wavek       V-fold + K-waves        WaveK-like: waves of K micro-batches; a wave's P3/P4 sweeps travel
-                                    together with the next wave's P1/P2 sweeps (both directions busy);
+                                    together with the next wave's P1/P2 sweeps (both directions busy;
+                                    ``order=sweeps``) or lowest phase first (``order=phase``), whichever
+                                    the simulator finds faster on the measured phase costs;
                                     micro-batches are admitted as soon as the simulator, fed with the
                                     measured phase costs and activation sizes, predicts that the peak
                                     activation memory stays within the budget (no fixed in-flight cap)
@@ -355,8 +357,9 @@ def family_grid(name: str, num_devices: int, num_microbatches: int, max_stages: 
         return [{"waves": w, "cap": c} for w in (1, 2) if fits(2 * w * D) for c in caps]
     if name == "symfold":
         return [{"cap": c} for c in caps] if fits(2 * D) else []
-    if name == "wavek":
-        return [{"K": k} for k in sorted({max(1, D // 8), max(1, D // 4), max(1, D // 2)}) if k <= M] \
+    if name == "wavek":  # wave size K and the order inside the admitted window (sweep interleave or phase-major)
+        return [{"K": k, "order": o} for o in ("sweeps", "phase")
+                for k in sorted({max(1, D // 8), max(1, D // 4), max(1, D // 2)}) if k <= M] \
             if fits(2 * D) else []
     raise ConfigError(f"schedule {name!r}: expected one of {list(SCHEDULE_NAMES)}")
 

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from components.januspipe.schedules import (Action, Placement, Priority, Schedule, ScheduleError, build_schedule,
-                                            chain_index, family_grid, janus_sweeps, list_schedule, predecessor,
-                                            successor, vfold)
+                                            chain_index, family_grid, janus_sweeps, list_schedule, phase_major,
+                                            predecessor, successor, vfold)
 from components.mlip.model import split_blocks
 
 
@@ -101,18 +101,23 @@ class SimResult:
 
 
 def simulate(schedule: Schedule, costs: CostModel, num_blocks: int, keep_timeline: bool = False,
-             stage_costs: Sequence[Sequence[float]] | None = None, cores: int | None = None) -> SimResult:
+             stage_costs: Sequence[Sequence[float]] | None = None, cores: int | None = None,
+             external_load: float = 0.0) -> SimResult:
     """Time ``schedule`` under ``costs`` for a model of ``num_blocks`` blocks (see module doc).
 
     ``stage_costs[v][p-1]`` overrides the compute times (e.g. CPU times measured inside a real run).
-    ``cores``: when fewer than the devices (an oversubscribed CPU run), the busy devices share the
-    cores (processor sharing: each runs at ``min(1, cores / busy devices)`` of full speed)."""
+    ``cores``: when the devices plus ``external_load`` (CPU-bound tasks of other jobs on the same
+    machine, measured by :mod:`components.januspipe.loadmeter`) exceed the cores (an oversubscribed
+    or shared CPU run), the busy devices share the cores with the other jobs (processor sharing:
+    each busy device runs at ``min(1, cores / (busy devices + external_load))`` of full speed)."""
     V, D = schedule.num_stages, schedule.num_devices
     compute = [tuple(c) for c in stage_costs] if stage_costs is not None else costs.stage_costs(V, num_blocks)
     if len(compute) != V:
         raise ValueError(f"stage_costs has {len(compute)} stages; the schedule has {V}")
-    if cores is not None and cores < D:
-        return _simulate_shared(schedule, costs, num_blocks, compute, cores, keep_timeline)
+    if external_load < 0:
+        raise ValueError(f"external_load={external_load}: expected >= 0")
+    if cores is not None and cores < D + external_load:
+        return _simulate_shared(schedule, costs, num_blocks, compute, cores, keep_timeline, external_load)
     memory = costs.stage_memory(V, num_blocks)
     dev = schedule.placement.stage_device
     msg = [0.0] + [costs.message_s(p) for p in (1, 2, 3, 4)]
@@ -191,8 +196,9 @@ def _memory_peaks(events: list[list[tuple[float, int, float]]]) -> list[float]:
 
 
 def _simulate_shared(schedule: Schedule, costs: CostModel, num_blocks: int, compute, cores: int,
-                     keep_timeline: bool) -> SimResult:
-    """Event-driven variant of :func:`simulate` where the busy devices share ``cores`` processors."""
+                     keep_timeline: bool, external_load: float = 0.0) -> SimResult:
+    """Event-driven variant of :func:`simulate` where the busy devices share ``cores`` processors
+    (with ``external_load`` CPU-bound tasks of other jobs)."""
     V, D, M = schedule.num_stages, schedule.num_devices, schedule.num_microbatches
     memory = costs.stage_memory(V, num_blocks)
     dev = schedule.placement.stage_device
@@ -220,7 +226,7 @@ def _simulate_shared(schedule: Schedule, costs: CostModel, num_blocks: int, comp
                     mem_events[d].append((t, 1, a1))
                 elif a.phase == 2:
                     mem_events[d].append((t, 1, a2))
-        rate = min(1.0, cores / len(running)) if running else 0.0
+        rate = min(1.0, cores / (len(running) + external_load)) if running else 0.0
         pending = [v for a, v in arrival.items() if v > t + 1e-15]
         candidates = [t + rem / rate for _, rem, _ in running.values()] + pending
         if not candidates:
@@ -328,19 +334,31 @@ def budget_admission(name: str, placement: Placement, num_microbatches: int, cos
     return final
 
 
+#: device order of the WaveK reconstruction inside the admitted window: ``sweeps`` interleaves wave w's
+#: P3/P4 sweeps with wave w+1's P1/P2 sweeps (:func:`janus_sweeps`); ``phase`` runs the lowest phase
+#: first (:func:`phase_major`). The tuner picks the faster on the measured phase costs.
+WAVEK_ORDERS: dict[str, Priority] = {"sweeps": janus_sweeps, "phase": phase_major}
+
+
 def build(name: str, num_devices: int, num_microbatches: int, costs: CostModel, num_blocks: int,
           memory_budget_bytes: float | None = None, **params: Any) -> Schedule:
     """Any named schedule with ``params``; ``wavek`` uses the memory-budget admission (all
     micro-batches at once when no budget is given)."""
     if name == "wavek":
         K = params["K"]
+        order = params.get("order", "sweeps")
+        if order not in WAVEK_ORDERS:
+            raise ScheduleError(f"wavek order={order!r}: expected one of {sorted(WAVEK_ORDERS)}")
+        prio = WAVEK_ORDERS[order]
+        extra = {"order": order} if "order" in params else {}
         if memory_budget_bytes is None:
             return list_schedule(name, vfold(num_devices), num_microbatches,
-                                 costs.stage_costs(2 * num_devices, num_blocks), janus_sweeps, num_microbatches,
-                                 wave_size=K, comm_s=costs.message_s(1), params={"K": K, "admission": "all"},
+                                 costs.stage_costs(2 * num_devices, num_blocks), prio, num_microbatches,
+                                 wave_size=K, comm_s=costs.message_s(1),
+                                 params={"K": K, "admission": "all", **extra},
                                  entry_times=[0.0] * num_microbatches)
-        return budget_admission(name, vfold(num_devices), num_microbatches, costs, num_blocks, janus_sweeps,
-                                memory_budget_bytes, wave_size=K, params={"K": K})
+        return budget_admission(name, vfold(num_devices), num_microbatches, costs, num_blocks, prio,
+                                memory_budget_bytes, wave_size=K, params={"K": K, **extra})
     return build_schedule(name, num_devices, num_microbatches, lambda V: costs.stage_costs(V, num_blocks),
                           comm_s=costs.message_s(1), **params)
 

@@ -7,6 +7,8 @@ stored run is replayed instead of re-measured.
 """
 from __future__ import annotations
 
+import logging
+
 import json
 import time
 
@@ -108,3 +110,12 @@ def test_malformed_run_record_is_named(runs, tmp_path):
     (bad / "run.json").write_text(json.dumps({"policy": "gradient"}))
     with pytest.raises(InputError, match="malformed run record"):
         load_run(bad)
+from components.familyseer.tuning import _quiet_metaschedule  # noqa: E402
+
+
+def test_unnamed_handler_detached():
+    lg = logging.getLogger("tvm.s_tir.meta_schedule")
+    h = logging.StreamHandler()
+    lg.addHandler(h)
+    _quiet_metaschedule()
+    assert h not in lg.handlers

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from components.har.config import ImfeConfig, StreamNetConfig
-from components.har.imfe import ImfeNet, distill, export_onnx, feature_mse, onnx_parity
+from components.har.imfe import ImfeNet, augment, distill, export_onnx, feature_mse, onnx_parity
 from components.har.streams import StreamNet
 
 CFG = ImfeConfig(encoder_widths=[8, 8, 12, 16, 16], compress_dim=8, motion_widths=[16, 16, 16], mid_dim=16)
@@ -57,3 +57,61 @@ def test_distillation_loss_decreases():
     assert hist["train_mse"][-1] < 0.75 * hist["train_mse"][0]
     assert hist["val_mse"][-1] < hist["val_mse"][0]
     assert feature_mse(net, frames[16:], teacher.features, flows[16:]) == pytest.approx(hist["val_mse"][-1])
+
+
+def test_imfe_overfits_a_tiny_fixed_batch_of_teacher_targets():
+    """Sanity check of the model and its input path (frame layout, correlation, head): on 4 fixed
+    chunks and their teacher features, without augmentation, the distillation loss must fall by
+    >= 90 %. A broken input pipeline or a detached/wrongly-scaled correlation cannot do this. (On
+    the quick-profile data the same check falls from 0.48 to 0.03 in 150 steps.)"""
+    torch.manual_seed(0)
+    teacher = StreamNet(10, 4, StreamNetConfig(widths=[8, 16]).widths).eval()
+    g = torch.Generator().manual_seed(2)
+    frames = torch.randn(4, 6, 3, 32, 32, generator=g)
+    flows = torch.randn(4, 10, 32, 32, generator=g)
+    with torch.no_grad():
+        target = teacher.features(flows)
+    net = ImfeNet(32, 32, 6, target.shape[1], CFG)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    net.train()
+    losses = []
+    for _ in range(40):
+        loss = torch.nn.functional.mse_loss(net(frames), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    net.eval()
+    with torch.no_grad():
+        final = float(torch.nn.functional.mse_loss(net(frames), target))
+    assert losses[-1] < 0.1 * losses[0]
+    assert final < 0.1 * losses[0]                      # also in eval mode (BatchNorm running stats)
+
+
+def _centroid_x(img: torch.Tensor) -> float:
+    w = img.abs().sum(0)                                    # (H, W)
+    return float((w.sum(0) * torch.arange(w.shape[1])).sum() / w.sum())
+
+
+def test_augmentation_keeps_the_target_flow_consistent_with_the_frames():
+    """A square moving right by 2 px per frame, flow x = +2 px on it: after the distillation's
+    augmentation (random mirror, translation, colour jitter), every sample's flow must still say
+    what its frames show: mirrored samples move left and carry negative x-flow, and the flow of pair
+    i sits where the square is in frame i."""
+    B, N, H, W = 16, 6, 32, 32
+    frames = torch.zeros(B, N, 3, H, W)
+    flows = torch.zeros(B, 2 * (N - 1), H, W)
+    for i in range(N):
+        frames[:, i, :, 12:18, 4 + 2 * i:10 + 2 * i] = 1.0
+        if i < N - 1:
+            flows[:, 2 * i, 12:18, 4 + 2 * i:10 + 2 * i] = 2.0 / 8.0   # normalised: px / bound
+    xb, fb = augment(frames, flows, torch.Generator().manual_seed(0), flip=True)
+    signs = set()
+    for b in range(B):
+        fr = xb[b] - xb[b, :, :, :1, :1]                     # remove the jitter's offset (corner = background)
+        moved = _centroid_x(fr[N - 1]) - _centroid_x(fr[0])
+        fx = float(fb[b, 0::2].sum())
+        assert moved * fx > 0 and abs(moved) == pytest.approx(2 * (N - 1), abs=0.5)
+        assert _centroid_x(fb[b, 0:1]) == pytest.approx(_centroid_x(fr[0]), abs=0.5)
+        signs.add(fx > 0)
+    assert signs == {True, False}                            # both mirrored and original samples drawn

@@ -101,3 +101,28 @@ def test_more_stages_than_blocks_is_a_clear_error():
     with pytest.raises(ConfigError, match="needs 8 pipeline stages but the model has only 4"):
         check_stages(8, 4, "symfold at 4 processes")
     assert family_grid("symfold", 4, 8, max_stages=4) == []
+
+
+def test_external_load_shares_the_cores_with_the_devices():
+    """Processor sharing: a device busy alongside L CPU-bound tasks of other jobs on C cores runs at
+    min(1, C / (busy devices + L)); without load and with enough cores nothing changes."""
+    nb = 4
+    alone = simulate(gpipe4(1, 3), UNIT, nb)
+    assert simulate(gpipe4(1, 3), UNIT, nb, cores=1).makespan_s == pytest.approx(alone.makespan_s)
+    shared = simulate(gpipe4(1, 3), UNIT, nb, cores=1, external_load=1.0)
+    assert shared.makespan_s == pytest.approx(2 * alone.makespan_s)
+    # one micro-batch on two devices: one device busy at a time, 2 cores shared with 2 external
+    # tasks -> 2/3 of a core; the messages are not slowed
+    two = simulate(gpipe4(2, 1), UNIT, nb)
+    loaded = simulate(gpipe4(2, 1), UNIT, nb, cores=2, external_load=2.0)
+    hops = sum(UNIT.message_s(p) for p in (1, 2, 3, 4))
+    assert loaded.makespan_s == pytest.approx(1.5 * (two.makespan_s - hops) + hops)
+    with pytest.raises(ValueError, match="external_load"):
+        simulate(gpipe4(1, 1), UNIT, nb, cores=1, external_load=-1.0)
+
+
+def test_wavek_tunes_its_order_inside_the_window():
+    grid = family_grid("wavek", 8, 16)
+    assert {p["order"] for p in grid} == {"sweeps", "phase"}
+    with pytest.raises(ScheduleError, match="order"):
+        build("wavek", 2, 4, UNIT, 4, None, K=1, order="random")
