@@ -6,19 +6,11 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
-NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedbn": "FedBN"}
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-
-def label(strategy: str, variant: str, rule: str) -> str:
-    name = NAMES.get(strategy, strategy)
-    if variant == "base":
-        return name
-    if variant == "mixup":
-        return f"{name} + MixUp"
-    if variant == "vfda":
-        return f"{name} + VFDA ({rule})"
-    return f"{name} + VFDA ({variant.split('-', 1)[1]})"
+from components.vfda.evaluation import variant_label  # noqa: E402
 
 
 def main() -> int:
@@ -35,14 +27,14 @@ def main() -> int:
         for v in order:
             d = variants[v]
             cells = [f"{100 * d['per_institute'][i]:.2f}" for i in insts]
-            print(f"| {label(strategy, v, rule)} | " + " | ".join(cells) +
+            print(f"| {variant_label(strategy, v, rule)} | " + " | ".join(cells) +
                   f" | {100 * d['held_in']:.2f} ± {100 * d['held_in_std']:.2f} | {100 * d['held_out']:.2f} ± {100 * d['held_out_std']:.2f} |")
     print()
     print("| vs. base strategy | Δ held-in (pp) | seeds improved | Δ held-out (pp) | seeds improved |")
     print("|---|---|---|---|---|")
     for strategy, variants in m["gain"].items():
         for v, g in variants.items():
-            print(f"| {label(strategy, v, rule)} | {100 * g['held_in']:+.2f} ± {100 * g['held_in_std']:.2f} | "
+            print(f"| {variant_label(strategy, v, rule)} | {100 * g['held_in']:+.2f} ± {100 * g['held_in_std']:.2f} | "
                   f"{g['held_in_seeds_improved']}/{g['seeds']} | {100 * g['held_out']:+.2f} ± {100 * g['held_out_std']:.2f} | "
                   f"{g['held_out_seeds_improved']}/{g['seeds']} |")
     print()

@@ -131,10 +131,22 @@ def _initial_model(settings: RunSettings, fed: Federation):
         return build_model(cfg.model, cfg.data.num_classes, cfg.vfda)
 
 
+def _scratch_model(settings: RunSettings):
+    """A model whose weights are overwritten before use (the held-out evaluator). Its construction
+    still draws from the global RNG, so it takes the same lock: otherwise it could run inside another
+    lane's seeded ``_initial_model`` and change that federation's initial weights (seen as one
+    federation of 27 differing between two runs of the same code)."""
+    from components.vfda.model import build_model
+
+    cfg = settings.config
+    with _INIT_LOCK:
+        return build_model(cfg.model, cfg.data.num_classes, cfg.vfda)
+
+
 def run_federation(grid: Grid, fed: Federation, settings: RunSettings, num_clients: int,
                    heldout: dict[str, list]) -> dict[str, Any]:
     """One federation with Flower's ``Strategy.start``; writes and returns its record."""
-    from components.vfda.model import build_model, norm_keys, weights
+    from components.vfda.model import norm_keys, weights
     from components.vfda.training import evaluate_dice
 
     cfg = settings.config
@@ -146,7 +158,7 @@ def run_federation(grid: Grid, fed: Federation, settings: RunSettings, num_clien
     train_config = ConfigRecord({**common, "fault-round": cfg.simulation.fault_round,
                                  "fault-partition": cfg.simulation.fault_partition})
     heldout_record: dict[int, dict[str, dict[str, float]]] = {}
-    net = build_model(cfg.model, cfg.data.num_classes, cfg.vfda)  # reused for every round
+    net = _scratch_model(settings)  # reused for every round
 
     def evaluate_heldout(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         net.load_state_dict(arrays.to_torch_state_dict())

@@ -67,3 +67,16 @@ def test_report_depends_on_every_paper():
     deps = set(report["deps"])
     for paper in PAPERS:
         assert f"metrics/{paper}.json" in deps and f"components/{paper}/claims.yaml" in deps
+
+
+def test_component_deps_are_the_code_not_the_docs():
+    """Stages depend on a component's code file by file: editing its README (or claims.yaml, which
+    only the report reads) must not invalidate the paper's results."""
+    for name, stage in _load("dvc.yaml")["stages"].items():
+        deps = [str(d) for d in stage.get("deps", [])]
+        for dep in deps:
+            path = REPO / dep
+            assert path.exists(), f"{name}: dependency {dep} does not exist"
+            if dep.startswith("components/") and name != "report":
+                assert path.is_file(), f"{name}: {dep} is a directory (its README would invalidate the stage)"
+                assert path.suffix != ".md" and path.name != "claims.yaml", f"{name}: depends on docs {dep}"

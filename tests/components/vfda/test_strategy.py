@@ -105,3 +105,36 @@ def test_fedbn_marks_messages_and_keeps_last_client_norms():
     assert all(m.content["config"]["fedbn"] for m in msgs)
     strategy.aggregate_train(1, [_reply(msgs[0], "A", 1.0, None), _reply(msgs[1], "B", 5.0, None)])
     np.testing.assert_allclose(strategy.client_norms["B"]["enc.weight"], np.full(3, 5.0))
+
+
+def test_initial_model_is_seeded_even_while_another_lane_builds_models():
+    """Two lanes run federations in threads of one ServerApp process: a lane building its held-out
+    evaluator must not draw from the global RNG between another lane's seeding and its init."""
+    import threading
+    from pathlib import Path
+
+    import torch
+
+    from components.vfda.config import VfdaConfig
+    from components.vfda.federation import RunSettings
+    from components.vfda.server_app import _initial_model, _scratch_model
+
+    cfg = VfdaConfig.model_validate({"model": {"channels": [4, 8, 16]}})
+    settings = RunSettings(config=cfg, data_dir=Path("."), out_dir=Path("."))
+    fed = Federation("fedavg", "base", 3)
+    ref = [p.detach().clone() for p in _initial_model(settings, fed).parameters()]
+    stop = threading.Event()
+
+    def other_lane():
+        while not stop.is_set():
+            _scratch_model(settings)
+
+    t = threading.Thread(target=other_lane, daemon=True)
+    t.start()
+    try:
+        for _ in range(20):
+            got = list(_initial_model(settings, fed).parameters())
+            assert all(torch.equal(a, b) for a, b in zip(ref, got))
+    finally:
+        stop.set()
+        t.join()
