@@ -314,6 +314,14 @@ def pipeline(ctx: StageContext) -> dict:
     return out
 
 
+def _max_abs_errors(runs: list[dict], key: str, name: str) -> dict[str, float]:
+    """``{name: max |run[key]|, name_<p>proc: the same over the runs with p processes}``."""
+    out = {name: max(abs(r[key]) for r in runs)}
+    for p in sorted({r["processes"] for r in runs}):
+        out[f"{name}_{p}proc"] = max(abs(r[key]) for r in runs if r["processes"] == p)
+    return out
+
+
 # -- simulation ---------------------------------------------------------------------------------------
 @stage_task
 def simulate(ctx: StageContext) -> dict:
@@ -386,7 +394,6 @@ def simulate(ctx: StageContext) -> dict:
     Mt = sc.microbatches_per_device * Dt
     _, best_t, _ = sweep(Dt, Mt)
     runs = real["runs"]
-    errs = {p: max(abs(r["sim_error"]) for r in runs if r["processes"] == p) for p in {r["processes"] for r in runs}}
     with atomic_dir(ctx.paths.plots) as tmp:
         fig = plots.throughput_and_memory(table, budgets)
         fig.savefig(tmp / "throughput_memory.png", dpi=110)
@@ -437,12 +444,8 @@ def simulate(ctx: StageContext) -> dict:
         "throughput": {f"{name}": {"throughput_structures_per_s": r["throughput_structures_per_s"],
                                    "bubble_ratio": r["bubble_ratio"], "peak_activation_MiB": r["peak_activation_MiB"]}
                        for name, r in by_sched.items()},
-        "simulator": {"max_abs_error": max(errs.values()),
-                      **{f"max_abs_error_{p}proc": e for p, e in sorted(errs.items())},
-                      "max_abs_error_load_model": max(abs(r["sim_load_model_error"]) for r in runs),
-                      **{f"max_abs_error_load_model_{p}proc": max(abs(r["sim_load_model_error"]) for r in runs
-                                                                  if r["processes"] == p)
-                         for p in sorted({r["processes"] for r in runs})},
+        "simulator": {**_max_abs_errors(runs, "sim_error", "max_abs_error"),
+                      **_max_abs_errors(runs, "sim_load_model_error", "max_abs_error_load_model"),
                       "max_abs_error_idle_machine": max(abs(r["sim_idle_machine_error"]) for r in runs),
                       "max_abs_error_profile_costs": max(abs(r["sim_profile_costs_error"]) for r in runs),
                       "min_cpu_share_while_busy": min(r["cpu_share_while_busy"] for r in runs),
