@@ -5,6 +5,7 @@ Defaults are the quick profile (48x48 clips, a few minutes on an idle 2-core CPU
 """
 from __future__ import annotations
 
+import re
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -120,6 +121,20 @@ class ImfeConfig(_Section):
     gamma: float = Field(0.9, gt=0, le=1, description="ExponentialLR gamma, stepped 5 times per epoch (official)")
     flip: bool = Field(True, description="horizontal-flip augmentation (the teacher sees the flipped flow)")
     onnx_opset: int = Field(16, ge=11, le=21)
+    distill_clips_per_class: int = Field(
+        0, ge=0, le=100000,
+        description="0: distil on the HAR training split (quick profile). N > 0: distil on a separate set of N "
+                    "synthetic clips per class, disjoint from the HAR clips, with its own TV-L1 flow (the paper "
+                    "distils on ActivityNet, not on the action data); needs data.source=synthetic")
+    device: str = Field("cpu", description="torch device of the distillation: cpu, cuda, cuda:N or auto "
+                                           "(cuda when available)")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", v):
+            raise ValueError(f"cpu, cuda, cuda:N or auto, got {v!r}")
+        return v
 
 
 class TemporalConfig(_Section):
@@ -172,6 +187,9 @@ class HarConfig(ComponentConfig):
         d, L = self.data, self.opticalflow.clip_len
         if d.source == "synthetic" and d.frames_per_clip % L:
             raise ValueError(f"data.frames_per_clip ({d.frames_per_clip}) a multiple of opticalflow.clip_len ({L})")
+        if self.imfe.distill_clips_per_class and d.source != "synthetic":
+            raise ValueError(f"imfe.distill_clips_per_class={self.imfe.distill_clips_per_class} renders a synthetic "
+                             f"distillation set; expected data.source=synthetic (got {d.source!r}) or 0")
         if d.height % self.imfe.downsample or d.width % self.imfe.downsample:
             raise ValueError(f"frame size divisible by imfe.downsample ({self.imfe.downsample})")
         return self

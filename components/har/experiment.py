@@ -111,6 +111,69 @@ def compute_flows(data_dir: Path, manifest: dict[str, Any], cfg: OpticalFlowConf
     return flows, timing
 
 
+# ------------------------------------------------------------------------------------ distillation set
+DISTILL_STREAM = 2   # random-stream id of the distillation set; the data stage's clips use 0 (train), 1 (test)
+
+
+def _render_job(seed: int, stream: int, index: int, action: str, data_cfg: dict, flow_cfg: dict
+                ) -> tuple[np.ndarray, np.ndarray]:
+    import cv2
+
+    from components.har.config import DataConfig
+    from components.har.data import render_clip
+
+    cv2.setNumThreads(1)
+    fcfg = OpticalFlowConfig(**flow_cfg)
+    frames = render_clip(action, np.random.default_rng([seed, stream, index]), DataConfig(**data_cfg))
+    return split_chunks(frames, fcfg.clip_len), clip_flows(frames, "tvl1", fcfg)[0]
+
+
+def render_distill_set(cfg: HarConfig, clips_per_class: int, stream: int = DISTILL_STREAM,
+                       progress: Progress = _noop) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Synthetic clips rendered in memory with their TV-L1 flow: chunk frames (M, L, H, W, 3) uint8,
+    stacked flow (M, 2(L-1), H, W) uint8 and chunk labels (M,).
+
+    Clip ``i = k * classes + label`` draws from ``default_rng([seed, stream, i])``; the data stage's
+    clips draw from streams 0 (train) and 1 (test), so the default stream 2 is a set disjoint from
+    the HAR clips, and ``stream=1`` re-renders the test split (before its H.264 round trip). Clips are
+    interleaved by class, so the first ``n * classes`` clips are class-balanced for every n. Spread
+    over ``opticalflow.workers`` processes."""
+    classes = cfg.data.classes
+    jobs = [(cfg.seed, stream, k * len(classes) + c, name, cfg.data.model_dump(),
+             cfg.opticalflow.model_dump(by_alias=True))
+            for k in range(clips_per_class) for c, name in enumerate(classes)]
+    t0 = time.perf_counter()
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def done(i: int) -> None:
+        if (i + 1) % 200 == 0 or i + 1 == len(jobs):
+            progress("har distillation set: %d/%d clips rendered + TV-L1 in %.0f s", i + 1, len(jobs),
+                     time.perf_counter() - t0)
+
+    if cfg.opticalflow.workers == 1:
+        for i, j in enumerate(jobs):
+            out.append(_render_job(*j))
+            done(i)
+    else:
+        with ProcessPoolExecutor(cfg.opticalflow.workers, mp_context=get_context("spawn")) as pool:
+            for i, r in enumerate(pool.map(_render_job, *zip(*jobs), chunksize=8)):
+                out.append(r)
+                done(i)
+    labels = np.concatenate([np.full(len(f), classes.index(j[3])) for (f, _), j in zip(out, jobs)])
+    return np.concatenate([f for f, _ in out]), np.concatenate([q for _, q in out]), labels
+
+
+def torch_device(name: str):
+    """``imfe.device`` -> torch.device (``auto``: cuda when available); a clear error for a missing GPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"imfe.device={name!r}: torch sees no CUDA device here; expected cpu or auto")
+    return torch.device(name)
+
+
 def save_flows(path: Path, flows: dict[str, np.ndarray]) -> None:
     np.savez_compressed(path, **flows)
 
@@ -218,12 +281,25 @@ def run_imfe(cfg: HarConfig, data_dir: Path, teacher_models: Path, flows_dir: Pa
     teacher = load_stream_net(teacher_models / "tvl1.pt")
     for p in teacher.parameters():
         p.requires_grad_(False)
-    tr = _imfe_inputs(splits["train"], load_flows(flows_dir / "flows_tvl1.npz", splits["train"].ids))
     te = _imfe_inputs(splits["test"], load_flows(flows_dir / "flows_tvl1.npz", splits["test"].ids))
+    distill_set: dict[str, Any] = {"source": "har train split"}
+    if cfg.imfe.distill_clips_per_class:
+        t0 = time.perf_counter()
+        frames, flows, _ = render_distill_set(cfg, cfg.imfe.distill_clips_per_class, progress=progress)
+        tr = rgb_tensor(frames), flow_tensor(flows)
+        distill_set = {"source": "synthetic, disjoint from the har clips", "stream": DISTILL_STREAM,
+                       "clips_per_class": cfg.imfe.distill_clips_per_class,
+                       "render_and_tvl1_seconds": time.perf_counter() - t0}
+    else:
+        tr = _imfe_inputs(splits["train"], load_flows(flows_dir / "flows_tvl1.npz", splits["train"].ids))
+    distill_set["chunks"] = int(len(tr[0]))
+    device = torch_device(cfg.imfe.device)
+    teacher.to(device)
     t0 = time.perf_counter()
     net, hist = distill(tr[0], tr[1], teacher.features, cfg.imfe, manifest["height"], manifest["width"],
-                        cfg.seed, val=te, progress=progress)
+                        cfg.seed, val=te, progress=progress, device=device)
     seconds = time.perf_counter() - t0
+    net, teacher = net.cpu(), teacher.cpu()
     save_bundle(models_dir / "imfe.pt", state_dict=net.state_dict(), height=net.height, width=net.width,
                 num_frames=net.num_frames, feature_dim=net.feature_dim, config=cfg.imfe.model_dump())
     onnx_path = export_onnx(net, models_dir / "imfe.onnx", cfg.imfe.onnx_opset)
@@ -231,6 +307,7 @@ def run_imfe(cfg: HarConfig, data_dir: Path, teacher_models: Path, flows_dir: Pa
     with torch.no_grad():
         target_scale = float(teacher.features(te[1][:256]).pow(2).mean())
     summary = {"train_mse": hist["train_mse"], "val_mse": hist["val_mse"], "train_seconds": seconds,
+               "distill_set": distill_set, "device": str(device),
                "onnx": parity, "teacher_feature_mean_square": target_scale,
                "params": int(sum(p.numel() for p in net.parameters())),
                "val_relative_mse": hist["val_mse"][-1] / max(1e-12, target_scale) if hist["val_mse"] else None}

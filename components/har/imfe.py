@@ -169,7 +169,8 @@ def augment(frames: torch.Tensor, flows: torch.Tensor, gen: torch.Generator,
 def distill(frames: torch.Tensor, flows: torch.Tensor, teacher: Callable[[torch.Tensor], torch.Tensor],
             cfg: ImfeConfig, height: int, width: int, seed: int,
             val: tuple[torch.Tensor, torch.Tensor] | None = None,
-            progress: Callable[..., None] | None = None) -> tuple[ImfeNet, dict[str, list[float]]]:
+            progress: Callable[..., None] | None = None,
+            device: str | torch.device = "cpu") -> tuple[ImfeNet, dict[str, list[float]]]:
     """Distil IMFE onto ``teacher`` (the TV-L1 flow-stream feature).
 
     frames: (M, N, 3, H, W) normalised chunk frames; flows: (M, 2(N-1), H, W) normalised TV-L1
@@ -177,14 +178,19 @@ def distill(frames: torch.Tensor, flows: torch.Tensor, teacher: Callable[[torch.
     mirrored; flow mirrored with x negated), and each batch gets the same random translation in
     frames and flow plus a colour jitter of the frames; the target is always the teacher's feature of
     the (transformed) TV-L1 flow. Returns the net (eval mode) and the loss history.
+
+    ``device``: where the net and each batch go (``teacher`` must already be there). The data stay
+    on the CPU and the augmentation draws from the same CPU generator on every device, so a CUDA run
+    sees the same batches as a CPU run.
     """
     from components.har.streams import seed_everything
 
     gen = seed_everything(seed)
     N = frames.shape[1]
+    device = torch.device(device)
     with torch.no_grad():
-        dim = teacher(flows[:1]).shape[1]
-    net = ImfeNet(height, width, N, dim, cfg)
+        dim = teacher(flows[:1].to(device)).shape[1]
+    net = ImfeNet(height, width, N, dim, cfg).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.gamma)
     batches = max(1, (len(frames) + cfg.batch_size - 1) // cfg.batch_size)
@@ -201,6 +207,7 @@ def distill(frames: torch.Tensor, flows: torch.Tensor, teacher: Callable[[torch.
         for i in range(0, len(frames), cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
             xb, fb = augment(frames[idx], flows[idx], gen, cfg.flip)
+            xb, fb = xb.to(device, non_blocking=True), fb.to(device, non_blocking=True)
             with torch.no_grad():
                 target = teacher(fb)
             loss = F.mse_loss(net(xb), target)
@@ -221,21 +228,29 @@ def distill(frames: torch.Tensor, flows: torch.Tensor, teacher: Callable[[torch.
     return net, hist
 
 
+def _device(net: nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
 @torch.no_grad()
 def imfe_features(net: ImfeNet, frames: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """IMFE features of (M, N, 3, H, W) frames, computed on the net's device, returned on the CPU."""
     net.eval()
     if not len(frames):
         return torch.empty(0, net.feature_dim)
-    return torch.cat([net(frames[i:i + batch]) for i in range(0, len(frames), batch)])
+    dev = _device(net)
+    return torch.cat([net(frames[i:i + batch].to(dev)).cpu() for i in range(0, len(frames), batch)])
 
 
 @torch.no_grad()
 def feature_mse(net: ImfeNet, frames: torch.Tensor, teacher: Callable[[torch.Tensor], torch.Tensor],
                 flows: torch.Tensor, batch: int = 64) -> float:
     net.eval()
+    dev = _device(net)
     err, n = 0.0, 0
     for i in range(0, len(frames), batch):
-        err += float(F.mse_loss(net(frames[i:i + batch]), teacher(flows[i:i + batch]), reduction="sum"))
+        err += float(F.mse_loss(net(frames[i:i + batch].to(dev)), teacher(flows[i:i + batch].to(dev)),
+                                reduction="sum"))
         n += frames[i:i + batch].numel() // frames[0].numel()
     return err / max(1, n) / net.feature_dim
 

@@ -31,6 +31,10 @@ def test_full_profile_validates():
     ({"temporal": {"d_model": 30, "heads": 4}}, "divisible by heads"),
     ({"evaluate": {"sources": ["raft"]}}, "har.evaluate.sources"),
     ({"data": {"source": "ucf101"}}, "ucf101_root"),
+    ({"imfe": {"device": "gpu"}}, "har.imfe.device: got 'gpu'"),
+    ({"imfe": {"distill_clips_per_class": -1}}, "har.imfe.distill_clips_per_class: got -1"),
+    ({"data": {"source": "ucf101", "ucf101_root": "/videos"}, "imfe": {"distill_clips_per_class": 4}},
+     "imfe.distill_clips_per_class=4 renders a synthetic distillation set"),
     ({"typo": 1}, "har.typo: unknown parameter"),
 ])
 def test_bad_parameters_are_named(override, needle):

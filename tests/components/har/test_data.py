@@ -114,3 +114,23 @@ def test_ucf101_layout_loader(tmp_path):
     assert [c["id"] for c in clips if c["split"] == "test"] == ["v_Basketball_g08_c01"]
     with pytest.raises(InputError, match="not a folder"):
         scan_ucf101(tmp_path / "nowhere")
+
+
+def test_distillation_set_is_disjoint_from_the_har_clips_and_deterministic():
+    from components.har.config import HarConfig
+    from components.har.experiment import render_distill_set
+
+    cfg = HarConfig(data={"height": 32, "width": 32, "frames_per_clip": 12, "classes": ["walk_left", "wave"]},
+                    opticalflow={"workers": 1})
+    frames, flows, labels = render_distill_set(cfg, 2)
+    assert frames.shape == (2 * 2 * 2, 6, 32, 32, 3) and frames.dtype == np.uint8   # 2 clips x 2 classes x 2 chunks
+    assert flows.shape == (8, 10, 32, 32) and flows.dtype == np.uint8
+    assert labels.tolist() == [0, 0, 1, 1, 0, 0, 1, 1]                                # interleaved by class
+    again, _, _ = render_distill_set(cfg, 1)
+    assert np.array_equal(again, frames[:4])                                           # nested, deterministic
+    # stream 2 is not a data-stage clip; stream 1 re-renders exactly the test split's clip i
+    har_train = render_clip("walk_left", clip_rng(cfg.seed, "train", 0), cfg.data)
+    har_test = render_clip("wave", clip_rng(cfg.seed, "test", 1), cfg.data)
+    assert not np.array_equal(frames[:2].reshape(har_train.shape), har_train)
+    test_frames, _, test_labels = render_distill_set(cfg, 1, stream=1)
+    assert np.array_equal(test_frames[2:4].reshape(har_test.shape), har_test) and test_labels[2] == 1

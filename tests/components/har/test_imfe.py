@@ -115,3 +115,14 @@ def test_augmentation_keeps_the_target_flow_consistent_with_the_frames():
         assert _centroid_x(fb[b, 0:1]) == pytest.approx(_centroid_x(fr[0]), abs=0.5)
         signs.add(fx > 0)
     assert signs == {True, False}                            # both mirrored and original samples drawn
+
+
+def test_device_option_is_resolved_and_a_missing_gpu_is_named():
+    from components.base import InputError
+    from components.har.experiment import torch_device
+
+    assert torch_device("cpu").type == "cpu"
+    assert torch_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="imfe.device='cuda:1'"):
+            torch_device("cuda:1")
