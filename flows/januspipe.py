@@ -11,7 +11,9 @@ Stage outputs (each written atomically, each a DVC output):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import statistics
@@ -180,18 +182,22 @@ def pipeline(ctx: StageContext) -> dict:
     import torch
 
     from components.januspipe.loadmeter import ExternalLoadSampler
-    from components.januspipe.runtime import RunSpec, exactness_error, run_many, summarize
+    from components.januspipe.runtime import (RunSpec, exactness_error, fork_server_cpu_seconds, launch, run_many,
+                                              start_fork_server, summarize)
     from components.januspipe.schedules import check_stages
     from components.januspipe.simulator import canonical_1f1b_budget, simulate, tune
     from components.mlip.data import load_split
     from components.mlip.graph import GraphDataset
     from components.mlip.model import MatrisLikeMLIP
     from components.mlip.train import LossWeights, prepare_model, reference_gradients
-    from tasks.launch import spawn
 
     cfg = ctx.config
     pc = cfg.pipeline
     t0, c0 = time.perf_counter(), _cpu_seconds()
+    # the ranks are forked from a server that imports torch once (in the background, from now on)
+    # instead of each rank starting a fresh interpreter; their CPU time is added below
+    start_fork_server()
+    ranks_cpu = 0.0
     costs, raw_costs = _cost_model(ctx)
     weights = LossWeights.from_config(cfg.train)
     model_cfg = cfg.model.model_copy(update={"num_blocks": pc.num_blocks})
@@ -243,7 +249,8 @@ def pipeline(ctx: StageContext) -> dict:
                      ", ".join(t.schedule.label for _, t in chosen))
         extra = exact_specs if procs == p_exact and not exact else []
         with ExternalLoadSampler() as load:  # other jobs' runnable tasks while the ranks run
-            results = spawn(run_many, procs, specs + extra, backend=pc.backend, timeout=pc.timeout_s)
+            results, cpu_s = launch(run_many, procs, specs + extra, backend=pc.backend, timeout=pc.timeout_s)
+        ranks_cpu += cpu_s
         if extra:
             exact = {label: exactness_error([r[len(specs) + k] for r in results], reference)
                      for k, label in enumerate(exact_labels)}
@@ -303,7 +310,7 @@ def pipeline(ctx: StageContext) -> dict:
                          100 * row["sim_load_model_error"], ext)
 
     out = {"runs": runs, "exactness_rel_error": exact, "cores": cores, "stage_seconds": time.perf_counter() - t0,
-           "stage_cpu_seconds": _cpu_seconds() - c0}
+           "stage_cpu_seconds": _cpu_seconds() - c0 + ranks_cpu + fork_server_cpu_seconds()}
     with atomic_dir(_results(ctx, "pipeline")) as tmp:
         (tmp / "runs.json").write_text(json.dumps(out, indent=2) + "\n")
         (tmp / "timelines.json").write_text(json.dumps(timelines) + "\n")
@@ -322,12 +329,35 @@ def _max_abs_errors(runs: list[dict], key: str, name: str) -> dict[str, float]:
     return out
 
 
+def _torch_one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def _process_map(workers: int):
+    """``map``-like function running pure, picklable functions in ``workers`` fresh processes (spawned,
+    not forked from this process, which runs Prefect/MLflow threads; our children, so their CPU time
+    is in ``_cpu_seconds`` once the pool is shut down); the built-in ``map`` for one worker. Results
+    come back in input order."""
+    if workers <= 1:
+        yield map
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_torch_one_thread) as pool:
+        yield lambda fn, items: pool.map(fn, items, chunksize=1)
+
+
 # -- simulation ---------------------------------------------------------------------------------------
 @stage_task
 def simulate(ctx: StageContext) -> dict:
     from components.januspipe import plots
     from components.januspipe.schedules import SCHEDULE_NAMES
-    from components.januspipe.simulator import canonical_1f1b_budget, ideal_makespan, simulate as sim, tune
+    from components.januspipe.simulator import (candidate_job, candidate_jobs, canonical_1f1b_budget, ideal_makespan,
+                                                simulate as sim, tune)
 
     cfg = ctx.config
     sc = cfg.simulate
@@ -339,11 +369,38 @@ def simulate(ctx: StageContext) -> dict:
     nb = sc.num_blocks
     spm = costs.structures_per_microbatch
 
+    # every (devices, micro-batches) point swept below; the candidates of each schedule's parameter grid
+    # are independent pure simulations: build them first in one process per core (the WaveK budget
+    # admissions at 16-32 devices dominate), then tune (bisections, selection) on the memo
+    points = [(D, sc.microbatches_per_device * D) for D in sc.devices]
+    points += [(sc.headline_devices, f * sc.headline_devices) for f in sc.extra_microbatch_factors]
+    points.append((sc.timeline_devices, sc.microbatches_per_device * sc.timeline_devices))
+    budget_of = {p: canonical_1f1b_budget(p[0], p[1], costs, nb) for p in dict.fromkeys(points)}
+    jobs = [(name, D, M, None if name == "gpipe4" else budget_of[(D, M)])
+            for D, M in budget_of for name in SCHEDULE_NAMES]
+    todo = candidate_jobs(jobs, costs, nb)
+    real_pngs: dict[str, bytes] = {}
+    with _process_map(min(2, _cores())) as pmap:
+        pending = pmap(candidate_job, todo)  # a pool has them all submitted now
+        for key, tl in timelines.items():  # the real-vs-simulated timelines meanwhile (plots only)
+            f = plots.timelines_real_vs_sim([tuple(e) for e in tl["real"]], [tuple(e) for e in tl["sim"]],
+                                            tl["devices"], key)
+            buf = io.BytesIO()
+            f.savefig(buf, format="png", dpi=90)
+            real_pngs[key] = buf.getvalue()
+            plots.close(f)
+        cache = dict(pending)
+    ctx.progress("simulated %d tuning candidates (%d points)", len(cache), len(budget_of))
+    swept: dict[tuple[int, int], tuple[list[dict], dict[str, Any], float]] = {}
+
     def sweep(devices: int, M: int) -> tuple[list[dict], dict[str, Any], float]:
-        budget = canonical_1f1b_budget(devices, M, costs, nb)
+        if (devices, M) in swept:  # a pure function of (devices, M): the timeline point is swept above
+            rows, best, budget = swept[(devices, M)]
+            return [dict(r) for r in rows], dict(best), budget
+        budget = budget_of[(devices, M)]
         rows, best = [], {}
         for name in SCHEDULE_NAMES:
-            tuned = tune(name, devices, M, costs, nb, None if name == "gpipe4" else budget)
+            tuned = tune(name, devices, M, costs, nb, None if name == "gpipe4" else budget, cache=cache)
             if tuned.best is None:
                 continue
             best[name] = tuned
@@ -351,6 +408,7 @@ def simulate(ctx: StageContext) -> dict:
             row["candidates"] = len(tuned.candidates)
             row["memory_budget_MiB"] = budget / 2**20 if name != "gpipe4" else None
             rows.append(row)
+        swept[(devices, M)] = ([dict(r) for r in rows], dict(best), budget)
         return rows, best, budget
 
     table: list[dict[str, Any]] = []
@@ -404,10 +462,8 @@ def simulate(ctx: StageContext) -> dict:
             f = plots.timeline(ev, Dt, f"{tuned.schedule.label}: simulated, {Dt} devices, {Mt} micro-batches "
                                        f"(bubble {res.bubble_ratio:.0%}, peak {res.peak_memory_max_bytes / 2**20:.0f} MiB)")
             f.savefig(tmp / f"timeline_sim_{name}.png", dpi=100)
-        for key, tl in timelines.items():
-            f = plots.timelines_real_vs_sim([tuple(e) for e in tl["real"]], [tuple(e) for e in tl["sim"]],
-                                            tl["devices"], key)
-            f.savefig(tmp / f"timeline_real_{key}.png", dpi=90)
+        for key, png in real_pngs.items():
+            (tmp / f"timeline_real_{key}.png").write_bytes(png)
         f = plots.real_vs_sim_bars(runs)
         f.savefig(tmp / "real_vs_sim.png", dpi=110)
         ctx.log_figure(f, "real_vs_sim.png")

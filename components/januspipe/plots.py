@@ -16,6 +16,11 @@ def _plt():
     return plt
 
 
+def close(fig) -> None:
+    """Free a figure that was saved and is no longer needed."""
+    _plt().close(fig)
+
+
 def throughput_and_memory(rows: Sequence[dict[str, Any]], budget_mib: dict[int, float]):
     """Two panels over device counts: simulated throughput and peak activation memory per schedule."""
     plt = _plt()
@@ -49,8 +54,12 @@ def timeline(events: Sequence[tuple[int, int, int, int, float, float]], num_devi
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(11, 0.45 * num_devices + 1.2))
+    # one bar call for every action (the same rectangles in the same order as one call per action,
+    # which costs ~3 ms per action in matplotlib)
+    if events:
+        ax.barh([e[0] for e in events], [e[5] - e[4] for e in events], left=[e[4] for e in events],
+                color=[PHASE_COLOURS[e[1]] for e in events], edgecolor="white", linewidth=0.4, height=0.8)
     for d, phase, mb, stage, t0, t1 in events:
-        ax.barh(d, t1 - t0, left=t0, color=PHASE_COLOURS[phase], edgecolor="white", linewidth=0.4, height=0.8)
         if num_devices <= 8 and (t1 - t0) > 0:
             ax.text(t0 + (t1 - t0) / 2, d, str(mb), ha="center", va="center", fontsize=6, color="white")
     ax.set_yticks(range(num_devices))

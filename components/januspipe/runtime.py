@@ -170,6 +170,30 @@ def _make_groups(grid: _Grid, member: bool = True):
     return gp_group, grad_group
 
 
+#: topologies built in this process, by structure content and cutoffs (the specs of one launch share
+#: their structures; a topology is a pure function of them)
+_TOPOLOGIES: dict[tuple, Any] = {}
+
+
+def _topology_key(s: Structure, cutoff: float, three_body_cutoff: float) -> tuple:
+    return (cutoff, three_body_cutoff, s.numbers.tobytes(), s.positions.tobytes(), s.cell.tobytes(),
+            s.pbc.tobytes(), s.numbers.dtype.str, s.positions.dtype.str, s.cell.dtype.str)
+
+
+def dataset(structures: Sequence[Structure], cutoff: float, three_body_cutoff: float) -> GraphDataset:
+    """``GraphDataset(structures, cutoff, three_body_cutoff)`` reusing the topologies this process
+    already built for the same structures and cutoffs."""
+    from components.mlip.graph import build_topology
+
+    tops = []
+    for s in structures:
+        key = _topology_key(s, cutoff, three_body_cutoff)
+        if key not in _TOPOLOGIES:
+            _TOPOLOGIES[key] = build_topology(s, cutoff, three_body_cutoff)
+        tops.append(_TOPOLOGIES[key])
+    return GraphDataset(structures, cutoff, three_body_cutoff, topologies=tops)
+
+
 def pipeline_worker(rank: int, world_size: int, spec: RunSpec) -> dict[str, Any]:
     """``tasks.launch.spawn`` target: run ``spec`` on this rank, return its measurements."""
     import torch.distributed as dist
@@ -211,7 +235,7 @@ def pipeline_worker(rank: int, world_size: int, spec: RunSpec) -> dict[str, Any]
     opt = torch.optim.Adam(params, lr=spec.lr) if spec.optimizer_step else None
 
     # micro-batches of this DP replica (GP: this rank's part of each)
-    ds = GraphDataset(spec.structures, spec.model.cutoff, spec.model.three_body_cutoff)
+    ds = dataset(spec.structures, spec.model.cutoff, spec.model.three_body_cutoff)
     spm = spec.structures_per_microbatch
     graphs = []
     for m in range(M):
@@ -399,3 +423,100 @@ def exactness_error(results: Sequence[dict[str, Any]], reference: dict[str, torc
         raise ValueError(f"pipeline returned no gradient for {sorted(missing)[:5]}")
     scale = max(float(g.abs().max()) for g in reference.values()) or 1.0
     return max(float((got[n] - reference[n]).abs().max()) for n in reference) / scale
+
+
+# -- launch: ranks forked from a server that imported torch once --------------------------------------
+#: what every rank imports (torch, its distributed and optimiser stacks: ``torch.optim.Adam`` imports
+#: ``torch._dynamo``, ~2.5 s of CPU per process) - imported once by the fork server, not per rank
+PRELOAD = ("torch", "torch.distributed", "torch._dynamo", "torch.optim", "components.januspipe.runtime",
+           "components.januspipe.stage", "components.mlip.parallel", "tasks.launch")
+
+
+def start_fork_server(preload: Sequence[str] = PRELOAD) -> None:
+    """Start the fork server now (it imports ``preload`` in the background while the caller works)."""
+    import multiprocessing as mp
+
+    mpc = mp.get_context("forkserver")
+    mpc.set_forkserver_preload(list(preload))
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+
+
+def fork_server_cpu_seconds() -> float:
+    """CPU seconds (user + system) the running fork server itself used (its preload imports): not a
+    child this process waits for, so ``RUSAGE_CHILDREN`` misses it (0.0 if none or not Linux)."""
+    import os
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError):
+        return 0.0
+
+
+def _rank_cpu(rank: int, world_size: int, fn, args: tuple) -> tuple[Any, float]:
+    """Run ``fn``; return its result and this rank's CPU seconds (user + system, start-up included)."""
+    import resource
+
+    out = fn(rank, world_size, *args)
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return out, ru.ru_utime + ru.ru_stime
+
+
+def launch(fn, world_size: int, *args: Any, backend: str | None = "gloo", threads_per_rank: int = 1,
+           timeout: float = 600.0) -> tuple[list[Any], float]:
+    """:func:`tasks.launch.spawn` (same rank set-up: environment, one thread, process group, errors,
+    time-out) with the ranks forked from the fork server (:func:`start_fork_server`) instead of
+    fresh interpreters, which saves each rank's torch import. Returns the per-rank results and the
+    ranks' CPU seconds (the ranks are the server's children, not ours: ``RUSAGE_CHILDREN`` misses them)."""
+    import multiprocessing as mp
+    import pickle
+    import queue as queue_mod
+
+    from tasks.launch import LaunchError, _worker, free_port
+
+    if world_size < 1:
+        raise ValueError(f"world_size={world_size}: expected an integer >= 1")
+    mpc = mp.get_context("forkserver")
+    q = mpc.Queue()
+    port = free_port()
+    procs = [mpc.Process(target=_worker, args=(r, world_size, port, backend, threads_per_rank, _rank_cpu,
+                                               (fn, tuple(args)), q, timeout), daemon=False)
+             for r in range(world_size)]
+    for p in procs:
+        p.start()
+    results: dict[int, Any] = {}
+    errors: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(results) + len(errors) < world_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LaunchError(f"launch of {fn.__qualname__} on {world_size} ranks timed out after {timeout:.0f} s")
+            try:
+                rank, status, payload = q.get(timeout=min(remaining, 1.0))
+            except queue_mod.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead and not errors:
+                    errors.append(f"rank {procs.index(dead[0])} exited with code {dead[0].exitcode}")
+                if errors:
+                    break
+                continue
+            if status == "ok":
+                results[rank] = pickle.loads(payload)
+            else:
+                errors.append(f"rank {rank} failed: {payload}")
+                break
+    finally:
+        for p in procs:
+            p.join(timeout=5 if not errors else 0.5)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    if errors:
+        raise LaunchError(errors[0])
+    return [results[r][0] for r in range(world_size)], sum(results[r][1] for r in range(world_size))

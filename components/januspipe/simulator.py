@@ -363,23 +363,86 @@ def build(name: str, num_devices: int, num_microbatches: int, costs: CostModel, 
                           comm_s=costs.message_s(1), **params)
 
 
+#: memo of :func:`candidate` results: ``{candidate_key(...): (schedule, result) or None}``
+CandidateCache = dict
+
+
+def candidate_key(name: str, num_devices: int, num_microbatches: int, costs: CostModel, num_blocks: int,
+                  memory_budget_bytes: float | None, params: dict[str, Any]) -> tuple:
+    """Everything :func:`build` + :func:`simulate` depend on (the budget only matters to ``wavek``,
+    whose admission uses it; the other families build the same lists with or without it)."""
+    return (name, num_devices, num_microbatches, costs, num_blocks,
+            memory_budget_bytes if name == "wavek" else None, tuple(sorted(params.items())))
+
+
+def candidate(name: str, num_devices: int, num_microbatches: int, costs: CostModel, num_blocks: int,
+              memory_budget_bytes: float | None, params: dict[str, Any]) -> tuple[Schedule, SimResult] | None:
+    """One tuning candidate: the schedule built with ``params`` and its simulation (None if it cannot
+    be built, e.g. a wave that never fits the budget). A pure function of its arguments."""
+    try:
+        sched = build(name, num_devices, num_microbatches, costs, num_blocks, memory_budget_bytes, **params)
+    except ScheduleError:
+        return None
+    return sched, simulate(sched, costs, num_blocks)
+
+
+def candidate_job(job: tuple) -> tuple[tuple, tuple[Schedule, SimResult] | None]:
+    """``(key, result)`` of one job from :func:`candidate_jobs` (picklable, for a process pool)."""
+    return candidate_key(*job), candidate(*job)
+
+
+def candidate_jobs(jobs: Sequence[tuple[str, int, int, float | None]], costs: CostModel, num_blocks: int,
+                   cache: CandidateCache | None = None) -> list[tuple]:
+    """The parameter-grid candidates (what :func:`tune` sweeps first) of every ``(name, devices,
+    microbatches, budget)`` job that ``cache`` lacks, as :func:`candidate` argument tuples; the
+    most expensive first (WaveK's budget admission: small waves, many devices) for a balanced pool."""
+    todo, seen = [], set(cache or ())
+    for name, D, M, budget in jobs:
+        for params in family_grid(name, D, M, max_stages=num_blocks):
+            key = candidate_key(name, D, M, costs, num_blocks, budget, params)
+            if key not in seen:
+                seen.add(key)
+                todo.append((name, D, M, costs, num_blocks, budget, params))
+    todo.sort(key=lambda j: (j[0] != "wavek", -j[1], j[6].get("K", 0), j[6].get("order") != "phase"))
+    return todo
+
+
+def precompute_candidates(jobs: Sequence[tuple[str, int, int, float | None]], costs: CostModel, num_blocks: int,
+                          map_fn=map, cache: CandidateCache | None = None) -> CandidateCache:
+    """Build and simulate the grid candidates of ``jobs`` (:func:`candidate_jobs`) through ``map_fn``
+    (e.g. a process pool's ``map``: the candidates are independent pure functions); returns the memo
+    :func:`tune` takes as ``cache``, holding the same results :func:`tune` would compute itself."""
+    cache = {} if cache is None else cache
+    cache.update(map_fn(candidate_job, candidate_jobs(jobs, costs, num_blocks, cache)))
+    return cache
+
+
 def tune(name: str, num_devices: int, num_microbatches: int, costs: CostModel, num_blocks: int,
-         memory_budget_bytes: float | None = None) -> Tuned:
+         memory_budget_bytes: float | None = None, cache: CandidateCache | None = None) -> Tuned:
     """Sweep schedule ``name``'s small parameter grid on the simulator; return the fastest candidate
-    whose peak activation memory fits ``memory_budget_bytes`` (all candidates if None)."""
+    whose peak activation memory fits ``memory_budget_bytes`` (all candidates if None).
+
+    ``cache`` (see :func:`precompute_candidates`) memoizes the built and simulated candidates; the
+    result is the same with or without it."""
     candidates, schedules = [], []
     seen: set[tuple] = set()
+    cache = {} if cache is None else cache
+
+    def cached(budget: float | None, params: dict[str, Any]) -> tuple[Schedule, SimResult] | None:
+        key = candidate_key(name, num_devices, num_microbatches, costs, num_blocks, budget, params)
+        if key not in cache:
+            cache[key] = candidate(name, num_devices, num_microbatches, costs, num_blocks, budget, params)
+        return cache[key]
 
     def run(params: dict[str, Any]) -> SimResult | None:
         key = tuple(sorted(params.items()))
         if key in seen:
             return None
         seen.add(key)
-        try:
-            sched = build(name, num_devices, num_microbatches, costs, num_blocks, memory_budget_bytes, **params)
-        except ScheduleError:
+        got = cached(memory_budget_bytes, params)
+        if got is None:
             return None
-        res = simulate(sched, costs, num_blocks)
+        sched, res = got
         candidates.append(res)
         schedules.append(sched)
         return res
@@ -390,25 +453,26 @@ def tune(name: str, num_devices: int, num_microbatches: int, costs: CostModel, n
     if memory_budget_bytes is not None:
         # the grid's caps are coarse: also give every capped variant the largest cap that fits the
         # budget (bisection over integer caps, memory grows with the cap) and its neighbour below
+        def fits(base: tuple, c: int) -> bool:
+            got = cached(None, {**dict(base), "cap": c})
+            return got is not None and got[1].peak_memory_max_bytes <= memory_budget_bytes * (1 + 1e-9)
+
         for base in {tuple((k, v) for k, v in p.items() if k != "cap") for p in grid if "cap" in p}:
             lo, hi = 1, min(2 * num_devices, num_microbatches)
-            fits = lambda c: (lambda r: r is not None and r.peak_memory_max_bytes <= memory_budget_bytes * (1 + 1e-9))(  # noqa: E731
-                simulate(build(name, num_devices, num_microbatches, costs, num_blocks, None, **dict(base), cap=c),
-                         costs, num_blocks))
-            if not fits(lo):
+            if not fits(base, lo):
                 continue
             while hi - lo > 1:
                 mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-            best_cap = hi if fits(hi) else lo
+                lo, hi = (mid, hi) if fits(base, mid) else (lo, mid)
+            best_cap = hi if fits(base, hi) else lo
             for c in (best_cap, best_cap - 1):
                 if c >= 1:
                     run({**dict(base), "cap": c})
-    fits = [(r, s) for r, s in zip(candidates, schedules)
-            if memory_budget_bytes is None or r.peak_memory_max_bytes <= memory_budget_bytes * (1 + 1e-9)]
-    if not fits:
+    fits_ = [(r, s) for r, s in zip(candidates, schedules)
+             if memory_budget_bytes is None or r.peak_memory_max_bytes <= memory_budget_bytes * (1 + 1e-9)]
+    if not fits_:
         return Tuned(None, candidates, None)
-    r, s = min(fits, key=lambda rs: rs[0].makespan_s)
+    r, s = min(fits_, key=lambda rs: rs[0].makespan_s)
     return Tuned(r, candidates, s)
 
 

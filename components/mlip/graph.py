@@ -217,9 +217,14 @@ def collate(structures: Sequence[Structure], topologies: Sequence[Topology],
 class GraphDataset:
     """Structures with cached topologies; yields :class:`AtomGraph` batches."""
 
-    def __init__(self, structures: Sequence[Structure], cutoff: float, three_body_cutoff: float):
+    def __init__(self, structures: Sequence[Structure], cutoff: float, three_body_cutoff: float,
+                 topologies: Sequence[Topology] | None = None):
+        """``topologies``: already built ones (``build_topology`` of each structure with these cutoffs)."""
         self.structures = list(structures)
-        self.topologies = [build_topology(s, cutoff, three_body_cutoff) for s in self.structures]
+        if topologies is not None and len(topologies) != len(self.structures):
+            raise ValueError(f"{len(topologies)} topologies for {len(self.structures)} structures")
+        self.topologies = (list(topologies) if topologies is not None else
+                           [build_topology(s, cutoff, three_body_cutoff) for s in self.structures])
 
     def __len__(self) -> int:
         return len(self.structures)

@@ -123,3 +123,36 @@ def test_distributed_pipeline_equals_double_backward(structures):
             refs[(w, dp)] = _reference(structures[: 2 * dp], w)[1]
         err = exactness_error([r[k] for r in results], refs[(w, dp)])
         assert err <= 1e-9, f"{specs[k].schedule.label} PP{pp}xDP{dp}xGP{gp}: relative gradient error {err:.2e}"
+
+
+def test_cached_topologies_equal_freshly_built_ones(structures):
+    from components.januspipe import runtime
+
+    fresh = GraphDataset(structures, CFG.cutoff, CFG.three_body_cutoff)
+    a = runtime.dataset(structures, CFG.cutoff, CFG.three_body_cutoff)
+    b = runtime.dataset(list(reversed(structures)), CFG.cutoff, CFG.three_body_cutoff)  # from the cache
+    assert all(x is y for x, y in zip(b.topologies, reversed(a.topologies)))
+    other = runtime.dataset(structures, CFG.cutoff, CFG.three_body_cutoff - 0.5)  # other cutoff: rebuilt
+    for t, f, o in zip(a.topologies, fresh.topologies, other.topologies):
+        for field in ("edge_center", "edge_neighbor", "edge_shift", "bond_edge", "angle_dst", "angle_src"):
+            assert np.array_equal(getattr(t, field), getattr(f, field))
+        assert len(o.bond_edge) <= len(t.bond_edge)
+    ga, gf = a.batch([0, 2], dtype=torch.float64), fresh.batch([0, 2], dtype=torch.float64)
+    assert torch.equal(ga.angle_src, gf.angle_src) and torch.equal(ga.positions, gf.positions)
+
+
+def test_ranks_forked_from_the_fork_server_give_exact_gradients_and_report_their_cpu(structures):
+    """``runtime.launch`` (what the pipeline stage uses): same exactness as ``tasks.launch.spawn``."""
+    from components.januspipe.runtime import launch, start_fork_server
+    from tasks.launch import LaunchError
+
+    start_fork_server()
+    cases = [("1f1b4", 2, 1, 1, FORCES), ("wavek", 2, 1, 1, FORCES)]
+    specs = [_spec(name, pp, structures, w, dp=dp, gp=gp) for name, pp, dp, gp, w in cases]
+    results, cpu_s = launch(run_many, 2, specs, timeout=300)
+    assert cpu_s > 0
+    ref = _reference(structures[:2], FORCES)[1]
+    for k in range(len(cases)):
+        assert exactness_error([r[k] for r in results], ref) <= 1e-9
+    with pytest.raises(LaunchError, match="world_size"):
+        launch(run_many, 1, specs[:1], timeout=60)  # a 2-device spec on 1 rank fails in the rank

@@ -126,3 +126,38 @@ def test_wavek_tunes_its_order_inside_the_window():
     assert {p["order"] for p in grid} == {"sweeps", "phase"}
     with pytest.raises(ScheduleError, match="order"):
         build("wavek", 2, 4, UNIT, 4, None, K=1, order="random")
+
+
+def _same_result(a, b):
+    assert (a.label, a.makespan_s, a.bubble_ratio, a.peak_memory_bytes, a.busy_s) == \
+        (b.label, b.makespan_s, b.bubble_ratio, b.peak_memory_bytes, b.busy_s)
+
+
+def test_tuning_on_candidates_precomputed_in_a_process_pool_equals_plain_tuning():
+    """The simulate stage builds the grid candidates in worker processes first and tunes on the memo:
+    same candidates, same pick, same action lists as tuning without it."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from components.januspipe.simulator import candidate_jobs, precompute_candidates
+
+    nb = 24
+    points = [(2, 4), (4, 8), (4, 8)]  # a repeated point is looked up, not rebuilt
+    budgets = {p: canonical_1f1b_budget(*p, UNIT, nb) for p in points}
+    jobs = [(n, D, M, None if n == "gpipe4" else budgets[(D, M)]) for D, M in points for n in SCHEDULE_NAMES]
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("forkserver")) as pool:
+        cache = precompute_candidates(jobs, UNIT, nb, map_fn=lambda f, xs: pool.map(f, xs, chunksize=1))
+    assert candidate_jobs(jobs, UNIT, nb, cache) == []
+    for D, M in dict.fromkeys(points):
+        for name in SCHEDULE_NAMES:
+            budget = None if name == "gpipe4" else budgets[(D, M)]
+            plain, memo = tune(name, D, M, UNIT, nb, budget), tune(name, D, M, UNIT, nb, budget, cache=cache)
+            assert len(plain.candidates) == len(memo.candidates)
+            for a, b in zip(plain.candidates, memo.candidates):
+                _same_result(a, b)
+            _same_result(plain.best, memo.best)
+            assert plain.schedule.actions == memo.schedule.actions
+    # the bisections' builds landed in the memo too: tuning again computes nothing new
+    n = len(cache)
+    tune("1f1b4", 4, 8, UNIT, nb, budgets[(4, 8)], cache=cache)
+    assert len(cache) == n
