@@ -10,7 +10,8 @@ A rank that raises fails the whole launch with that rank's traceback; a launch t
 process runs ``torch.set_num_threads(threads_per_rank)`` (1 by default).
 
 ``fn`` must be importable by name from a module (not defined in ``__main__`` or a closure): the
-processes are started with the ``spawn`` method.
+processes are started with the ``spawn`` method by default (``start_method="forkserver"`` forks them
+from a server that has already imported the heavy modules, see ``components.januspipe.runtime``).
 """
 from __future__ import annotations
 
@@ -59,15 +60,17 @@ def _worker(rank: int, world_size: int, port: int, backend: str | None, threads:
 
 
 def spawn(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | None = "gloo",
-          threads_per_rank: int = 1, timeout: float = 600.0) -> list[Any]:
+          threads_per_rank: int = 1, timeout: float = 600.0, start_method: str = "spawn") -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` processes; return results by rank."""
     if world_size < 1:
         raise ValueError(f"world_size={world_size}: expected an integer >= 1")
+    if start_method not in ("spawn", "forkserver"):
+        raise ValueError(f"start_method={start_method!r}: expected 'spawn' or 'forkserver'")
     import queue as queue_mod
 
     import torch.multiprocessing as mp
 
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context(start_method)
     q = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, world_size, port, backend, threads_per_rank, fn,

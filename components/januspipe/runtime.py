@@ -457,13 +457,20 @@ def fork_server_cpu_seconds() -> float:
         return 0.0
 
 
-def _rank_cpu(rank: int, world_size: int, fn, args: tuple) -> tuple[Any, float]:
-    """Run ``fn``; return its result and this rank's CPU seconds (user + system, start-up included)."""
-    import resource
+class _WithCPU:
+    """``fn`` as a rank function that also returns this rank's CPU seconds (user + system, start-up
+    included). A module-level class so that it pickles by reference to ``fn``."""
 
-    out = fn(rank, world_size, *args)
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return out, ru.ru_utime + ru.ru_stime
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self.__qualname__ = getattr(fn, "__qualname__", repr(fn))   # named in launch errors
+
+    def __call__(self, rank: int, world_size: int, *args: Any) -> tuple[Any, float]:
+        import resource
+
+        out = self.fn(rank, world_size, *args)
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return out, ru.ru_utime + ru.ru_stime
 
 
 def launch(fn, world_size: int, *args: Any, backend: str | None = "gloo", threads_per_rank: int = 1,
@@ -472,51 +479,8 @@ def launch(fn, world_size: int, *args: Any, backend: str | None = "gloo", thread
     time-out) with the ranks forked from the fork server (:func:`start_fork_server`) instead of
     fresh interpreters, which saves each rank's torch import. Returns the per-rank results and the
     ranks' CPU seconds (the ranks are the server's children, not ours: ``RUSAGE_CHILDREN`` misses them)."""
-    import multiprocessing as mp
-    import pickle
-    import queue as queue_mod
+    from tasks.launch import spawn
 
-    from tasks.launch import LaunchError, _worker, free_port
-
-    if world_size < 1:
-        raise ValueError(f"world_size={world_size}: expected an integer >= 1")
-    mpc = mp.get_context("forkserver")
-    q = mpc.Queue()
-    port = free_port()
-    procs = [mpc.Process(target=_worker, args=(r, world_size, port, backend, threads_per_rank, _rank_cpu,
-                                               (fn, tuple(args)), q, timeout), daemon=False)
-             for r in range(world_size)]
-    for p in procs:
-        p.start()
-    results: dict[int, Any] = {}
-    errors: list[str] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(results) + len(errors) < world_size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise LaunchError(f"launch of {fn.__qualname__} on {world_size} ranks timed out after {timeout:.0f} s")
-            try:
-                rank, status, payload = q.get(timeout=min(remaining, 1.0))
-            except queue_mod.Empty:
-                dead = [p for p in procs if p.exitcode not in (None, 0)]
-                if dead and not errors:
-                    errors.append(f"rank {procs.index(dead[0])} exited with code {dead[0].exitcode}")
-                if errors:
-                    break
-                continue
-            if status == "ok":
-                results[rank] = pickle.loads(payload)
-            else:
-                errors.append(f"rank {rank} failed: {payload}")
-                break
-    finally:
-        for p in procs:
-            p.join(timeout=5 if not errors else 0.5)
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
-    if errors:
-        raise LaunchError(errors[0])
-    return [results[r][0] for r in range(world_size)], sum(results[r][1] for r in range(world_size))
+    out = spawn(_WithCPU(fn), world_size, *args, backend=backend, threads_per_rank=threads_per_rank,
+                timeout=timeout, start_method="forkserver")
+    return [r for r, _ in out], sum(cpu for _, cpu in out)

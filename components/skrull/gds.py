@@ -35,31 +35,48 @@ def binpack(weights: Sequence[float], bins: int) -> list[list[int]]:
 
 
 def gds_microbatches(subset: Sequence[int], lengths: np.ndarray, cp: int, cost: CostModel,
-                     placer: Placer = dacp_place, rollback: bool = True) -> tuple[MicroBatch, ...]:
-    """Alg. 2 on one DP rank: the fewest strided micro-batches that fit ``C·N`` and that DACP places."""
+                     placer: Placer = dacp_place, rollback: bool = True,
+                     isolate: bool = True) -> tuple[MicroBatch, ...]:
+    """Alg. 2 on one DP rank: the fewest strided micro-batches that fit ``C·N`` and that DACP places.
+
+    [R: deviation] A sequence that cannot share a micro-batch with even the shortest other one
+    (``len + shortest > C·N``) gets a micro-batch of its own *before* the strided split. Every
+    feasible schedule must isolate it anyway, but Alg. 2 as printed cannot: the strided split puts
+    it next to other sequences until ``m`` reaches the number of sequences, i.e. one sequence per
+    micro-batch for the whole rank. Where no sequence comes that close to ``C·N`` (the paper's
+    settings) this changes nothing. ``isolate=False`` is Alg. 2 as printed (for the ablation).
+    """
     if not subset:
         return ()
     bucket = cost.bucket_size
+    capacity = bucket * cp
     subset = sorted(subset, key=lambda k: (lengths[k], k))                       # ascending
-    m = max(1, math.ceil(int(lengths[subset].sum()) / (bucket * cp)))             # memory lower bound
+    alone: list[int] = []
+    while isolate and len(subset) > 1 and int(lengths[subset[-1]]) + int(lengths[subset[0]]) > capacity:
+        alone.append(subset.pop())                                               # fills the group
+    singles = [MicroBatch((k,), placer([int(lengths[k])], cp, bucket, cost, rollback)) for k in alone]
+    m = max(1, math.ceil(int(lengths[subset].sum()) / capacity))                 # memory lower bound
     while m <= len(subset):
         mbs = [subset[j::m] for j in range(m)]                                   # long + short mixed
-        if any(int(lengths[mb].sum()) > bucket * cp for mb in mbs):            # memory check first (cheap)
+        if any(int(lengths[mb].sum()) > capacity for mb in mbs):               # memory check first (cheap)
             m += 1
             continue
         try:
             out = [MicroBatch(tuple(mb), placer([int(lengths[k]) for k in mb], cp, bucket, cost, rollback))
                    for mb in mbs]
-            return tuple(out)
+            return tuple(singles + out)
         except DACPInfeasible:
             m += 1                                                               # roll back: one more
-    raise DACPInfeasible(f"no split of {len(subset)} sequences fits the bucket C={bucket} (rollback={rollback})")
+    raise DACPInfeasible(f"no split of {len(subset) + len(alone)} sequences fits the bucket C={bucket} "
+                         f"(rollback={rollback})")
 
 
 def skrull_schedule(lengths: Sequence[int], dp: int, cp: int, cost: CostModel, *,
-                    placer: Placer = dacp_place, rollback: bool = True, name: str = "skrull") -> Schedule:
-    """Skrull: GDS across DP ranks and micro-batches, DACP inside every micro-batch."""
+                    placer: Placer = dacp_place, rollback: bool = True, isolate: bool = True,
+                    name: str = "skrull") -> Schedule:
+    """Skrull: GDS across DP ranks and micro-batches, DACP inside every micro-batch (``isolate``:
+    see :func:`gds_microbatches`)."""
     arr = check_batch(lengths, dp, cp, cost.bucket_size)
     bins = binpack([cost.flops_time(s) for s in arr], dp)
-    ranks = tuple(gds_microbatches(b, arr, cp, cost, placer, rollback) for b in bins)
+    ranks = tuple(gds_microbatches(b, arr, cp, cost, placer, rollback, isolate) for b in bins)
     return Schedule(name=name, dp=dp, cp=cp, ranks=ranks)

@@ -15,7 +15,8 @@ PAPER_SPEEDUPS = {
 }
 PAPER_AVERAGE, PAPER_PEAK = 3.76, 7.54
 
-BASELINES = ("deepspeed", "deepspeed_b1", "packed", "sorted", "dacp_only", "round_robin", "dacp_literal")
+BASELINES = ("deepspeed", "deepspeed_b1", "packed", "sorted", "dacp_only", "round_robin", "dacp_literal",
+             "gds_printed")
 
 
 def _avg(xs) -> float:

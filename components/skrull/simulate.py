@@ -23,7 +23,8 @@ from components.skrull.ilp import solve_exact
 from components.skrull.schedule import Schedule, price, validate
 
 #: every scheduler in the tables, in display order
-VARIANTS = ("skrull", "dacp_literal", "dacp_only", "round_robin", "sorted", "packed", "deepspeed", "deepspeed_b1")
+VARIANTS = ("skrull", "gds_printed", "dacp_literal", "dacp_only", "round_robin", "sorted", "packed", "deepspeed",
+            "deepspeed_b1")
 
 Progress = Callable[..., None]
 
@@ -77,6 +78,7 @@ def compare(batches: Sequence[np.ndarray], dp: int, cp: int, cost: CostModel, se
         sched_wall_ms.append((time.perf_counter() - t0) * 1e3)
         validate(s, b, C)
     run("skrull", lambda b: skrull_schedule(b, dp, cp, cost))
+    run("gds_printed", lambda b: skrull_schedule(b, dp, cp, cost, isolate=False, name="gds_printed"))  # Alg. 2 as printed
     run("dacp_literal", lambda b: skrull_schedule(b, dp, cp, cost, placer=dacp_literal_place, name="dacp_literal"))
     run("round_robin", lambda b: round_robin_schedule(b, dp, cp, cost))
     run("packed", lambda b: packed_schedule(b, dp, cp, cost))

@@ -96,7 +96,11 @@ _NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedbn": "FedBN"}
 
 
 def variant_label(strategy: str, variant: str, rule: str) -> str:
+    """Table label; ``rule`` is the configured ``vfda.rule``, which the ``vfda-product`` and
+    ``vfda-fedfa`` ablation variants override (as ``Federation.vfda_rule`` does)."""
     name = _NAMES.get(strategy, strategy)
+    if variant in ("vfda-product", "vfda-fedfa"):
+        rule = variant.split("-", 1)[1]
     if variant == "base":
         return name
     if variant == "mixup":

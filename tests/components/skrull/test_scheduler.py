@@ -147,3 +147,21 @@ def test_bad_input_gets_a_clear_error():
         skrull_schedule([10], 0, 2, cost)
     with pytest.raises(InputError, match="positive lengths"):
         deepspeed_schedule([10, 0], 1, 2, cost, 1)
+
+
+def test_gds_isolates_a_sequence_that_fills_the_group_instead_of_one_sequence_per_microbatch():
+    """A document that leaves no room for any other gets its own micro-batch; the rest keep the
+    strided split at their own memory lower bound (Alg. 2 as printed degenerates to 1 per micro-batch)."""
+    cp, bucket = 2, 100
+    cost = toy_cost(bucket)
+    lengths = [200] + [10] * 12                 # 200 = C·N: nothing fits beside it; the rest: 120 tokens
+    sched = skrull_schedule(lengths, 1, cp, cost)
+    validate(sched, lengths, bucket)
+    mbs = [mb.seqs for _, _, mb in sched.microbatches()]
+    assert (0,) in mbs
+    assert len(mbs) == 1 + 1                    # the filler + ceil(120 / 200) = 1 micro-batch
+    printed = skrull_schedule(lengths, 1, cp, cost, isolate=False)       # Alg. 2 as printed
+    validate(printed, lengths, bucket)
+    assert len(list(printed.microbatches())) == len(lengths)              # one sequence per micro-batch
+    near = [150] + [10] * 12                    # 150 + 10 <= 200: may share, no isolation
+    assert all(len(mb.seqs) > 1 for _, _, mb in skrull_schedule(near, 1, cp, cost).microbatches())

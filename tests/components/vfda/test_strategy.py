@@ -138,3 +138,18 @@ def test_initial_model_is_seeded_even_while_another_lane_builds_models():
     finally:
         stop.set()
         t.join()
+
+
+def test_table_labels_name_the_rule_each_variant_ran_with():
+    """The ablation variants force a rule: their labels must not show the configured one."""
+    from components.vfda.config import VfdaConfig
+    from components.vfda.evaluation import variant_label
+    from components.vfda.federation import Federation
+
+    cfg = VfdaConfig()                                  # vfda.rule = product
+    for variant, want in [("vfda", "FedAvg + VFDA (product)"), ("vfda-fedfa", "FedAvg + VFDA (fedfa)"),
+                          ("vfda-product", "FedAvg + VFDA (product)"),
+                          ("vfda-local", "FedAvg + VFDA (local only, product)"), ("base", "FedAvg")]:
+        fed = Federation("fedavg", variant, 0)
+        assert variant_label("fedavg", variant, cfg.vfda.rule) == want
+        assert variant_label("fedavg", variant, fed.vfda_rule(cfg)) == want
