@@ -26,20 +26,11 @@ from components.base import InputError
 from components.familyseer.config import FamilySeerConfig
 from tasks.io import atomic_dir, read_json, write_json
 from tasks.pipeline import StageContext, flow_config, run_paper, stage_task
+from tasks.timing import stage_cost
 
 PAPER = "familyseer"
 CONFIG = FamilySeerConfig
 STAGES = ("data", "tune", "compile", "evaluate")
-
-
-def _process_seconds() -> tuple[float, float]:
-    """(wall seconds since this process started, CPU seconds of this process and its finished children)."""
-    import psutil
-
-    proc = psutil.Process()
-    times = proc.cpu_times()
-    cpu = times.user + times.system + times.children_user + times.children_system
-    return time.time() - proc.create_time(), cpu
 
 
 def _run_seed(cfg: FamilySeerConfig, seed: int) -> int:
@@ -83,8 +74,8 @@ def data(ctx: StageContext) -> dict:
                              "family_op": t["core_op"], "family_hash": t["subgraph_hash"][:8]})
             ctx.progress("familyseer/data: %s -> %d tasks, op families %s", name, manifest["num_tasks"],
                          {k: len(v) for k, v in groups["op"].items()})
-        wall, cpu = _process_seconds()
-        (tmp / "timing.json").write_text(json.dumps({"wall_s": wall, "cpu_s": cpu}))
+        cost = stage_cost()
+        (tmp / "timing.json").write_text(json.dumps(cost))
     ctx.log_metrics({f"data.{m}.{k}": v for m, d in out.items() for k, v in d.items()})
     ctx.log_table(rows, "tasks")
     return out
@@ -166,7 +157,8 @@ def tune(ctx: StageContext) -> dict:
     for d in sorted(root.glob("*/*"), reverse=True) if root.is_dir() else []:
         if d.is_dir() and not any(d.iterdir()):
             d.rmdir()
-    wall, cpu = _process_seconds()
+    cost = stage_cost()
+    wall, cpu = cost["wall_s"], cost["cpu_s"]
     write_json(root / "timing.json", {"wall_s": wall, "cpu_s": cpu, **summary})
     ctx.log_metrics({f"tune.{k}": v for k, v in summary.items()})
     return summary
@@ -208,7 +200,8 @@ def compile(ctx: StageContext) -> dict:  # noqa: A001 (the stage's name)
                 per_seed[str(seed)]["tuned_functions"] = sorted(k for k, v in applied.items() if v)
             res[f"tvm_{policy}"] = per_seed
         results[name] = res
-    wall, cpu = _process_seconds()
+    cost = stage_cost()
+    wall, cpu = cost["wall_s"], cost["cpu_s"]
     out = ctx.paths.results / "compile"
     with atomic_dir(out) as tmp:
         (tmp / "latency.json").write_text(json.dumps(results, indent=2))
@@ -237,7 +230,8 @@ def evaluate(ctx: StageContext) -> dict:
         report = evaluate_all(cfg, _zoo_dir(ctx), lambda m, p, s: _run_dir(ctx, m, p, s), latency, plots,
                               run_seed=lambda s: _run_seed(cfg, s), progress=lambda msg: ctx.progress(
                                   "familyseer/evaluate: %s", msg))
-    wall, cpu = _process_seconds()
+    cost = stage_cost()
+    wall, cpu = cost["wall_s"], cost["cpu_s"]
     timings["evaluate"] = {"wall_s": wall, "cpu_s": cpu}
     metrics = report["metrics"]
     replayed = timings.get("tune", {}).get("replayed", 0)

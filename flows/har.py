@@ -6,9 +6,6 @@
 from __future__ import annotations
 
 import json
-import os
-import resource
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +14,11 @@ from prefect import flow
 from components.har.config import HarConfig
 from tasks.io import atomic_dir, read_json, write_json
 from tasks.pipeline import StageContext, flow_config, run_paper, stage_task
+from tasks.timing import stage_cost
 
 PAPER = "har"
 CONFIG = HarConfig
 STAGES = ("data", "teacher", "imfe", "evaluate")
-
-_MARK: dict[str, float] = {}
-
-
-def _stage_cost() -> dict[str, float]:
-    """Wall and CPU (user+sys, this process and its children) seconds since the previous stage of
-    this process ended, or since the process started: interpreter start-up, imports and the Prefect
-    and MLflow set-up are part of what a stage costs."""
-    try:
-        ticks = os.sysconf("SC_CLK_TCK")
-        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
-        age = float(Path("/proc/uptime").read_text().split()[0]) - start
-    except (OSError, ValueError, IndexError):   # not Linux: time since this module was imported
-        age = time.perf_counter() - _IMPORTED
-    ru_s, ru_c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = ru_s.ru_utime + ru_s.ru_stime + ru_c.ru_utime + ru_c.ru_stime
-    cost = {"wall_s": age - _MARK.get("wall", 0.0), "cpu_s": cpu - _MARK.get("cpu", 0.0)}
-    _MARK.update(wall=age, cpu=cpu)
-    return cost
-
-
-_IMPORTED = time.perf_counter()
 
 
 def _timing_file(ctx: StageContext, stage: str) -> Path:
@@ -65,7 +41,7 @@ def data(ctx: StageContext) -> dict:
            "test_clips": sum(counts["test"].values())}
     ctx.log_metrics({f"data.{k}": v for k, v in out.items()})
     with atomic_dir(ctx.paths.results / "data") as tmp:
-        write_json(tmp / "timing.json", {"stage": "data", **_stage_cost(), "class_counts": counts})
+        write_json(tmp / "timing.json", {"stage": "data", **stage_cost(), "class_counts": counts})
     return out
 
 
@@ -76,7 +52,7 @@ def teacher(ctx: StageContext) -> dict:
 
     with atomic_dir(ctx.paths.models / "teacher") as models, atomic_dir(ctx.paths.results / "teacher") as res:
         summary = run_teacher(ctx.config, ctx.paths.data, models, res, ctx.progress)
-        write_json(res / "timing.json", {"stage": "teacher", **_stage_cost()})
+        write_json(res / "timing.json", {"stage": "teacher", **stage_cost()})
     ctx.log_metrics({"teacher.chunk_accuracy": summary["chunk_accuracy"],
                      "teacher.flow_ms_per_pair": {m: t["ms_per_pair"] for m, t in summary["flow_cpu"].items()}})
     return {"chunk_accuracy": summary["chunk_accuracy"]}
@@ -90,7 +66,7 @@ def imfe(ctx: StageContext) -> dict:
     with atomic_dir(ctx.paths.models / "imfe") as models, atomic_dir(ctx.paths.results / "imfe") as res:
         summary = run_imfe(ctx.config, ctx.paths.data, ctx.paths.models / "teacher", ctx.paths.results / "teacher",
                            models, res, ctx.progress)
-        write_json(res / "timing.json", {"stage": "imfe", **_stage_cost()})
+        write_json(res / "timing.json", {"stage": "imfe", **stage_cost()})
     for epoch, (tr, va) in enumerate(zip(summary["train_mse"], summary["val_mse"] or summary["train_mse"])):
         ctx.log_metrics({"imfe.train_mse": tr, "imfe.val_mse": va}, step=epoch)
     ctx.log_metrics({"imfe.onnx_max_abs_diff": summary["onnx"]["max_abs_diff"], "imfe.params": summary["params"]})
@@ -161,7 +137,7 @@ def evaluate(ctx: StageContext) -> dict:
         write_json(res / "stream_latencies_ms.json", lat_hist)
         write_json(res / "heads.json", {"rows": rows, "per_source": per_source})
         write_json(res / "latency.json", latency)
-        cost = _stage_cost()
+        cost = stage_cost()
         write_json(res / "timing.json", {"stage": "evaluate", **cost})
 
     # ---- the record

@@ -5,9 +5,6 @@
 """
 from __future__ import annotations
 
-import os
-import resource
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,30 +13,12 @@ from prefect import flow
 from components.skrull.config import SkrullConfig
 from tasks.io import atomic_dir, read_json, write_json
 from tasks.pipeline import StageContext, flow_config, run_paper, stage_task
+from tasks.timing import stage_cost
 
 PAPER = "skrull"
 CONFIG = SkrullConfig
 STAGES = ("data", "profile", "simulate", "train", "evaluate")
 SYNTHETIC = ("wikipedia", "lmsyschat1m", "chatqa2")
-
-_MARK: dict[str, float] = {}
-_IMPORTED = time.perf_counter()
-
-
-def _stage_cost() -> dict[str, float]:
-    """Wall and CPU seconds (user+sys, this process and its children) since the previous stage of this
-    process ended or since the process started (interpreter start, imports, Prefect/MLflow set-up)."""
-    try:
-        ticks = os.sysconf("SC_CLK_TCK")
-        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
-        age = float(Path("/proc/uptime").read_text().split()[0]) - start
-    except (OSError, ValueError, IndexError):
-        age = time.perf_counter() - _IMPORTED
-    ru_s, ru_c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = ru_s.ru_utime + ru_s.ru_stime + ru_c.ru_utime + ru_c.ru_stime
-    cost = {"wall_s": age - _MARK.get("wall", 0.0), "cpu_s": cpu - _MARK.get("cpu", 0.0)}
-    _MARK.update(wall=age, cpu=cpu)
-    return cost
 
 
 def _length_pools(ctx: StageContext) -> dict[str, Any]:
@@ -91,7 +70,7 @@ def data(ctx: StageContext) -> dict:
             table[name] = {"measured": cdf_table(lengths), "paper": {**paper, "longest": dist.longest}}
         write_json(tmp / "table1.json", table)
     with atomic_dir(ctx.paths.results / "data") as tmp:
-        write_json(tmp / "timing.json", {"stage": "data", **_stage_cost()})
+        write_json(tmp / "timing.json", {"stage": "data", **stage_cost()})
     out = {"corpus_documents": manifest["documents"], "corpus_tokens": manifest["tokens"],
            "corpus_vocab": manifest["vocab_size"], **{f"corpus_{k}": v for k, v in manifest["length_cdf"].items()}}
     ctx.log_metrics({f"data.{k}": v for k, v in out.items()})
@@ -137,7 +116,7 @@ def profile(ctx: StageContext) -> dict:
         (tmp / "comm_points.csv").write_text(rows_to_csv(
             [{"bytes": s, "all_gather_s": a, "reduce_scatter_s": r}
              for s, a, r in zip(sizes, comm_raw["all_gather"], comm_raw["reduce_scatter"])]))
-        write_json(tmp / "timing.json", {"stage": "profile", **_stage_cost()})
+        write_json(tmp / "timing.json", {"stage": "profile", **stage_cost()})
     out = {"bucket_size": cost.bucket_size, "bytes_per_token": memory["alpha_bytes_per_token"],
            "c_tok_us": compute["c_tok"] * 1e6, "c_quad_ns": compute["c_quad"] * 1e9,
            "c_seq_ms": compute["c_seq"] * 1e3, "c_seq_shard_ms": compute["c_seq_shard"] * 1e3,
@@ -199,7 +178,7 @@ def simulate(ctx: StageContext) -> dict:
         write_json(tmp / "local.json", local)
         write_json(tmp / "sensitivity.json", sens)
         write_json(tmp / "ilp.json", ilp_rows)
-        write_json(tmp / "timing.json", {"stage": "simulate", **_stage_cost()})
+        write_json(tmp / "timing.json", {"stage": "simulate", **stage_cost()})
     out = {"paper_avg_speedup": float(np.mean([paper[k]["speedup_vs_deepspeed"] for k in paper
                                                if k.split("/")[1] in SYNTHETIC] or [0.0])),
            "local_corpus_speedup": local.get("corpus", {}).get("speedup_vs_deepspeed", 0.0)}
@@ -246,7 +225,7 @@ def train(ctx: StageContext) -> dict:
     with atomic_dir(ctx.paths.results / "train") as tmp:
         write_json(tmp / "summary.json", summary)
         (tmp / "steps.csv").write_text(rows_to_csv(rows))
-        write_json(tmp / "timing.json", {"stage": "train", **_stage_cost()})
+        write_json(tmp / "timing.json", {"stage": "train", **stage_cost()})
     for name in spec["variants"]:                  # one nested MLflow run per schedule variant
         v = summary["variants"][name]
         with ctx.child(name, params={"schedule": name, "dp": t.dp, "cp": t.cp, "bucket_size": cost.bucket_size},
@@ -278,7 +257,7 @@ def evaluate(ctx: StageContext) -> dict:
     inputs["cost_model"] = read_json(res / "profile" / "cost_model.json")
     timing = {s: read_json(res / s / "timing.json") for s in ("data", "profile", "simulate", "train")
               if (res / s / "timing.json").is_file()}
-    timing["evaluate"] = _stage_cost()
+    timing["evaluate"] = stage_cost()
     metrics = headline_metrics(inputs, timing, profile=ctx.config.profile)
     tabs = tables(inputs)
     with atomic_dir(ctx.paths.plots) as tmp:
