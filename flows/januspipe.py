@@ -356,8 +356,8 @@ def _process_map(workers: int):
 def simulate(ctx: StageContext) -> dict:
     from components.januspipe import plots
     from components.januspipe.schedules import SCHEDULE_NAMES
-    from components.januspipe.simulator import (candidate_job, candidate_jobs, canonical_1f1b_budget, ideal_makespan,
-                                                simulate as sim, tune)
+    from components.januspipe.simulator import (canonical_1f1b_budget, ideal_makespan, simulate as sim,
+                                                simulate_candidates, tune)
 
     cfg = ctx.config
     sc = cfg.simulate
@@ -378,10 +378,9 @@ def simulate(ctx: StageContext) -> dict:
     budget_of = {p: canonical_1f1b_budget(p[0], p[1], costs, nb) for p in dict.fromkeys(points)}
     jobs = [(name, D, M, None if name == "gpipe4" else budget_of[(D, M)])
             for D, M in budget_of for name in SCHEDULE_NAMES]
-    todo = candidate_jobs(jobs, costs, nb)
     real_pngs: dict[str, bytes] = {}
     with _process_map(min(2, _cores())) as pmap:
-        pending = pmap(candidate_job, todo)  # a pool has them all submitted now
+        pending = simulate_candidates(jobs, costs, nb, map_fn=pmap)  # a pool has them all submitted now
         for key, tl in timelines.items():  # the real-vs-simulated timelines meanwhile (plots only)
             f = plots.timelines_real_vs_sim([tuple(e) for e in tl["real"]], [tuple(e) for e in tl["sim"]],
                                             tl["devices"], key)

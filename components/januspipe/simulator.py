@@ -14,7 +14,7 @@ device, and the timeline (for the schedule pictures).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from components.januspipe.schedules import (Action, Placement, Priority, Schedule, ScheduleError, build_schedule,
                                             chain_index, family_grid, janus_sweeps, list_schedule, phase_major,
@@ -407,14 +407,13 @@ def candidate_jobs(jobs: Sequence[tuple[str, int, int, float | None]], costs: Co
     return todo
 
 
-def precompute_candidates(jobs: Sequence[tuple[str, int, int, float | None]], costs: CostModel, num_blocks: int,
-                          map_fn=map, cache: CandidateCache | None = None) -> CandidateCache:
+def simulate_candidates(jobs: Sequence[tuple[str, int, int, float | None]], costs: CostModel, num_blocks: int,
+                        map_fn=map) -> Iterable[tuple[tuple, tuple[Schedule, SimResult] | None]]:
     """Build and simulate the grid candidates of ``jobs`` (:func:`candidate_jobs`) through ``map_fn``
-    (e.g. a process pool's ``map``: the candidates are independent pure functions); returns the memo
-    :func:`tune` takes as ``cache``, holding the same results :func:`tune` would compute itself."""
-    cache = {} if cache is None else cache
-    cache.update(map_fn(candidate_job, candidate_jobs(jobs, costs, num_blocks, cache)))
-    return cache
+    (e.g. a process pool's ``map``: the candidates are independent pure functions). Returns what
+    ``map_fn`` returns, ``(key, result)`` pairs: ``dict(...)`` of them is the memo :func:`tune` takes as
+    ``cache``, holding the same results :func:`tune` would compute itself."""
+    return map_fn(candidate_job, candidate_jobs(jobs, costs, num_blocks))
 
 
 def tune(name: str, num_devices: int, num_microbatches: int, costs: CostModel, num_blocks: int,
@@ -422,11 +421,14 @@ def tune(name: str, num_devices: int, num_microbatches: int, costs: CostModel, n
     """Sweep schedule ``name``'s small parameter grid on the simulator; return the fastest candidate
     whose peak activation memory fits ``memory_budget_bytes`` (all candidates if None).
 
-    ``cache`` (see :func:`precompute_candidates`) memoizes the built and simulated candidates; the
+    ``cache`` (see :func:`simulate_candidates`) memoizes the built and simulated candidates; the
     result is the same with or without it."""
     candidates, schedules = [], []
     seen: set[tuple] = set()
     cache = {} if cache is None else cache
+
+    def within_budget(r: SimResult) -> bool:
+        return memory_budget_bytes is None or r.peak_memory_max_bytes <= memory_budget_bytes * (1 + 1e-9)
 
     def cached(budget: float | None, params: dict[str, Any]) -> tuple[Schedule, SimResult] | None:
         key = candidate_key(name, num_devices, num_microbatches, costs, num_blocks, budget, params)
@@ -455,7 +457,7 @@ def tune(name: str, num_devices: int, num_microbatches: int, costs: CostModel, n
         # budget (bisection over integer caps, memory grows with the cap) and its neighbour below
         def fits(base: tuple, c: int) -> bool:
             got = cached(None, {**dict(base), "cap": c})
-            return got is not None and got[1].peak_memory_max_bytes <= memory_budget_bytes * (1 + 1e-9)
+            return got is not None and within_budget(got[1])
 
         for base in {tuple((k, v) for k, v in p.items() if k != "cap") for p in grid if "cap" in p}:
             lo, hi = 1, min(2 * num_devices, num_microbatches)
@@ -468,11 +470,10 @@ def tune(name: str, num_devices: int, num_microbatches: int, costs: CostModel, n
             for c in (best_cap, best_cap - 1):
                 if c >= 1:
                     run({**dict(base), "cap": c})
-    fits_ = [(r, s) for r, s in zip(candidates, schedules)
-             if memory_budget_bytes is None or r.peak_memory_max_bytes <= memory_budget_bytes * (1 + 1e-9)]
-    if not fits_:
+    fitting = [(r, s) for r, s in zip(candidates, schedules) if within_budget(r)]
+    if not fitting:
         return Tuned(None, candidates, None)
-    r, s = min(fits_, key=lambda rs: rs[0].makespan_s)
+    r, s = min(fitting, key=lambda rs: rs[0].makespan_s)
     return Tuned(r, candidates, s)
 
 

@@ -139,14 +139,14 @@ def test_tuning_on_candidates_precomputed_in_a_process_pool_equals_plain_tuning(
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from components.januspipe.simulator import candidate_jobs, precompute_candidates
+    from components.januspipe.simulator import candidate_jobs, simulate_candidates
 
     nb = 24
     points = [(2, 4), (4, 8), (4, 8)]  # a repeated point is looked up, not rebuilt
     budgets = {p: canonical_1f1b_budget(*p, UNIT, nb) for p in points}
     jobs = [(n, D, M, None if n == "gpipe4" else budgets[(D, M)]) for D, M in points for n in SCHEDULE_NAMES]
     with ProcessPoolExecutor(2, mp_context=mp.get_context("forkserver")) as pool:
-        cache = precompute_candidates(jobs, UNIT, nb, map_fn=lambda f, xs: pool.map(f, xs, chunksize=1))
+        cache = dict(simulate_candidates(jobs, UNIT, nb, map_fn=lambda f, xs: pool.map(f, xs, chunksize=1)))
     assert candidate_jobs(jobs, UNIT, nb, cache) == []
     for D, M in dict.fromkeys(points):
         for name in SCHEDULE_NAMES:
