@@ -12,11 +12,8 @@ Stage outputs (each written atomically, each a DVC output):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
-import os
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -56,13 +53,6 @@ def _cpu_seconds() -> float:
 
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -137,30 +127,16 @@ def train(ctx: StageContext) -> dict:
 # -- phase-cost profiling ---------------------------------------------------------------------------
 @stage_task
 def profile(ctx: StageContext) -> dict:
-    import torch
-
-    from components.januspipe.profiler import measure_costs, p2p_model, phase_ratios, pingpong_worker
+    from components.januspipe.profiler import profile_machine
+    from components.januspipe.validation import cores
     from components.mlip.data import load_split
-    from components.mlip.train import LossWeights
-    from tasks.launch import spawn
 
     cfg = ctx.config
     t0, c0 = time.perf_counter(), _cpu_seconds()
-    torch.set_num_threads(1)
-    spm = cfg.pipeline.structures_per_microbatch
-    structures = load_split(data_dir(ctx), "train")[: cfg.profiling.microbatches * spm]
-    weights = LossWeights.from_config(cfg.train)
-    measured = measure_costs(cfg.model, structures, weights, spm, reps=cfg.profiling.reps,
-                             dtype=getattr(torch, cfg.pipeline.dtype), seed=cfg.seed, progress=ctx.progress)
-    ctx.progress("measuring gloo point-to-point latency and bandwidth (2 processes)")
-    halftrip = spawn(pingpong_worker, 2, cfg.profiling.p2p_sizes_bytes, timeout=cfg.pipeline.timeout_s)[0]
-    latency, bandwidth = p2p_model(halftrip)
-    ratios = phase_ratios(measured["cost_model"])
-    c = measured["cost_model"]
-    out = {**measured, "p2p_halftrip_s": halftrip, "latency_s": latency, "bandwidth_Bps": bandwidth,
-           "phase_ratio_vs_P1": ratios,
-           "force_graph_over_forward_bytes": c["block_act_force_bytes"] / max(c["block_act_forward_bytes"], 1.0),
-           "cores": _cores(), "stage_seconds": time.perf_counter() - t0, "stage_cpu_seconds": _cpu_seconds() - c0}
+    measured = profile_machine(cfg, load_split(data_dir(ctx), "train"), progress=ctx.progress)
+    ratios, latency = measured["phase_ratio_vs_P1"], measured["latency_s"]
+    out = {**measured, "cores": cores(), "stage_seconds": time.perf_counter() - t0,
+           "stage_cpu_seconds": _cpu_seconds() - c0}
     with atomic_dir(_results(ctx, "profile")) as tmp:
         (tmp / "costs.json").write_text(json.dumps(out, indent=2) + "\n")
     ctx.log_metrics({"profile.phase_ratio_P2": ratios[1], "profile.phase_ratio_P3": ratios[2],
@@ -179,17 +155,10 @@ def _cost_model(ctx: StageContext):
 # -- real pipelined runs --------------------------------------------------------------------------
 @stage_task
 def pipeline(ctx: StageContext) -> dict:
-    import torch
-
-    from components.januspipe.loadmeter import ExternalLoadSampler
-    from components.januspipe.runtime import (RunSpec, exactness_error, fork_server_cpu_seconds, launch, run_many,
-                                              start_fork_server, summarize)
-    from components.januspipe.schedules import check_stages
-    from components.januspipe.simulator import canonical_1f1b_budget, simulate, tune
+    from components.januspipe.runtime import exactness_error, fork_server_cpu_seconds, start_fork_server
+    from components.januspipe.validation import cores, exactness_runs, real_vs_simulated
     from components.mlip.data import load_split
-    from components.mlip.graph import GraphDataset
-    from components.mlip.model import MatrisLikeMLIP
-    from components.mlip.train import LossWeights, prepare_model, reference_gradients
+    from components.mlip.train import LossWeights
 
     cfg = ctx.config
     pc = cfg.pipeline
@@ -200,116 +169,28 @@ def pipeline(ctx: StageContext) -> dict:
     ranks_cpu = 0.0
     costs, raw_costs = _cost_model(ctx)
     weights = LossWeights.from_config(cfg.train)
-    model_cfg = cfg.model.model_copy(update={"num_blocks": pc.num_blocks})
     train_structs = load_split(data_dir(ctx), "train")
-    cores = _cores()
+    n_cores = cores()
     # exactness check (float64, tiny width) rides along with the smallest launch: every schedule vs
     # single-process double backward on the same micro-batches
     p_exact = min(pc.process_counts)
-    m_exact = pc.microbatches_per_device * p_exact
-    tiny = cfg.model.model_copy(update={"num_blocks": pc.num_blocks, "hidden_dim": 8})
-    exact_structs = train_structs[:m_exact]
-    torch.manual_seed(cfg.seed)
-    ref_model = MatrisLikeMLIP(tiny).double()
-    prepare_model(ref_model, exact_structs)
-    ds = GraphDataset(exact_structs, tiny.cutoff, tiny.three_body_cutoff)
-    reference = reference_gradients(ref_model, [ds.batch([i], dtype=torch.float64) for i in range(m_exact)], weights)
-    exact_specs, exact_labels = [], []
-    for name in pc.schedules:
-        tuned = tune(name, p_exact, m_exact, costs, pc.num_blocks, None)
-        exact_specs.append(RunSpec(tuned.schedule, tiny, exact_structs, weights, 1, steps=0, warmup=1,
-                                   dtype="float64", seed=cfg.seed, measure_memory=False, return_grads=True,
-                                   optimizer_step=False, device="cuda" if pc.backend == "nccl" else "cpu"))
-        exact_labels.append(tuned.schedule.label)
+    exact_specs, exact_labels, reference = exactness_runs(pc, p_exact, costs, cfg.model, train_structs, weights,
+                                                          cfg.seed)
     exact: dict[str, float] = {}
-
     runs: list[dict[str, Any]] = []
     timelines: dict[str, Any] = {}
     for procs in pc.process_counts:
-        M = pc.microbatches_per_device * procs
-        need = M * pc.structures_per_microbatch
-        if need > len(train_structs):
-            raise InputError(f"{data_dir(ctx) / 'train.extxyz'}: {len(train_structs)} structures; a {procs}-process "
-                             f"run needs {need} (pipeline.microbatches_per_device x processes x structures_per_microbatch)")
-        budget = canonical_1f1b_budget(procs, M, costs, pc.num_blocks)
-        specs, chosen = [], []
-        for name in pc.schedules:
-            tuned = tune(name, procs, M, costs, pc.num_blocks, None if name == "gpipe4" else budget)
-            if tuned.schedule is None:
-                ctx.progress("%s at %d processes: no configuration fits the memory budget; skipped", name, procs)
-                continue
-            check_stages(tuned.schedule.num_stages, pc.num_blocks, f"{name} at {procs} processes")
-            chosen.append((name, tuned))
-            specs.append(RunSpec(tuned.schedule, model_cfg, train_structs[:need], weights, pc.structures_per_microbatch,
-                                 steps=pc.steps, warmup=pc.warmup, dtype=pc.dtype, seed=cfg.seed,
-                                 device="cuda" if pc.backend == "nccl" else "cpu"))
-        over = max(1.0, procs / cores)
-        ctx.progress("real runs at %d processes (%d micro-batches, %s): %s", procs, M,
-                     "oversubscribed %.1fx on %d cores" % (over, cores) if over > 1 else f"{cores} cores",
-                     ", ".join(t.schedule.label for _, t in chosen))
         extra = exact_specs if procs == p_exact and not exact else []
-        with ExternalLoadSampler() as load:  # other jobs' runnable tasks while the ranks run
-            results, cpu_s = launch(run_many, procs, specs + extra, backend=pc.backend, timeout=pc.timeout_s)
+        rows, tl, extra_results, cpu_s = real_vs_simulated(procs, pc, costs, cfg.model, train_structs, weights,
+                                                           seed=cfg.seed, n_cores=n_cores, extra_specs=extra,
+                                                           progress=ctx.progress)
         ranks_cpu += cpu_s
         if extra:
-            exact = {label: exactness_error([r[len(specs) + k] for r in results], reference)
-                     for k, label in enumerate(exact_labels)}
-        for k, (name, tuned) in enumerate(chosen):
-            per_rank = [r[k] for r in results]
-            summ = summarize(per_rank, tuned.schedule)
-            # external load (other jobs' CPU-bound tasks) during each timed step of this schedule
-            steps_l = [load.mean(min(r["windows"][k][0] for r in per_rank), max(r["windows"][k][1] for r in per_rank))
-                       for k in range(len(per_rank[0]["windows"]))]
-            ext = statistics.mean(x for x in steps_l if x is not None) if any(x is not None for x in steps_l) else 0.0
-            # (1) in-run calibration, the validated prediction: each (stage, phase)'s mean *wall* time
-            #     measured inside this run (what the machine - shared with other jobs, 4 ranks on 2
-            #     cores - actually gave each action; the mean keeps every device's busy time) and the
-            #     mean delay of the messages a rank waited for in this run (wake-up included); from
-            #     them the simulator predicts the waits and bubbles of the action lists
-            delay = summ["message_delay_s"]
-            inrun_costs = costs if delay is None else dataclasses.replace(costs, latency_s=delay, bandwidth_Bps=1e18)
-            sim_inrun = simulate(tuned.schedule, inrun_costs, pc.num_blocks, keep_timeline=True,
-                                 stage_costs=summ["stage_wall_mean_s"])
-            # (2) load model: the run's per-phase *CPU* times, the cores shared (processor sharing)
-            #     between the busy ranks and the external load sampled during the step
-            sim_load = simulate(tuned.schedule, costs, pc.num_blocks, stage_costs=summ["stage_cpu_mean_s"],
-                                cores=cores, external_load=ext)
-            # (3) idle machine: CPU times, no external load (what earlier runs reported as sim_error)
-            sim_idle = simulate(tuned.schedule, costs, pc.num_blocks, stage_costs=summ["stage_cpu_mean_s"],
-                                cores=cores)
-            # (4) the profile stage's costs (one process, CPU time) under the same load model
-            sim_profile = simulate(tuned.schedule, costs, pc.num_blocks, cores=cores, external_load=ext)
-            measured = summ["makespan_s"]
-            row = {"schedule": name, "params": tuned.schedule.label, "processes": procs, "microbatches": M,
-                   "oversubscription": over, "measured_makespan_s": measured, "measured_step_s": summ["step_s"],
-                   "measured_makespans_s": summ["makespans_s"],
-                   "throughput_structures_per_s": M * pc.structures_per_microbatch / summ["step_s"],
-                   "external_load": ext, "cores": cores, "message_delay_s": delay,
-                   "messages_waited": summ["messages_waited"], "profile_latency_s": costs.latency_s,
-                   "sim_makespan_s": sim_inrun.makespan_s,
-                   "sim_error": sim_inrun.makespan_s / measured - 1.0,
-                   "sim_load_model_makespan_s": sim_load.makespan_s,
-                   "sim_load_model_error": sim_load.makespan_s / measured - 1.0,
-                   "sim_idle_machine_makespan_s": sim_idle.makespan_s,
-                   "sim_idle_machine_error": sim_idle.makespan_s / measured - 1.0,
-                   "cpu_share_while_busy": sum(map(sum, summ["stage_cpu_s"])) / max(sum(map(sum, summ["stage_costs_s"])),
-                                                                                    1e-12),
-                   "sim_profile_costs_makespan_s": sim_profile.makespan_s,
-                   "sim_profile_costs_error": sim_profile.makespan_s / measured - 1.0,
-                   "measured_peak_saved_MiB": max(summ["peak_saved_bytes"]) / 2**20,
-                   "sim_peak_activation_MiB": sim_inrun.peak_memory_max_bytes / 2**20,
-                   "stage_wall_s": summ["stage_costs_s"], "stage_cpu_s": summ["stage_cpu_s"]}
-            runs.append(row)
-            last = per_rank
-            real_events = [(r["pp"], ph, mb, st, ts, te) for r in last for (ph, mb, st, ts, te, *_) in r["actions"][-1]
-                           if r["gp"] == 0 and r["dp"] == 0]
-            sim_events = [(d, a.phase, a.microbatch, a.stage, s, e) for d, a, s, e in sim_inrun.timeline]
-            timelines[f"{name}_{procs}p"] = {"devices": procs, "real": real_events, "sim": sim_events}
-            ctx.progress("%s %dp: measured %.3f s, simulated %.3f s (%+.1f%%; load model %+.1f%% at external "
-                         "load %.2f)", name, procs, measured, sim_inrun.makespan_s, 100 * row["sim_error"],
-                         100 * row["sim_load_model_error"], ext)
+            exact = {label: exactness_error(res, reference) for label, res in zip(exact_labels, extra_results)}
+        runs += rows
+        timelines.update(tl)
 
-    out = {"runs": runs, "exactness_rel_error": exact, "cores": cores, "stage_seconds": time.perf_counter() - t0,
+    out = {"runs": runs, "exactness_rel_error": exact, "cores": n_cores, "stage_seconds": time.perf_counter() - t0,
            "stage_cpu_seconds": _cpu_seconds() - c0 + ranks_cpu + fork_server_cpu_seconds()}
     with atomic_dir(_results(ctx, "pipeline")) as tmp:
         (tmp / "runs.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -358,6 +239,7 @@ def simulate(ctx: StageContext) -> dict:
     from components.januspipe.schedules import SCHEDULE_NAMES
     from components.januspipe.simulator import (canonical_1f1b_budget, ideal_makespan, simulate as sim,
                                                 simulate_candidates, tune)
+    from components.januspipe.validation import cores
 
     cfg = ctx.config
     sc = cfg.simulate
@@ -379,7 +261,7 @@ def simulate(ctx: StageContext) -> dict:
     jobs = [(name, D, M, None if name == "gpipe4" else budget_of[(D, M)])
             for D, M in budget_of for name in SCHEDULE_NAMES]
     real_pngs: dict[str, bytes] = {}
-    with _process_map(min(2, _cores())) as pmap:
+    with _process_map(min(2, cores())) as pmap:
         pending = simulate_candidates(jobs, costs, nb, map_fn=pmap)  # a pool has them all submitted now
         for key, tl in timelines.items():  # the real-vs-simulated timelines meanwhile (plots only)
             f = plots.timelines_real_vs_sim([tuple(e) for e in tl["real"]], [tuple(e) for e in tl["sim"]],

@@ -121,6 +121,8 @@ def profile(ctx: StageContext) -> dict:
            "c_tok_us": compute["c_tok"] * 1e6, "c_quad_ns": compute["c_quad"] * 1e9,
            "c_seq_ms": compute["c_seq"] * 1e3, "c_seq_shard_ms": compute["c_seq_shard"] * 1e3,
            "c_mb_ms": compute["c_mb"] * 1e3, "fit_mape": compute["mape"],
+           "c_tok_sd_us": compute["c_tok_sd"] * 1e6, "c_seq_sd_ms": compute["c_seq_sd"] * 1e3,
+           "fit_condition_number": compute["condition_number"],
            "allgather_latency_us": comm["all_gather"].latency_s * 1e6,
            "zero2_reduce_ms": cost.meta["c_mb_zero2_reduce"] * 1e3, "model_params": params}
     ctx.log_metrics({f"profile.{k}": v for k, v in out.items()})

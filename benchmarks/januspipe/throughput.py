@@ -22,25 +22,17 @@ sys.path.insert(0, str(ROOT))
 
 
 def _costs(measure: bool):
-    from components.januspipe.profiler import cost_model, measure_costs, p2p_model, pingpong_worker
+    from components.januspipe.profiler import cost_model, profile_machine
 
     path = ROOT / "results" / "januspipe" / "profile" / "costs.json"
     if not measure and path.is_file():
         c = json.loads(path.read_text())
         return cost_model(c, c["latency_s"], c["bandwidth_Bps"]), c, str(path.relative_to(ROOT))
-    import torch
-
     from components.januspipe.config import JanuspipeConfig
     from components.mlip.data import load_split
-    from components.mlip.train import LossWeights
-    from tasks.launch import spawn
 
-    torch.set_num_threads(1)
-    cfg = JanuspipeConfig()
-    structs = load_split(ROOT / "data" / "mlip", "train")[: cfg.profiling.microbatches]
-    c = measure_costs(cfg.model, structs, LossWeights.from_config(cfg.train), reps=cfg.profiling.reps)
-    lat, bw = p2p_model(spawn(pingpong_worker, 2, cfg.profiling.p2p_sizes_bytes)[0])
-    c.update({"latency_s": lat, "bandwidth_Bps": bw})
+    c = profile_machine(JanuspipeConfig(), load_split(ROOT / "data" / "mlip", "train"))
+    lat, bw = c["latency_s"], c["bandwidth_Bps"]
     return cost_model(c, lat, bw), c, "measured by this benchmark"
 
 

@@ -151,3 +151,27 @@ def cost_model(measured: dict[str, Any], latency_s: float, bandwidth_Bps: float)
                      stage_act_force_bytes=c["stage_act_force_bytes"], state_bytes=c["state_bytes"],
                      geo_bytes=c["geo_bytes"], latency_s=latency_s, bandwidth_Bps=bandwidth_Bps,
                      structures_per_microbatch=c["structures_per_microbatch"])
+
+
+def profile_machine(cfg, structures: Sequence[Structure], progress: Callable[..., None] | None = None) -> dict[str, Any]:
+    """Everything the simulator needs from this machine, as the ``profile`` stage records it:
+    :func:`measure_costs` on the first ``profiling.microbatches`` micro-batches of ``structures``
+    (one thread) and the gloo point-to-point model from :func:`pingpong_worker` (2 processes).
+    ``cfg``: a :class:`~components.januspipe.config.JanuspipeConfig`. Rebuild the simulator's cost
+    model from the result with :func:`cost_model` (``latency_s``, ``bandwidth_Bps``)."""
+    from components.mlip.train import LossWeights
+    from tasks.launch import spawn
+
+    say = progress or (lambda *a: None)
+    torch.set_num_threads(1)
+    spm = cfg.pipeline.structures_per_microbatch
+    measured = measure_costs(cfg.model, list(structures[: cfg.profiling.microbatches * spm]),
+                             LossWeights.from_config(cfg.train), spm, reps=cfg.profiling.reps,
+                             dtype=getattr(torch, cfg.pipeline.dtype), seed=cfg.seed, progress=progress)
+    say("measuring gloo point-to-point latency and bandwidth (2 processes)")
+    halftrip = spawn(pingpong_worker, 2, cfg.profiling.p2p_sizes_bytes, timeout=cfg.pipeline.timeout_s)[0]
+    latency, bandwidth = p2p_model(halftrip)
+    c = measured["cost_model"]
+    return {**measured, "p2p_halftrip_s": halftrip, "latency_s": latency, "bandwidth_Bps": bandwidth,
+            "phase_ratio_vs_P1": phase_ratios(c),
+            "force_graph_over_forward_bytes": c["block_act_force_bytes"] / max(c["block_act_forward_bytes"], 1.0)}

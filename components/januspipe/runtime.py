@@ -314,8 +314,8 @@ def pipeline_worker(rank: int, world_size: int, spec: RunSpec) -> dict[str, Any]
             for p, g in zip(params, _unflatten(flat, [tuple(p.shape) for p in params])):
                 p.grad = g.clone()
         if step == 0 and spec.return_grads:
-            result["grads"] = {names[id(p)]: (p.grad.detach().clone() if p.grad is not None
-                                              else torch.zeros_like(p)) for p in params}
+            result["grads"] = {names[id(p)]: (p.grad.detach().cpu().clone() if p.grad is not None  # picklable
+                                              else torch.zeros_like(p, device="cpu")) for p in params}
         if opt is not None:
             opt.step()
         t_end = time.perf_counter()

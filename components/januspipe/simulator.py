@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
 from components.januspipe.schedules import (Action, Placement, Priority, Schedule, ScheduleError, build_schedule,
-                                            chain_index, family_grid, janus_sweeps, list_schedule, phase_major,
+                                            family_grid, janus_sweeps, list_schedule, phase_major,
                                             predecessor, successor, vfold)
 from components.mlip.model import split_blocks
 
@@ -269,6 +269,12 @@ class Tuned:
     schedule: Schedule | None
 
 
+def fits_budget(result: SimResult, memory_budget_bytes: float | None) -> bool:
+    """Whether a simulated schedule's peak activation memory stays within the budget on every
+    device (``None``: no budget); the one memory test of :func:`budget_admission` and :func:`tune`."""
+    return memory_budget_bytes is None or result.peak_memory_max_bytes <= memory_budget_bytes * (1 + 1e-9)
+
+
 def budget_admission(name: str, placement: Placement, num_microbatches: int, costs: CostModel, num_blocks: int,
                      priority: Priority, memory_budget_bytes: float, wave_size: int = 1,
                      params: dict[str, Any] | None = None) -> Schedule:
@@ -304,7 +310,7 @@ def budget_admission(name: str, placement: Placement, num_microbatches: int, cos
         def fits(i: int) -> bool:
             if i not in results:
                 results[i] = trial(entry + [candidates[i]] * size)[1]
-            return results[i].peak_memory_max_bytes <= memory_budget_bytes * (1 + 1e-9)
+            return fits_budget(results[i], memory_budget_bytes)
 
         # earliest fitting candidate: gallop + bisection (memory falls as entry is delayed), then
         # verified; a linear scan upwards covers the rare non-monotone case
@@ -427,9 +433,6 @@ def tune(name: str, num_devices: int, num_microbatches: int, costs: CostModel, n
     seen: set[tuple] = set()
     cache = {} if cache is None else cache
 
-    def within_budget(r: SimResult) -> bool:
-        return memory_budget_bytes is None or r.peak_memory_max_bytes <= memory_budget_bytes * (1 + 1e-9)
-
     def cached(budget: float | None, params: dict[str, Any]) -> tuple[Schedule, SimResult] | None:
         key = candidate_key(name, num_devices, num_microbatches, costs, num_blocks, budget, params)
         if key not in cache:
@@ -457,7 +460,7 @@ def tune(name: str, num_devices: int, num_microbatches: int, costs: CostModel, n
         # budget (bisection over integer caps, memory grows with the cap) and its neighbour below
         def fits(base: tuple, c: int) -> bool:
             got = cached(None, {**dict(base), "cap": c})
-            return got is not None and within_budget(got[1])
+            return got is not None and fits_budget(got[1], memory_budget_bytes)
 
         for base in {tuple((k, v) for k, v in p.items() if k != "cap") for p in grid if "cap" in p}:
             lo, hi = 1, min(2 * num_devices, num_microbatches)
@@ -470,7 +473,7 @@ def tune(name: str, num_devices: int, num_microbatches: int, costs: CostModel, n
             for c in (best_cap, best_cap - 1):
                 if c >= 1:
                     run({**dict(base), "cap": c})
-    fitting = [(r, s) for r, s in zip(candidates, schedules) if within_budget(r)]
+    fitting = [(r, s) for r, s in zip(candidates, schedules) if fits_budget(r, memory_budget_bytes)]
     if not fitting:
         return Tuned(None, candidates, None)
     r, s = min(fitting, key=lambda rs: rs[0].makespan_s)

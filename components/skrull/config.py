@@ -48,9 +48,13 @@ class ModelConfig(_Strict):
 class ProfilingConfig(_Strict):
     """Offline profiling on this machine (stage ``profile``)."""
     cp: int = Field(2, ge=1, le=64, description="CP degree the compute profile emulates (= train.cp)")
-    lengths: list[int] = Field([16, 64, 256, 1024, 2048], min_length=3, description="sequence lengths profiled")
-    tokens_per_config: int = Field(1024, ge=16, description="tokens per packed micro-batch of short sequences")
-    repeats: int = Field(3, ge=1, description="timed repetitions per point (median)")
+    lengths: list[int] = Field([16, 32, 64, 128, 256, 512, 1024, 2048], min_length=3,
+                               description="sequence lengths profiled; each with n = 1, 2, 4, … ≤ tokens_per_config / S "
+                                           "sequences per micro-batch")
+    tokens_per_config: int = Field(1024, ge=16, description="most tokens of a packed micro-batch of short sequences "
+                                                            "(the largest n of a length S is tokens_per_config // S)")
+    repeats: int = Field(5, ge=1, le=100, description="timed passes over the whole grid, interleaved; a point's time "
+                                                      "is the fastest of them")
     activation_budget_mb: float = Field(24.0, gt=0, description="activation memory per rank → BucketSize C")
     comm_sizes_kb: list[int] = Field([4, 64, 256, 1024, 4096], min_length=3, description="collective sizes")
     comm_repeats: int = Field(10, ge=1, description="repetitions per collective size (median)")
@@ -61,6 +65,14 @@ class ProfilingConfig(_Strict):
         if any(x < 1 for x in v) or len(set(v)) != len(v):
             raise ValueError(f"{v}: expected distinct positive integers")
         return sorted(v)
+
+    @model_validator(mode="after")
+    def _design(self):
+        if 2 * min(self.lengths) > self.tokens_per_config:
+            raise ValueError(f"tokens_per_config={self.tokens_per_config} < 2 × the shortest length {min(self.lengths)}: "
+                             f"every length would be profiled with one sequence per micro-batch only, so the "
+                             f"per-sequence and per-micro-batch costs could not be told apart")
+        return self
 
 
 class ParallelSetting(_Strict):

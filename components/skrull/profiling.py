@@ -3,9 +3,17 @@
 * **Compute**: forward + backward CPU time (one thread, ``time.thread_time`` — on a shared machine
   wall time measures the neighbours) of the real model and DACP attention on one rank, for packed
   micro-batches of ``n`` sequences of length ``S`` kept whole, or sharded over a CP group of N
-  (a :class:`LoopbackExchange` stands in for the peers, so every tensor has its real size). A
-  non-negative least-squares fit gives ``c_mb + n_local·c_seq + n_shard·c_seq_shard + tokens·c_tok +
-  attention·c_quad`` (tokens = S per local, S/N per sharded sequence; attention = S² resp. S²/N).
+  (a :class:`LoopbackExchange` stands in for the peers, so every tensor has its real size). The
+  design (:func:`compute_design`) sweeps ``n`` = 1, 2, 4, … up to ``tokens_per_config // S`` at every
+  length, so the per-micro-batch, per-sequence, per-token and per-token² terms vary independently
+  (with only ``n`` = 1 and ``n·S`` = const, c_seq was barely determined). The timed repetitions are
+  interleaved: every pass times each point once, in a seeded shuffled order, and a point's time is
+  the fastest of its passes. The machine's speed drifts by tens of per cent within a minute even in
+  thread CPU time (shared VM); interleaving spreads a slow spell over the whole grid instead of one
+  region of it, and the minimum discards it (the noise only ever adds time).
+  A relative non-negative least-squares fit gives ``c_mb + n_local·c_seq + n_shard·c_seq_shard +
+  tokens·c_tok + attention·c_quad`` (tokens = S per local, S/N per sharded sequence; attention = S²
+  resp. S²/N), each coefficient with a bootstrap standard deviation and the design's condition number.
 * **Activation memory**: bytes of the tensors autograd saves for the backward (parameters
   excluded), measured with ``saved_tensors_hooks``; a linear fit gives α of ``Mem(S) = α·S + β`` and
   the BucketSize ``C = budget / α``.
@@ -44,9 +52,9 @@ def _saved_bytes_counter(model):
     return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), seen
 
 
-def measure_microbatch(model, lengths: Sequence[int], placement: Sequence[int], cp: int, vocab: int,
-                       reps: int, rng: np.random.Generator) -> tuple[float, int, int]:
-    """(median fwd+bwd CPU seconds, saved activation bytes, tokens on the rank) for rank 0's share."""
+def _prepare(model, lengths: Sequence[int], placement: Sequence[int], cp: int, vocab: int,
+             rng: np.random.Generator):
+    """Rank 0's layout for the micro-batch, after one untimed (warm-up) step that counts the saved bytes."""
     from components.skrull.context_parallel import LoopbackExchange, build_layout, microbatch_loss
 
     tokens = [rng.integers(0, vocab, int(s)) for s in lengths]
@@ -55,69 +63,149 @@ def measure_microbatch(model, lengths: Sequence[int], placement: Sequence[int], 
     with hooks:
         loss = microbatch_loss(model, lay)
     loss.backward()                                  # warm-up + memory
-    mem = sum(seen.values())
-    times = []
-    for _ in range(reps):
-        model.zero_grad(set_to_none=True)
-        t0 = time.thread_time()        # CPU time of this (single) compute thread: what the step costs on an
-        microbatch_loss(model, lay).backward()   # idle core, robust to other processes sharing the machine
-        times.append(time.thread_time() - t0)
     model.zero_grad(set_to_none=True)
+    return lay, sum(seen.values())
+
+
+def _time_step(model, lay) -> float:
+    """CPU seconds of one forward + backward of ``lay``."""
+    from components.skrull.context_parallel import microbatch_loss
+
+    model.zero_grad(set_to_none=True)
+    t0 = time.thread_time()            # CPU time of this (single) compute thread: what the step costs on an
+    microbatch_loss(model, lay).backward()   # idle core, robust to other processes sharing the machine
+    sec = time.thread_time() - t0
+    model.zero_grad(set_to_none=True)
+    return sec
+
+
+def measure_microbatch(model, lengths: Sequence[int], placement: Sequence[int], cp: int, vocab: int,
+                       reps: int, rng: np.random.Generator) -> tuple[float, int, int]:
+    """(median fwd+bwd CPU seconds, saved activation bytes, tokens on the rank) for rank 0's share."""
+    lay, mem = _prepare(model, lengths, placement, cp, vocab, rng)
+    times = [_time_step(model, lay) for _ in range(reps)]
     return statistics.median(times), mem, lay.num_tokens
+
+
+DESIGNS = ("powers_of_two", "endpoints")
+
+
+def compute_design(lengths: Sequence[int], tokens_per_config: int, cp: int,
+                   design: str = "powers_of_two") -> list[tuple[str, int, int]]:
+    """The profiled points ``(kind, S, n)``: per length ``S``, ``n`` = 1, 2, 4, … and ``n_max =
+    max(1, tokens_per_config // S)`` (``"powers_of_two"``), or only ``n`` ∈ {1, n_max}
+    (``"endpoints"``, the earlier design: its many-sequence points all hold the same n·S tokens);
+    each ``n`` local and, where ``S ≥ 2·cp`` and ``cp > 1``, sharded."""
+    if design not in DESIGNS:
+        raise InputError(f"compute design {design!r}: expected one of {', '.join(DESIGNS)}")
+    if tokens_per_config < 1 or cp < 1 or not lengths or any(int(s) < 1 for s in lengths):
+        raise InputError(f"compute design: lengths {list(lengths)}, tokens_per_config {tokens_per_config}, cp {cp}: "
+                         f"expected positive integers")
+    configs = []
+    for s in sorted({int(x) for x in lengths}):
+        n_max = max(1, tokens_per_config // s)
+        if design == "endpoints":
+            ns = sorted({1, n_max})
+        else:
+            ns = sorted({2 ** i for i in range(n_max.bit_length()) if 2 ** i <= n_max} | {n_max})
+        for n in ns:
+            configs.append(("local", s, n))
+            if s >= 2 * cp and cp > 1:
+                configs.append(("sharded", s, n))
+    return configs
 
 
 def profile_compute(model_cfg: Mapping[str, Any], vocab: int, cp: int, lengths: Sequence[int],
                     tokens_per_config: int, reps: int, seed: int,
-                    progress: Progress | None = None) -> list[dict[str, Any]]:
-    """Time and memory of local-only and sharded-only micro-batches over a grid of lengths."""
+                    progress: Progress | None = None, design: str = "powers_of_two") -> list[dict[str, Any]]:
+    """Time and memory of local-only and sharded-only micro-batches over :func:`compute_design`.
+
+    One untimed pass (warm-up, saved bytes), then ``reps`` passes that time every point once each in
+    a seeded random order; a point's ``seconds`` is the fastest of its passes (see the module doc)."""
     import torch
 
     from components.skrull.model import build_model
 
     say = progress or (lambda *a: None)
+    configs = compute_design(lengths, tokens_per_config, cp, design)
+    if reps < 1:
+        raise InputError(f"compute profile: repeats={reps}; expected at least 1")
     max_len = int(max(lengths))
     model = build_model(model_cfg, vocab, max(2 * max_len, 16), seed)
     rng = np.random.default_rng(seed)
-    rows = []
-    configs = []
-    for s in lengths:
-        n_many = max(1, tokens_per_config // int(s))
-        for n in sorted({1, n_many}):
-            configs.append(("local", int(s), n))
-            if s >= 2 * cp and cp > 1:
-                configs.append(("sharded", int(s), n))
     torch.manual_seed(seed)
-    for i, (kind, s, n) in enumerate(configs):
+    prepared = []
+    for kind, s, n in configs:
         placement = [0] * n if kind == "local" else [SHARDED] * n
-        sec, mem, toks = measure_microbatch(model, [s] * n, placement, cp, vocab, reps, rng)
-        rows.append({"kind": kind, "length": s, "n": n, "tokens_on_rank": toks, "seconds": sec, "saved_bytes": mem})
-        if i % 4 == 0 or i == len(configs) - 1:
-            say("profile compute %d/%d: %s n=%d S=%d -> %.1f ms, %.2f MB saved", i + 1, len(configs), kind, n, s,
-                sec * 1e3, mem / 2**20)
+        prepared.append(_prepare(model, [s] * n, placement, cp, vocab, rng))
+    times: list[list[float]] = [[] for _ in configs]
+    for rep in range(reps):
+        for i in rng.permutation(len(configs)):
+            times[i].append(_time_step(model, prepared[i][0]))
+        say("profile compute pass %d/%d: %d points", rep + 1, reps, len(configs))
+    rows = []
+    for (kind, s, n), (lay, mem), ts in zip(configs, prepared, times):
+        rows.append({"kind": kind, "length": s, "n": n, "tokens_on_rank": lay.num_tokens,
+                     "seconds": min(ts), "saved_bytes": mem})
     return rows
 
 
-def fit_compute(rows: Sequence[Mapping[str, Any]], cp: int) -> dict[str, float]:
-    """Non-negative least squares: seconds ≈ c_mb + n_loc·c_seq + n_sh·c_seq_shard + tok·c_tok + att·c_quad."""
-    from scipy.optimize import nnls
+COMPUTE_TERMS = ("c_mb", "c_seq", "c_seq_shard", "c_tok", "c_quad")
 
-    if len(rows) < 5:
-        raise InputError(f"compute profile: {len(rows)} points; expected at least 5 to fit 5 coefficients")
+
+def compute_features(rows: Sequence[Mapping[str, Any]], cp: int) -> tuple[np.ndarray, np.ndarray]:
+    """Design matrix (columns :data:`COMPUTE_TERMS`) and measured seconds of the compute points."""
     A, y = [], []
     for r in rows:
         s, n = float(r["length"]), float(r["n"])
         if r["kind"] == "local":
             A.append([1.0, n, 0.0, n * s, n * s * s])
-        else:
+        elif r["kind"] == "sharded":
             A.append([1.0, 0.0, n, n * s / cp, n * s * s / cp])
+        else:
+            raise InputError(f"compute point {dict(r)}: kind must be 'local' or 'sharded'")
         y.append(float(r["seconds"]))
-    A, y = np.asarray(A), np.asarray(y)
-    # relative least squares: every point weighs the same whatever its duration
-    w = 1.0 / y
-    coef, _ = nnls(A * w[:, None], y * w)
+    A, y = np.asarray(A, dtype=float), np.asarray(y, dtype=float)
+    if (y <= 0).any() or not np.isfinite(y).all():
+        raise InputError("compute profile: every point needs a positive, finite time")
+    return A, y
+
+
+def _nnls_relative(A: np.ndarray, y: np.ndarray) -> np.ndarray:
+    from scipy.optimize import nnls
+
+    w = 1.0 / y             # relative least squares: every point weighs the same whatever its duration
+    return nnls(A * w[:, None], y * w)[0]
+
+
+def fit_compute(rows: Sequence[Mapping[str, Any]], cp: int, bootstrap: int = 200,
+                seed: int = 0) -> dict[str, Any]:
+    """Non-negative least squares: seconds ≈ c_mb + n_loc·c_seq + n_sh·c_seq_shard + tok·c_tok + att·c_quad.
+
+    Returns the five coefficients and ``mape`` (as before) plus, per coefficient, ``<name>_sd``: the
+    standard deviation over ``bootstrap`` refits on points resampled with replacement (seeded, so
+    deterministic; None when ``bootstrap`` < 2), ``n_points``, ``bootstrap``, and ``condition_number``: that of the relatively
+    weighted design with unit-norm columns (scale-free; large = some terms are not separable)."""
+    if len(rows) < 5:
+        raise InputError(f"compute profile: {len(rows)} points; expected at least 5 to fit 5 coefficients")
+    if bootstrap < 0:
+        raise InputError(f"fit_compute: bootstrap={bootstrap}; expected >= 0 resamples")
+    A, y = compute_features(rows, cp)
+    coef = _nnls_relative(A, y)
     pred = A @ coef
-    return {"c_mb": coef[0], "c_seq": coef[1], "c_seq_shard": coef[2], "c_tok": coef[3], "c_quad": coef[4],
-            "mape": float(np.mean(np.abs(pred - y) / y))}
+    out = {k: float(c) for k, c in zip(COMPUTE_TERMS, coef)}
+    out["mape"] = float(np.mean(np.abs(pred - y) / y))
+    Aw = A / y[:, None]
+    norms = np.linalg.norm(Aw, axis=0)
+    used = norms > 0                       # e.g. no sharded points when cp == 1
+    out["condition_number"] = float(np.linalg.cond(Aw[:, used] / norms[used])) if used.any() else None
+    rng = np.random.default_rng(seed)
+    boots = np.array([_nnls_relative(A[i], y[i]) for i in (rng.integers(0, len(y), len(y)) for _ in range(bootstrap))])
+    for j, k in enumerate(COMPUTE_TERMS):
+        out[f"{k}_sd"] = float(boots[:, j].std(ddof=1)) if bootstrap > 1 else None  # JSON null
+    out["n_points"] = int(len(y))
+    out["bootstrap"] = int(bootstrap)
+    return out
 
 
 def fit_memory(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:

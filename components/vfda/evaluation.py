@@ -17,6 +17,7 @@ import numpy as np
 
 from components.base import InputError
 from components.vfda.config import VfdaConfig
+from components.vfda.federation import effective_rule
 
 
 def evaluate_federation(model_dir: Path, history: dict[str, Any], data_dir: Path, cfg: VfdaConfig) -> dict[str, Any]:
@@ -97,10 +98,9 @@ _NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedbn": "FedBN"}
 
 def variant_label(strategy: str, variant: str, rule: str) -> str:
     """Table label; ``rule`` is the configured ``vfda.rule``, which the ``vfda-product`` and
-    ``vfda-fedfa`` ablation variants override (as ``Federation.vfda_rule`` does)."""
+    ``vfda-fedfa`` ablation variants override (:func:`~components.vfda.federation.effective_rule`)."""
     name = _NAMES.get(strategy, strategy)
-    if variant in ("vfda-product", "vfda-fedfa"):
-        rule = variant.split("-", 1)[1]
+    rule = effective_rule(variant, rule)
     if variant == "base":
         return name
     if variant == "mixup":

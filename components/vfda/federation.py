@@ -15,6 +15,15 @@ from components.base import ConfigError
 from components.vfda.config import VfdaConfig
 
 
+#: ablation variants whose VFDA layers use a fixed variance-combination rule, whatever ``vfda.rule`` says
+FORCED_RULE_VARIANTS = {"vfda-product": "product", "vfda-fedfa": "fedfa"}
+
+
+def effective_rule(variant: str, configured_rule: str) -> str:
+    """The rule a VFDA variant's layers use: the forced one of an ablation variant, else ``vfda.rule``."""
+    return FORCED_RULE_VARIANTS.get(variant, configured_rule)
+
+
 @dataclass(frozen=True)
 class Federation:
     strategy: str
@@ -31,11 +40,7 @@ class Federation:
 
     def vfda_rule(self, cfg: VfdaConfig) -> str:
         """The variance-combination rule this federation's VFDA layers use ("-" without VFDA)."""
-        if not self.uses_vfda:
-            return "-"
-        if self.variant in ("vfda-product", "vfda-fedfa"):
-            return self.variant.split("-", 1)[1]
-        return cfg.vfda.rule
+        return effective_rule(self.variant, cfg.vfda.rule) if self.uses_vfda else "-"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
