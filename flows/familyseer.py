@@ -170,6 +170,7 @@ def compile(ctx: StageContext) -> dict:  # noqa: A001 (the stage's name)
     from components.familyseer.latency import (applied_schedules, compile_tuned, compile_untuned, measure_torch,
                                                measure_vm, torch_reference)
     from components.familyseer.measure import lean_tensor_intrinsics
+    from components.familyseer.tuning import load_run
     from components.familyseer.zoo import load_model, make_target
 
     cfg = ctx.config
@@ -194,9 +195,10 @@ def compile(ctx: StageContext) -> dict:  # noqa: A001 (the stage's name)
             for seed in cfg.tune.seeds:
                 ctx.progress("familyseer/compile: %s %s seed %d", name, policy, seed)
                 run_dir = _run_dir(ctx, name, policy, seed)
-                exe = compile_tuned(model.fused, run_dir, target)
+                budget = load_run(run_dir)["budget"]  # the trials past it (the last round's) are not used
+                exe = compile_tuned(model.fused, run_dir, target, budget)
                 per_seed[str(seed)] = measure_vm(exe, model.inputs, ev.latency_repeat, ev.latency_min_repeat_ms, ref)
-                applied = applied_schedules(model.fused, run_dir, target)
+                applied = applied_schedules(model.fused, run_dir, target, budget)
                 per_seed[str(seed)]["tuned_functions"] = sorted(k for k, v in applied.items() if v)
             res[f"tvm_{policy}"] = per_seed
         results[name] = res

@@ -67,8 +67,9 @@ def imfe(ctx: StageContext) -> dict:
         summary = run_imfe(ctx.config, ctx.paths.data, ctx.paths.models / "teacher", ctx.paths.results / "teacher",
                            models, res, ctx.progress)
         write_json(res / "timing.json", {"stage": "imfe", **stage_cost()})
-    for epoch, (tr, va) in enumerate(zip(summary["train_mse"], summary["val_mse"] or summary["train_mse"])):
-        ctx.log_metrics({"imfe.train_mse": tr, "imfe.val_mse": va}, step=epoch)
+    val = summary["val_mse"] or [None] * len(summary["train_mse"])    # no val curve: log none (not train's)
+    for epoch, (tr, va) in enumerate(zip(summary["train_mse"], val)):
+        ctx.log_metrics({"imfe.train_mse": tr, **({"imfe.val_mse": va} if va is not None else {})}, step=epoch)
     ctx.log_metrics({"imfe.onnx_max_abs_diff": summary["onnx"]["max_abs_diff"], "imfe.params": summary["params"]})
     return {"val_mse": summary["val_mse"][-1] if summary["val_mse"] else None}
 
@@ -76,13 +77,18 @@ def imfe(ctx: StageContext) -> dict:
 @stage_task
 def evaluate(ctx: StageContext) -> dict:
     """Every motion source through the LSTR head (accuracy), the latency benchmark, the streaming
-    runtime; metrics/har.json, plots/har, MLflow tables and figures."""
+    runtime; metrics/har.json, plots/har, MLflow tables and figures. The new heads replace
+    models/har/heads last, after every other output is written: a failure leaves the old heads next
+    to the old metrics."""
+    with atomic_dir(ctx.paths.models / "heads") as heads_dir:
+        return _evaluate(ctx, heads_dir)
+
+
+def _evaluate(ctx: StageContext, heads_dir: Path) -> dict:
     import numpy as np
     import torch
 
     from components.har import experiment as ex
-    from components.har.config import ImfeConfig
-    from components.har.imfe import ImfeNet
     from components.har.opticalflow import FLOW_METHODS
     from components.har.stream import WallClock, load_pipeline, run_stream
     from components.har.video import iter_frames, write_video
@@ -92,18 +98,14 @@ def evaluate(ctx: StageContext) -> dict:
     manifest, splits = ex.load_splits(paths.data, cfg.opticalflow.clip_len)
     classes = manifest["classes"]
     nets: dict[str, Any] = {k: ex.load_stream_net(paths.models / "teacher" / f"{k}.pt") for k in ("rgb", *FLOW_METHODS)}
-    b = ex.load_bundle(paths.models / "imfe" / "imfe.pt")
-    nets["imfe"] = ImfeNet(b["height"], b["width"], b["num_frames"], b["feature_dim"], ImfeConfig(**b["config"]))
-    nets["imfe"].load_state_dict(b["state_dict"])
-    nets["imfe"].eval()
+    nets["imfe"] = ex.load_imfe(paths.models / "imfe" / "imfe.pt")
     flows = {s: {m: ex.load_flows(paths.results / "teacher" / f"flows_{m}.npz", sp.ids) for m in FLOW_METHODS}
              for s, sp in splits.items()}
     meta = {"classes": classes, "clip_len": cfg.opticalflow.clip_len, "height": manifest["height"],
             "width": manifest["width"], "fps": manifest["fps"], "frames_per_clip": manifest.get("frames_per_clip"),
             "opticalflow": cfg.opticalflow.model_dump(by_alias=True)}
 
-    with atomic_dir(paths.models / "heads") as heads_dir:
-        rows, per_source = ex.evaluate_heads(cfg, classes, splits, flows, nets, heads_dir, meta, ctx.progress)
+    rows, per_source = ex.evaluate_heads(cfg, classes, splits, flows, nets, heads_dir, meta, ctx.progress)
     for r in rows:
         with ctx.child(f"{r['source']}-seed{r['seed']}", params={"source": r["source"], "seed": r["seed"]},
                        tags={"variant": r["source"]}) as run:
@@ -126,7 +128,7 @@ def evaluate(ctx: StageContext) -> dict:
         for source in ("imfe", "tvl1"):
             if source not in cfg.evaluate.sources:
                 continue
-            pipe, _ = load_pipeline(paths.models, source, "onnx", cfg.evaluate.threads)
+            pipe, _ = load_pipeline(paths.models, source, "onnx", cfg.evaluate.threads, heads=heads_dir)
             rep = run_stream(iter_frames(video, pipe.size), pipe, cfg.evaluate.stream_fps, WallClock(),
                              queue_size=cfg.evaluate.queue_size)
             streams[source] = rep.summary()
@@ -163,7 +165,8 @@ def evaluate(ctx: StageContext) -> dict:
         "latency": {k: v for k, v in latency.items() if k not in ("ms", "resolution")},
         "stream": streams,
         "imfe": {"val_mse": imfe_sum["val_mse"][-1] if imfe_sum["val_mse"] else None,
-                 "val_relative_mse": imfe_sum["val_relative_mse"], "params": imfe_sum["params"],
+                 "val_relative_mse": imfe_sum["val_relative_mse"], "val_r2": imfe_sum.get("val_r2"),
+                 "params": imfe_sum["params"],
                  "onnx_max_abs_diff": imfe_sum["onnx"]["max_abs_diff"], "train_seconds": imfe_sum["train_seconds"]},
         "teacher": {"chunk_accuracy": teacher_sum["chunk_accuracy"],
                     "flow_cpu_ms_per_pair": {m: t["ms_per_pair"] for m, t in teacher_sum["flow_cpu"].items()}},

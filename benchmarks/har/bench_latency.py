@@ -14,7 +14,6 @@ import json
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,47 +30,35 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "har_latency.json"))
     args = p.parse_args()
 
-    import cv2
     import torch
 
-    from components.har.chunks import rgb_tensor, split_chunks
+    from components.har.chunks import split_chunks
     from components.har.config import HarConfig
     from components.har.data import clip_rng, render_clip
-    from components.har.imfe import ImfeNet, export_onnx, onnx_session
-    from components.har.opticalflow import FLOW_METHODS, chunk_flow, make_flow_fn, to_gray
+    from components.har.experiment import Split, latency_benchmark
+    from components.har.imfe import ImfeNet, export_onnx
+    from components.har.opticalflow import FLOW_METHODS
+    from components.har.streams import StreamNet
 
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
     base = HarConfig()
-    fns = {m: make_flow_fn(m, base.opticalflow) for m in FLOW_METHODS}
+    cfg = base.model_copy(update={"evaluate": base.evaluate.model_copy(
+        update={"threads": args.threads, "latency_chunks": args.chunks})})
+    n_cls, widths = len(base.data.classes), base.streams.widths
     results = []
     for size in args.sizes:
         dcfg = base.data.model_copy(update={"height": size, "width": size, "frames_per_clip": 6 * args.chunks})
         chunks = split_chunks(render_clip("arm_circle_cw", clip_rng(0, "test", size), dcfg), 6)
         torch.manual_seed(0)
-        net = ImfeNet(size, size, 6, base.streams.widths[-1], base.imfe).eval()
+        nets = {"imfe": ImfeNet(size, size, 6, widths[-1], base.imfe).eval(),
+                "rgb": StreamNet(3, n_cls, widths).eval(),
+                **{m: StreamNet(10, n_cls, widths).eval() for m in FLOW_METHODS}}
         with tempfile.TemporaryDirectory() as tmp:
-            sess = onnx_session(export_onnx(net, Path(tmp) / "imfe.onnx"), args.threads)
-            times: dict[str, list[float]] = {k: [] for k in (*FLOW_METHODS, "imfe_onnx", "imfe_torch")}
-            for rep in range(2):
-                for c in chunks:
-                    gray, x = to_gray(c), rgb_tensor(c[None])
-                    sample = {}
-                    for m in FLOW_METHODS:
-                        t0 = time.perf_counter()
-                        chunk_flow(gray, fns[m], base.opticalflow.bound)
-                        sample[m] = time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    sess.run(["motion_feature"], {"frames": x.numpy()})
-                    sample["imfe_onnx"] = time.perf_counter() - t0
-                    with torch.no_grad():
-                        t0 = time.perf_counter()
-                        net(x)
-                        sample["imfe_torch"] = time.perf_counter() - t0
-                    if rep:
-                        for k, v in sample.items():
-                            times[k].append(v)
-        ms = {k: 1000 * float(np.median(v)) for k, v in times.items()}
+            # the evaluate stage's benchmark (experiment.latency_benchmark), on random weights
+            lat = latency_benchmark(cfg, Split(["bench"], np.zeros(1, int), [chunks]), nets,
+                                    export_onnx(nets["imfe"], Path(tmp) / "imfe.onnx"))
+        times = {**{m: lat["ms"][f"{m}_flow"] for m in FLOW_METHODS},
+                 "imfe_onnx": lat["ms"]["imfe_onnx"], "imfe_torch": lat["ms"]["imfe_torch"]}
+        ms = {k: v["p50"] for k, v in times.items()}
         row = {"size": size, "ms_per_chunk_p50": ms, "speedup_imfe_vs_tvl1": ms["tvl1"] / ms["imfe_onnx"],
                "speedup_imfe_torch_vs_tvl1": ms["tvl1"] / ms["imfe_torch"]}
         results.append(row)

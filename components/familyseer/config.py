@@ -100,6 +100,15 @@ class TuneConfig(BaseModel):
         if self.foresee_trials > self.trials_per_round:
             raise ValueError(f"foresee_trials={self.foresee_trials} must be <= trials_per_round="
                              f"{self.trials_per_round} (a foresee round is a short round)")
+        if self.trials_per_task < self.trials_per_round:
+            raise ValueError(f"trials_per_task={self.trials_per_task} < trials_per_round={self.trials_per_round}: "
+                             f"the first pass (one round per task) would not fit the budget and some tasks would "
+                             f"never be measured")
+        n_random = int(self.trials_per_round * self.search.eps_greedy)
+        if self.foresee_random > n_random:
+            raise ValueError(f"foresee_random={self.foresee_random} > the search's random picks per round "
+                             f"(int(trials_per_round x search.eps_greedy) = {n_random}): the extra 'random' picks "
+                             f"would be the model's lowest-ranked ones")
         return self
 
 

@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from components.base import InputError
 from components.familyseer.analysis import (load_records, mean_curve, ranking_quality, run_curve,
                                             search_speedup, to_jsonable)
 from components.familyseer.config import FamilySeerConfig
@@ -111,7 +112,11 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
                                                "final_latency": []}
     policy_summary: dict[str, dict[str, float]] = {p: {} for p in tc.policies}
     for name in cfg.zoo.models:
-        manifest = json.loads((zoo_dir / name / "tasks.json").read_text())
+        tasks_file = zoo_dir / name / "tasks.json"
+        if not tasks_file.is_file():
+            raise InputError(f"{tasks_file}: missing; expected the zoo stage's task list of model {name!r} "
+                             f"(run `python -m flows familyseer zoo`)")
+        manifest = json.loads(tasks_file.read_text())
         tasks = manifest["tasks"]
         runs = {p: [load_run(run_dir(name, p, s)) for s in tc.seeds] for p in tc.policies}
         budget = min(r["budget"] for rs in runs.values() for r in rs)

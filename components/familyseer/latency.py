@@ -9,6 +9,8 @@ Latency samples come from ``VirtualMachine.time_evaluator`` (each sample average
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,10 @@ from components.base import InputError
 from components.familyseer.measure import lean_tensor_intrinsics
 
 
-def load_database(run_dir: Path):
+def load_database(run_dir: Path, max_records: int | None = None):
+    """A run's MetaSchedule database; with ``max_records``, only its first records (the database
+    file holds them in measurement order), so that every policy is compiled from exactly its
+    trial budget although a round may run past it (MetaSchedule checks the budget between rounds)."""
     lean_tensor_intrinsics()
     from tvm.s_tir import meta_schedule as ms
 
@@ -27,8 +32,21 @@ def load_database(run_dir: Path):
     for p in paths:
         if not p.is_file():
             raise InputError(f"{p}: missing; expected the MetaSchedule database of a tuning run (run the tune stage)")
-    return ms.database.JSONDatabase(path_workload=str(paths[0]), path_tuning_record=str(paths[1]),
-                                    allow_missing=False)
+    if max_records is not None and max_records < 1:
+        raise InputError(f"max_records={max_records}: expected >= 1 tuning records")
+    records = paths[1].read_text().splitlines()
+    if max_records is None or len(records) <= max_records:
+        return ms.database.JSONDatabase(path_workload=str(paths[0]), path_tuning_record=str(paths[1]),
+                                        allow_missing=False)
+    tmp = Path(tempfile.mkdtemp(prefix="familyseer_db_"))
+    try:
+        shutil.copyfile(paths[0], tmp / paths[0].name)
+        (tmp / paths[1].name).write_text("\n".join(records[:max_records]) + "\n")
+        # JSONDatabase reads both files when it is built; the copies are not needed afterwards
+        return ms.database.JSONDatabase(path_workload=str(tmp / paths[0].name),
+                                        path_tuning_record=str(tmp / paths[1].name), allow_missing=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _build(fused_mod: Any, target: Any, database: Any = None):
@@ -58,21 +76,23 @@ def _build(fused_mod: Any, target: Any, database: Any = None):
         return relax.build(fused_mod, target=target, relax_pipeline=_pipeline)
 
 
-def applied_schedules(fused_mod: Any, run_dir: Path, target: Any) -> dict[str, bool]:
-    """Which PrimFuncs of ``fused_mod`` get a tuned schedule from a run's database."""
+def applied_schedules(fused_mod: Any, run_dir: Path, target: Any, max_records: int | None = None) -> dict[str, bool]:
+    """Which PrimFuncs of ``fused_mod`` get a tuned schedule from a run's database (its first
+    ``max_records`` records, see :func:`load_database`)."""
     lean_tensor_intrinsics()
     import tvm
     from tvm.relax.transform import MetaScheduleApplyDatabase
 
-    with target, load_database(run_dir), tvm.transform.PassContext(opt_level=3):
+    with target, load_database(run_dir, max_records), tvm.transform.PassContext(opt_level=3):
         applied = MetaScheduleApplyDatabase(enable_warning=False)(fused_mod)
     return {gv.name_hint: bool(f.attrs and f.attrs.get("tirx.is_scheduled", False))
             for gv, f in applied.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
-def compile_tuned(fused_mod: Any, run_dir: Path, target: Any):
-    """The model with the best schedule of every tuned task from a run's database."""
-    return _build(fused_mod, target, load_database(run_dir))
+def compile_tuned(fused_mod: Any, run_dir: Path, target: Any, max_records: int | None = None):
+    """The model with the best schedule of every tuned task from a run's database (its first
+    ``max_records`` records: pass the run's trial budget to compare policies at equal budgets)."""
+    return _build(fused_mod, target, load_database(run_dir, max_records))
 
 
 def compile_untuned(fused_mod: Any, target: Any):

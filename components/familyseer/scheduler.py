@@ -99,7 +99,8 @@ def _ledger_class():
                 if err:
                     rec = self.errors.setdefault(int(task_id), {"build": 0, "run": 0, "example": ""})
                     rec[err] += 1
-                    rec["example"] = rec["example"] or str(build.error_msg if err == "build" else run.error_msg)[:300]
+                    # the tail: a traceback's last lines name the exception
+                    rec["example"] = rec["example"] or str(build.error_msg if err == "build" else run.error_msg)[-600:]
                 self.best_ms[task_id] = min(self.best_ms[task_id], ms)
                 self.trials.append(Trial(len(self.trials) + 1, int(task_id), self.kind, ms, err, now))
                 if self.progress is not None and self.every and len(self.trials) % self.every == 0:
@@ -110,6 +111,15 @@ def _ledger_class():
             return len(self.trials)
 
     return TrialLedger
+
+
+def runner_device_type(target: Any) -> str:
+    """The device-type string MetaSchedule's runners take ("cpu" for an llvm target), derived from
+    the target's default device as MetaSchedule's own rounds do. Not the target kind's name: with
+    TVM 0.27 ``LocalRunner`` fails every run of device type "llvm" ("Unknown device: llvm")."""
+    import tvm
+
+    return str(tvm.runtime.device(target.get_target_device_type(), 0)).split(":")[0]
 
 
 def _scheduler_class():
@@ -155,7 +165,6 @@ def _scheduler_class():
             self.rng = np.random.default_rng(seed)
             self.round_robin_rounds = 0
             self.history: list[list[float]] = []   # best latency after each main round, per task
-            self.rounds: list[int] = []            # main rounds per task (the artifact's task_cts)
             self.last_main: int | None = None
             self.foresee_log: list[tuple[int, int, int]] = []  # (after task, sibling, trials)
 
@@ -183,7 +192,6 @@ def _scheduler_class():
                 _ffi_api.TaskSchedulerTouchTask(sched, i)  # joins a finished round (DB, cost model, ledger)
                 if self.ledger.num_trials > before:
                     self.history[i].append(self.ledger.best_ms[i])
-                    self.rounds[i] += 1
 
         # -- the foresee step -----------------------------------------------------------------
         def _foresee(self, task_id: int) -> None:
@@ -206,26 +214,28 @@ def _scheduler_class():
             n_rand = min(self.foresee_random, k)
             picks = candidates[:k - n_rand] + (candidates[len(candidates) - n_rand:] if n_rand else [])
             builds = self.builder.build([BuilderInput(c.sch.mod, ctx.target) for c in picks])
+            device_type = runner_device_type(ctx.target)
             ok = [i for i, b in enumerate(builds) if b.error_msg is None]
-            futures = self.runner.run([RunnerInput(builds[i].artifact_path, str(ctx.target.kind.name),
-                                                   picks[i].args_info) for i in ok])
+            futures = self.runner.run([RunnerInput(builds[i].artifact_path, device_type, picks[i].args_info)
+                                       for i in ok])
             results: list[Any] = [RunnerResult(None, b.error_msg) for b in builds]
             for i, fut in zip(ok, futures):
                 results[i] = fut.result()
             ctx.search_strategy.notify_runner_results(picks, results)
-            self.ledger.kind = "foresee"
-            try:
-                for callback in sched.measure_callbacks_:  # database, artifact removal, ledger
-                    if isinstance(callback, UpdateCostModel):
-                        continue  # needs the task's in-flight candidates: done below instead
-                    callback.apply(sched, j, picks, builds, results)
-            finally:
-                self.ledger.kind = "main"
-            # the family model learns from the foresee round too (update_cost_model.cc's filter)
+            # the family model learns from the foresee round too (update_cost_model.cc's filter);
+            # first, as MetaSchedule's own rounds retrain before the ledger timestamps them
             kept = [i for i, (b, r) in enumerate(zip(builds, results)) if b.error_msg is None and (
                 r.error_msg is not None or (r.run_secs is not None and sum(float(s) for s in r.run_secs) > 0))]
             if sched.cost_model_ is not None:
                 sched.cost_model_.update(ctx, [picks[i] for i in kept], [results[i] for i in kept])
+            self.ledger.kind = "foresee"
+            try:
+                for callback in sched.measure_callbacks_:  # database, artifact removal, ledger
+                    if isinstance(callback, UpdateCostModel):
+                        continue  # needs the task's in-flight candidates: done above instead
+                    callback.apply(sched, j, picks, builds, results)
+            finally:
+                self.ledger.kind = "main"
             self.foresee_log.append((task_id, j, len(picks)))
 
         # -- MetaSchedule hook ------------------------------------------------------------------
@@ -234,7 +244,6 @@ def _scheduler_class():
             n = len(sched.tasks_)
             if not self.history:
                 self.history = [[] for _ in range(n)]
-                self.rounds = [0] * n
             if self.round_robin_rounds < n:  # first pass: every task once (as GradientBased)
                 self.round_robin_rounds += 1
                 return self.round_robin_rounds - 1

@@ -16,6 +16,7 @@ instead of re-measured (see :func:`fingerprint`).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -59,16 +60,31 @@ POLICIES: dict[str, Policy] = {
 }
 
 
+#: the modules whose code decides what a tuning run measures: an edit to any of them re-measures
+CODE_MODULES = ("family.py", "cost_model.py", "scheduler.py", "measure.py", "tuning.py")
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """sha256 over the source of :data:`CODE_MODULES` (so a fixed scheduler is never replayed from
+    runs the broken one stored)."""
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in CODE_MODULES:
+        h.update(name.encode() + b"\0" + (here / name).read_bytes())
+    return h.hexdigest()[:20]
+
+
 def fingerprint(model_manifest: dict[str, Any], policy: str, seed: int, cfg: TuneConfig) -> str:
-    """What determines a run's records: the tasks, the policy, the seed and every tuning setting
-    except the lists of policies/seeds and the replay switch."""
+    """What determines a run's records: the tasks, the policy, the seed, every tuning setting
+    except the lists of policies/seeds and the replay switch, and the tuning code itself."""
     settings = cfg.model_dump(mode="json")
     for key in ("policies", "seeds", "replay"):
         settings.pop(key, None)
     payload = {"version": FORMAT_VERSION, "tasks": [(t["name"], t["structural_hash"], t["weight"])
                                                     for t in model_manifest["tasks"]],
                "target": model_manifest.get("target"), "policy": policy, "spec": asdict(POLICIES[policy]),
-               "seed": seed, "settings": settings}
+               "seed": seed, "settings": settings, "code": code_digest()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -159,7 +175,7 @@ def _measure(model: Any, policy: str, seed: int, cfg: TuneConfig, out: Path, fp:
     from tvm.s_tir import meta_schedule as ms
 
     from components.familyseer.cost_model import FamilyCostModel, make_xgb
-    from components.familyseer.scheduler import FamilySeerScheduler, TrialLedger, trajectory
+    from components.familyseer.scheduler import FAILED_MS, FamilySeerScheduler, TrialLedger, trajectory
 
     _quiet_metaschedule()
     _seed_everything(seed)
@@ -202,7 +218,7 @@ def _measure(model: Any, policy: str, seed: int, cfg: TuneConfig, out: Path, fp:
                                             allow_missing=True)
 
         def report(count: int, best: list[float], wall: float) -> None:
-            done = all(b < 1e9 for b in best)
+            done = all(b < FAILED_MS for b in best)
             total = sum(w * b for w, b in zip(weights, best)) if done else float("nan")
             say(f"{model.name}/{policy}/seed {seed}: {count}/{budget} trials, weighted latency "
                 f"{total * 1e3:.1f} us, {wall:.0f} s")
@@ -242,7 +258,8 @@ def _measure(model: Any, policy: str, seed: int, cfg: TuneConfig, out: Path, fp:
 
     trials = [asdict(t) for t in ledger.trials]
     curve = trajectory(trials, weights)
-    final = curve.latency_ms[-1] if curve.latency_ms else float("inf")
+    # at the budget: the trials of the last round past it are recorded but not counted
+    final = curve.latency_ms[min(budget, len(curve.latency_ms)) - 1] if curve.latency_ms else float("inf")
     summary = {
         "format": FORMAT_VERSION, "fingerprint": fp, "model": model.name, "policy": policy,
         "spec": asdict(spec), "seed": seed, "budget": budget, "num_trials": len(trials),
@@ -250,7 +267,7 @@ def _measure(model: Any, policy: str, seed: int, cfg: TuneConfig, out: Path, fp:
         "tasks": [t.name for t in infos], "weights": weights, "skipped_tasks": skipped,
         "families": families, "errors": {infos[k].name: v for k, v in ledger.errors.items()},
         "final_latency_ms": final if np.isfinite(final) else None,
-        "per_task_best_ms": [b if b < 1e9 else None for b in curve.per_task_best_ms],
+        "per_task_best_ms": [b if b < FAILED_MS else None for b in curve.per_task_best_ms],
         "wall_s": wall, "cpu_main_s": cpu_main, "settings": cfg.model_dump(mode="json"),
         "foresee_log": [{"after": infos[a].name, "sibling": infos[b].name, "trials": k}
                         for a, b, k in getattr(scheduler, "foresee_log", [])],

@@ -23,7 +23,8 @@ class DataConfig(_Section):
         "synthetic", description="synthetic = the procedural stick-figure generator; ucf101 = a folder "
                                  "of <Class>/<video> files given by ucf101_root")
     ucf101_root: str | None = Field(None, description="root of a dataset in UCF101 folder layout (source=ucf101)")
-    ucf101_split: int = Field(1, ge=1, le=3, description="official split number when ucfTrainTestlist/ exists")
+    ucf101_split: int = Field(1, ge=1, le=3, description="UCF101 split 1-3: ucfTrainTestlist/testlist0<k>.txt when it exists, "
+                             "else test groups (k-1)*7+1..k*7")
     classes: list[str] = Field(list(ACTIONS), min_length=2,
                                description="synthetic action classes (a subset of the generator's)")
     height: int = Field(48, ge=32, le=512, description="frame height in pixels (multiple of 8)")

@@ -193,7 +193,10 @@ def scan_ucf101(root: str | os.PathLike[str], split: int = 1) -> tuple[list[str]
 
     The split comes from ``<root>/ucfTrainTestlist/testlist0<split>.txt`` when it exists; otherwise
     UCF101's convention is followed: videos named ``v_<Class>_gXX_cYY`` go to test when the group
-    XX <= 7, and any other file goes to test for every third file of its class (sorted names).
+    XX is in ``(split-1)*7+1 .. split*7`` (split 1: groups 1-7, 2: 8-14, 3: 15-21), and any other
+    file goes to test for every third file of its class (sorted names; a different third per split).
+    A clip's id is ``<Class>/<file stem>`` (unique across classes); two videos of one class with the
+    same stem (``a.mp4``, ``a.avi``) are an InputError.
     """
     root = Path(root)
     if not root.is_dir():
@@ -203,18 +206,25 @@ def scan_ucf101(root: str | os.PathLike[str], split: int = 1) -> tuple[list[str]
     listfile = root / "ucfTrainTestlist" / f"testlist0{split}.txt"
     if listfile.is_file():
         test_list = {line.strip().replace("\\", "/") for line in listfile.read_text().splitlines() if line.strip()}
-    clips = []
+    clips: list[dict[str, Any]] = []
+    seen: dict[str, Path] = {}
+    test_groups = range((split - 1) * 7 + 1, split * 7 + 1)
     for label, cls in enumerate(classes):
         files = sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in VIDEO_EXTS)
         for k, p in enumerate(files):
-            rel = f"{cls}/{p.name}"
+            rel, clip_id = f"{cls}/{p.name}", f"{cls}/{p.stem}"
+            if clip_id in seen:
+                raise InputError(f"data.ucf101_root={str(root)!r}: {seen[clip_id].name} and {p.name} in {cls}/ "
+                                 f"have the same name; expected one video per name (clip id {clip_id!r})")
+            seen[clip_id] = p
             if test_list is not None:
                 split_name = "test" if rel in test_list else "train"
             else:
                 m = _UCF_NAME.match(p.stem)
-                split_name = ("test" if int(m.group("group")) <= 7 else "train") if m else \
-                             ("test" if k % 3 == 2 else "train")
-            clips.append({"id": p.stem, "split": split_name, "label": label, "class": cls, "source_path": str(p)})
+                split_name = ("test" if int(m.group("group")) in test_groups else "train") if m else \
+                             ("test" if k % 3 == (split + 1) % 3 else "train")
+            clips.append({"id": clip_id, "name": p.stem, "split": split_name, "label": label, "class": cls,
+                          "source_path": str(p)})
     if len(classes) < 2 or not clips:
         raise InputError(f"data.ucf101_root={str(root)!r}: found {len(classes)} class folders and {len(clips)} "
                          f"videos ({', '.join(VIDEO_EXTS)}); expected at least 2 classes with videos")
@@ -235,7 +245,7 @@ def import_ucf101(cfg: DataConfig, out: str | os.PathLike[str], min_frames: int,
         frames = read_video(item["source_path"], size=(cfg.height, cfg.width), resize=True,
                             min_frames=min_frames, max_frames=cfg.frames_per_clip)
         usable = len(frames) - len(frames) % min_frames
-        rel = Path("videos") / item["class"] / f"{item['id']}.mp4"
+        rel = Path("videos") / item["class"] / f"{item['name']}.mp4"
         write_video(out / rel, frames[:usable], cfg.fps, cfg.crf)
         clips.append({"id": item["id"], "split": item["split"], "label": item["label"],
                       "class": item["class"], "path": rel.as_posix(), "frames": int(usable)})

@@ -29,7 +29,6 @@ from components.har.figures import MIRROR
 from components.har.opticalflow import FLOW_METHODS, clip_flows
 
 Progress = Callable[..., None]
-SOURCES = ("tvl1", "farneback", "dis", "imfe", "rgb")
 
 
 def _noop(*_: Any) -> None:
@@ -213,6 +212,17 @@ def load_stream_net(path: Path):
     return net.eval()
 
 
+def load_imfe(path: Path):
+    """The IMFE net of a bundle written by ``run_imfe`` (eval mode, CPU)."""
+    from components.har.config import ImfeConfig
+    from components.har.imfe import ImfeNet
+
+    b = load_bundle(path)
+    net = ImfeNet(b["height"], b["width"], b["num_frames"], b["feature_dim"], ImfeConfig(**b["config"]))
+    net.load_state_dict(b["state_dict"])
+    return net.eval()
+
+
 def _inputs(kind: str, split: Split, flows: list[np.ndarray] | None):
     """Chunk tensors (N, C, H, W) and clip labels for a stream net."""
     import torch
@@ -268,6 +278,21 @@ def _imfe_inputs(split: Split, flows: list[np.ndarray]):
     return frames, flow_tensor(np.concatenate(flows)).to(torch.float32)
 
 
+def feature_variance(target) -> float:
+    """Per-dimension variance of (M, D) features, averaged over the D dimensions: the MSE of the
+    best constant predictor (the per-dimension mean), on the scale of ``imfe.feature_mse``."""
+    return float(((target - target.mean(0)) ** 2).mean())
+
+
+def relative_mse(mse: float | None, target) -> dict[str, float | None]:
+    """``val_relative_mse`` = MSE / ``feature_variance(target)`` = 1 - R^2 (a mean predictor scores 1,
+    a perfect one 0) and ``val_r2`` = 1 - val_relative_mse; None without a validation MSE."""
+    if mse is None:
+        return {"val_relative_mse": None, "val_r2": None}
+    rel = mse / max(1e-12, feature_variance(target))
+    return {"val_relative_mse": rel, "val_r2": 1.0 - rel}
+
+
 def run_imfe(cfg: HarConfig, data_dir: Path, teacher_models: Path, flows_dir: Path, models_dir: Path,
              results_dir: Path, progress: Progress = _noop) -> dict[str, Any]:
     """Distil IMFE onto the TV-L1 flow stream; ONNX export and parity. Writes ``models_dir/imfe.pt``,
@@ -275,6 +300,7 @@ def run_imfe(cfg: HarConfig, data_dir: Path, teacher_models: Path, flows_dir: Pa
     import torch
 
     from components.har.imfe import distill, export_onnx, onnx_parity
+    from components.har.streams import stream_features
 
     torch.set_num_threads(cfg.torch_threads)
     manifest, splits = load_splits(data_dir, cfg.opticalflow.clip_len)
@@ -304,15 +330,15 @@ def run_imfe(cfg: HarConfig, data_dir: Path, teacher_models: Path, flows_dir: Pa
                 num_frames=net.num_frames, feature_dim=net.feature_dim, config=cfg.imfe.model_dump())
     onnx_path = export_onnx(net, models_dir / "imfe.onnx", cfg.imfe.onnx_opset)
     parity = onnx_parity(net, onnx_path, te[0][:8])
-    with torch.no_grad():
-        target_scale = float(teacher.features(te[1][:256]).pow(2).mean())
+    target = stream_features(teacher, te[1])
     summary = {"train_mse": hist["train_mse"], "val_mse": hist["val_mse"], "train_seconds": seconds,
-               "distill_set": distill_set, "device": str(device),
-               "onnx": parity, "teacher_feature_mean_square": target_scale,
+               "distill_set": distill_set, "device": str(device), "onnx": parity,
+               "teacher_feature_mean_square": float(target.pow(2).mean()),
+               "teacher_feature_variance": feature_variance(target),
                "params": int(sum(p.numel() for p in net.parameters())),
-               "val_relative_mse": hist["val_mse"][-1] / max(1e-12, target_scale) if hist["val_mse"] else None}
-    progress("har imfe: val mse %.5f (teacher mean square %.5f), onnx max abs diff %.2e",
-             hist["val_mse"][-1], target_scale, parity["max_abs_diff"])
+               **relative_mse(hist["val_mse"][-1] if hist["val_mse"] else None, target)}
+    progress("har imfe: val mse %.5f (teacher feature variance %.5f, R2 %.3f), onnx max abs diff %.2e",
+             hist["val_mse"][-1], summary["teacher_feature_variance"], summary["val_r2"], parity["max_abs_diff"])
     (results_dir / "imfe.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
@@ -392,10 +418,29 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+def latency_sample(split: Split, n: int) -> np.ndarray:
+    """``n`` test chunks (L, H, W, 3) for the latency benchmark, deterministic and spread over the
+    classes (flow time depends on the content): the classes take turns (class c gets ``n // C`` or
+    one more chunk), and each class's chunks are taken at an even stride over all its clips' chunks."""
+    classes = sorted(set(int(l) for l in split.labels))
+    n = min(n, sum(len(c) for c in split.chunks))
+    per_class = {c: [(k, j) for k, l in enumerate(split.labels) if l == c for j in range(len(split.chunks[k]))]
+                 for c in classes}                  # (clip, chunk) indices, in clip order
+    take, left = dict.fromkeys(classes, 0), n
+    while left:                                         # classes take turns (one with few chunks drops out)
+        for c in classes:
+            if left and take[c] < len(per_class[c]):
+                take[c], left = take[c] + 1, left - 1
+    picked = {c: [per_class[c][i * len(per_class[c]) // take[c]] for i in range(take[c])] for c in classes}
+    order = [picked[c][i] for i in range(max(take.values())) for c in classes if i < take[c]]
+    return np.stack([split.chunks[k][j] for k, j in order])
+
+
 def latency_benchmark(cfg: HarConfig, split: Split, nets: dict[str, Any], onnx_path: Path,
                       progress: Progress = _noop) -> dict[str, Any]:
     """Per-chunk wall time of every motion source, measured side by side: for each test chunk the
-    sources run in turn (batch 1, ``evaluate.threads`` threads for OpenCV, torch and onnxruntime).
+    sources run in turn (batch 1, ``evaluate.threads`` threads for OpenCV, torch and onnxruntime);
+    the chunks are ``latency_sample``'s, spread over every class and clip.
     Flow sources are timed as flow (clip_len-1 pairs) and flow CNN; IMFE on onnxruntime (the
     deployment path) and on torch."""
     import cv2
@@ -409,7 +454,7 @@ def latency_benchmark(cfg: HarConfig, split: Split, nets: dict[str, Any], onnx_p
     cv2.setNumThreads(threads)
     sess = onnx_session(onnx_path, threads)
     fns = {m: make_flow_fn(m, cfg.opticalflow) for m in FLOW_METHODS}
-    chunks = np.concatenate(split.chunks)[: cfg.evaluate.latency_chunks]
+    chunks = latency_sample(split, cfg.evaluate.latency_chunks)
     times: dict[str, list[float]] = {k: [] for k in
                                      [*(f"{m}_flow" for m in FLOW_METHODS), *(f"{m}_cnn" for m in FLOW_METHODS),
                                       "imfe_onnx", "imfe_torch", "rgb_cnn"]}

@@ -107,8 +107,9 @@ class ImfeNet(nn.Module):
 
     def __init__(self, height: int, width: int, num_frames: int, feature_dim: int, cfg: ImfeConfig) -> None:
         super().__init__()
-        if feature_dim % 4:
-            raise ValueError(f"feature_dim={feature_dim}; expected a multiple of 4 (Bottleneck expansion)")
+        if feature_dim % 8:
+            raise ValueError(f"feature_dim={feature_dim}; expected a multiple of 8 (layer3 outputs "
+                             f"4 * (feature_dim // 8) channels, layer4 takes feature_dim // 2)")
         s = cfg.downsample
         if height % s or width % s:
             raise ValueError(f"frame size {height}x{width}; expected multiples of imfe.downsample={s}")
@@ -145,25 +146,47 @@ class ImfeNet(nn.Module):
 
 
 # ------------------------------------------------------------------------ distillation
+def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Translate (..., H, W) by (dy, dx) pixels without wrap-around: content moved out of the image
+    is lost and the vacated band is filled with 0 (the mean colour of normalised frames; no motion
+    in normalised flow)."""
+    H, W = x.shape[-2:]
+    out = torch.zeros_like(x)
+    out[..., max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
+        x[..., max(-dy, 0):H + min(-dy, 0), max(-dx, 0):W + min(-dx, 0)]
+    return out
+
+
 def augment(frames: torch.Tensor, flows: torch.Tensor, gen: torch.Generator,
             flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The distillation's augmentation, applied to a batch of frames (B, N, 3, H, W) and their
     normalised TV-L1 flow (B, 2(N-1), H, W) *together*, so that the teacher's target is the feature
-    of the flow of exactly the frames IMFE sees: with ``flip`` a random half of the batch mirrored
-    (frames mirrored; flow mirrored with its x components negated); one random translation of up to
-    3 px for the whole batch (frames and flow alike); a colour jitter of the frames only."""
+    of the flow of the frames IMFE sees: with ``flip`` a random half of the batch mirrored (frames
+    mirrored; flow mirrored with its x components negated, ``chunks.flip_flow_tensor``); one random
+    translation of up to 3 px for the whole batch (frames and flow alike, no wrap-around: the
+    vacated border band is a constant frame region with zero flow); a colour jitter of the frames
+    only."""
+    from components.har.chunks import flip_flow_tensor
     from components.har.streams import colour_jitter
 
     if flip:
         sel = torch.rand(len(frames), generator=gen) < 0.5
         frames = torch.where(sel[:, None, None, None, None], frames.flip(-1), frames)
-        fm = flows.flip(-1)
-        fm[:, 0::2] = -fm[:, 0::2]
-        flows = torch.where(sel[:, None, None, None], fm, flows)
+        flows = torch.where(sel[:, None, None, None], flip_flow_tensor(flows), flows)
     dy, dx = (int(v) for v in torch.randint(-3, 4, (2,), generator=gen))
-    frames = torch.roll(frames, (dy, dx), dims=(-2, -1))
-    flows = torch.roll(flows, (dy, dx), dims=(-2, -1))
+    frames, flows = shift(frames, dy, dx), shift(flows, dy, dx)
     return colour_jitter(frames, gen), flows
+
+
+DECAY_STEPS = 50   # ExponentialLR steps over a whole distillation run (the official 5 per epoch x 10)
+
+
+def decay_steps_due(step: int, total_steps: int) -> int:
+    """Scheduler steps to take after optimiser step ``step`` (1-based) of ``total_steps``: the
+    increase of ``step * DECAY_STEPS // total_steps``, so a run takes exactly DECAY_STEPS of them,
+    evenly spread (every ``total_steps / DECAY_STEPS`` steps when that divides, several at once on
+    runs shorter than DECAY_STEPS)."""
+    return step * DECAY_STEPS // total_steps - (step - 1) * DECAY_STEPS // total_steps
 
 
 def distill(frames: torch.Tensor, flows: torch.Tensor, teacher: Callable[[torch.Tensor], torch.Tensor],
@@ -196,8 +219,7 @@ def distill(frames: torch.Tensor, flows: torch.Tensor, teacher: Callable[[torch.
     batches = max(1, (len(frames) + cfg.batch_size - 1) // cfg.batch_size)
     total_steps = cfg.epochs * batches
     # official: 5 scheduler steps per epoch over 10 epochs -> lr * gamma^50 at the end; the same total
-    # decay is spread evenly over this run's steps
-    decay_every = max(1, total_steps // 50)
+    # decay is spread evenly over this run's steps (exactly DECAY_STEPS scheduler steps for any total)
     hist: dict[str, list[float]] = {"train_mse": [], "val_mse": []}
     step = 0
     for epoch in range(cfg.epochs):
@@ -215,7 +237,7 @@ def distill(frames: torch.Tensor, flows: torch.Tensor, teacher: Callable[[torch.
             loss.backward()
             opt.step()
             step += 1
-            if step % decay_every == 0:
+            for _ in range(decay_steps_due(step, total_steps)):
                 sched.step()
             total += loss.item() * len(idx)
         hist["train_mse"].append(total / len(frames))

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from components.base import InputError
+from components.har.chunks import num_chunks
 from components.har.config import OpticalFlowConfig
 
 FLOW_METHODS = ("tvl1", "farneback", "dis")
@@ -59,9 +59,7 @@ def dequantize(q: np.ndarray, bound: float) -> np.ndarray:
 
 def chunk_starts(num_frames: int, clip_len: int) -> list[int]:
     """First frame of every whole chunk (centres at clip_len//2, +clip_len, ... as in IMFE's sampler)."""
-    if num_frames < clip_len:
-        raise InputError(f"clip of {num_frames} frames; expected at least clip_len={clip_len} frames (one chunk)")
-    return list(range(0, num_frames - clip_len + 1, clip_len))
+    return [k * clip_len for k in range(num_chunks(num_frames, clip_len))]
 
 
 def chunk_flow(gray: np.ndarray, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], bound: float) -> np.ndarray:

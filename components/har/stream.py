@@ -4,8 +4,11 @@
 that finds the queue full pushes the oldest one out: a *drop*). The consumer takes frames in order
 and hands each to the pipeline; the **latency** of a frame is its completion time minus its arrival
 time (queueing included), a **deadline miss** is a latency above ``deadline_ms`` (default one frame
-period), the **achieved fps** is processed frames over the time from the first arrival to the last
-completion, and the **capacity fps** is processed frames over the time spent processing.
+period), **missed or dropped** counts the frames that did not make it in time (deadline misses +
+drops, its rate over the frames that arrived), the **achieved fps** is processed frames over the
+time from the first arrival to the last completion plus one frame period (N frames of a camera span
+N periods, so a pipeline that keeps up reports exactly ``fps``), and the **capacity fps** is
+processed frames over the time spent processing.
 
 ``HarPipeline`` keeps the window: it buffers ``clip_len`` frames, then computes the chunk's RGB
 feature (centre frame) and motion feature (IMFE on the 6 frames, or TV-L1/Farnebäck/DIS flow +
@@ -76,6 +79,7 @@ class StreamReport:
     frames_processed: int = 0
     frames_dropped: int = 0
     deadline_misses: int = 0
+    missed_or_dropped: int = 0
     predictions: int = 0
     latency_ms_p50: float = 0.0
     latency_ms_p99: float = 0.0
@@ -91,6 +95,7 @@ class StreamReport:
         d.pop("labels")
         d["deadline_miss_rate"] = self.deadline_misses / max(1, self.frames_processed)
         d["drop_rate"] = self.frames_dropped / max(1, self.frames_in)
+        d["missed_or_dropped_rate"] = self.missed_or_dropped / max(1, self.frames_in)
         return d
 
 
@@ -150,12 +155,13 @@ def run_stream(frames: Iterable[np.ndarray], step: Callable[[np.ndarray], Any], 
         if out is not None:
             rep.predictions += 1
             rep.labels.append(int(out))
+    rep.missed_or_dropped = rep.deadline_misses + rep.frames_dropped
     if rep.latencies_ms:
         lat = np.asarray(rep.latencies_ms)
         rep.latency_ms_p50 = float(np.percentile(lat, 50))
         rep.latency_ms_p99 = float(np.percentile(lat, 99))
         rep.latency_ms_max = float(lat.max())
-        span = last_done - t0
+        span = last_done - t0 + period     # N frames span N periods: (N-1) between arrivals + one
         rep.achieved_fps = rep.frames_processed / span if span > 0 else float("inf")
         rep.capacity_fps = rep.frames_processed / busy if busy > 0 else float("inf")
     return rep
@@ -200,17 +206,26 @@ class HarPipeline:
 
 
 # ------------------------------------------------------------------------------------ models
-def load_pipeline(models: str | Path, source: str, backend: str = "onnx", threads: int = 1) -> tuple[HarPipeline, dict]:
-    """Build the pipeline of ``source`` from the saved models (``models/har`` of the DVC stages)."""
+def load_pipeline(models: str | Path, source: str, backend: str = "onnx", threads: int = 1,
+                  heads: str | Path | None = None) -> tuple[HarPipeline, dict]:
+    """Build the pipeline of ``source`` from the saved models (``models/har`` of the DVC stages;
+    the head from ``heads``, default ``models/heads``).
+
+    ``threads`` is the CPU thread count of every library the pipeline runs: torch, onnxruntime and
+    OpenCV (the classical flow), set here for the whole process."""
+    import cv2
     import torch
 
     from components.har.chunks import flow_tensor, rgb_tensor
-    from components.har.config import ImfeConfig, OpticalFlowConfig, StreamNetConfig, TemporalConfig
+    from components.har.config import OpticalFlowConfig, TemporalConfig
+    from components.har.experiment import load_bundle, load_imfe, load_stream_net
     from components.har.opticalflow import FLOW_METHODS, chunk_flow, make_flow_fn, to_gray
-    from components.har.streams import StreamNet
     from components.har.temporal import LstrHead
 
+    if threads < 1:
+        raise ConfigError(f"--threads {threads}; expected at least 1")
     torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
     models = Path(models)
     sources = ("imfe", "rgb", *FLOW_METHODS)
     if source not in sources:
@@ -218,18 +233,10 @@ def load_pipeline(models: str | Path, source: str, backend: str = "onnx", thread
     if backend not in ("onnx", "torch"):
         raise ConfigError(f"--backend {backend!r}; expected 'onnx' or 'torch'")
 
-    def load(path: Path) -> dict:
-        if not path.is_file():
-            raise InputError(f"{path}: model file not found; run the har stages first (dvc repro har_evaluate)")
-        return torch.load(path, map_location="cpu", weights_only=False)
+    def stream_net(name: str):
+        return load_stream_net(models / "teacher" / f"{name}.pt")
 
-    def stream_net(name: str) -> StreamNet:
-        b = load(models / "teacher" / f"{name}.pt")
-        net = StreamNet(b["in_channels"], len(b["classes"]), StreamNetConfig(**b["config"]).widths)
-        net.load_state_dict(b["state_dict"])
-        return net.eval()
-
-    hb = load(models / "heads" / f"{source}.pt")
+    hb = load_bundle(Path(heads if heads is not None else models / "heads") / f"{source}.pt")
     meta = hb["meta"]
     head = LstrHead(hb["in_dim"], len(meta["classes"]), TemporalConfig(**hb["config"]))
     head.load_state_dict(hb["state_dict"])
@@ -250,12 +257,7 @@ def load_pipeline(models: str | Path, source: str, backend: str = "onnx", thread
             def motion(chunk: np.ndarray) -> np.ndarray:
                 return sess.run(["motion_feature"], {"frames": rgb_tensor(chunk[None]).numpy()})[0][0]
         else:
-            from components.har.imfe import ImfeNet
-
-            b = load(models / "imfe" / "imfe.pt")
-            net = ImfeNet(b["height"], b["width"], b["num_frames"], b["feature_dim"], ImfeConfig(**b["config"]))
-            net.load_state_dict(b["state_dict"])
-            net.eval()
+            net = load_imfe(models / "imfe" / "imfe.pt")
 
             @torch.no_grad()
             def motion(chunk: np.ndarray) -> np.ndarray:
@@ -279,12 +281,24 @@ def load_pipeline(models: str | Path, source: str, backend: str = "onnx", thread
 
 
 def synthetic_frames(n_clips: int, seed: int, meta: dict) -> tuple[np.ndarray, list[int]]:
-    """A stream of ``n_clips`` generator clips back to back (at the models' resolution)."""
+    """A stream of ``n_clips`` generator clips back to back (at the models' resolution). A
+    ConfigError when the models were not trained on generator clips (e.g. UCF101 classes)."""
+    from pydantic import ValidationError
+
     from components.har.config import DataConfig
     from components.har.data import render_clip
+    from components.har.figures import ACTIONS
 
-    cfg = DataConfig(height=meta["height"], width=meta["width"], fps=meta.get("fps", 30),
-                     frames_per_clip=meta.get("frames_per_clip", 30), classes=meta["classes"])
+    unknown = [c for c in meta["classes"] if c not in ACTIONS]
+    if unknown:
+        raise ConfigError(f"--generate renders the synthetic generator's actions {list(ACTIONS)}, but the models "
+                          f"were trained on other classes ({unknown[:3]}...); stream a video with --video instead")
+    try:
+        cfg = DataConfig(height=meta["height"], width=meta["width"], fps=meta.get("fps") or 30,
+                         frames_per_clip=meta.get("frames_per_clip") or 30, classes=meta["classes"])
+    except ValidationError as err:
+        raise ConfigError(f"--generate cannot render clips for these models ({err.errors()[0]['msg']}); "
+                          f"stream a video with --video instead") from None
     rng = np.random.default_rng([seed, 99])
     frames, labels = [], []
     for _ in range(n_clips):
@@ -343,7 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(text, indent=1))
     print("predictions:", " ".join(out["predicted"]))
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        from tasks.io import atomic_file
+
+        with atomic_file(args.json) as fh:              # parents created; no partial file on failure
+            fh.write(json.dumps(out, indent=1) + "\n")
     return 0
 
 

@@ -93,12 +93,13 @@ def colour_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 0.25)
 
 
 def mirror(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """Horizontal mirror of a batch: images (B, 3, H, W) or stacked flow (B, 2K, H, W), whose x
-    components change sign."""
-    out = x.flip(-1)
+    """Horizontal mirror of a batch: images (B, 3, H, W) or stacked normalised flow (B, 2K, H, W),
+    whose x components change sign (``chunks.flip_flow_tensor``, the same mirror as ``flip_flow``)."""
     if kind == "flow":
-        out[:, 0::2] = -out[:, 0::2]
-    return out
+        from components.har.chunks import flip_flow_tensor
+
+        return flip_flow_tensor(x)
+    return x.flip(-1)
 
 
 def train_stream(x: torch.Tensor, y: torch.Tensor, kind: str, num_classes: int, cfg: StreamNetConfig,

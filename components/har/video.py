@@ -66,15 +66,6 @@ def _open(path: Path):
     return container
 
 
-def video_info(path: str | os.PathLike[str]) -> dict:
-    """``{"frames", "fps", "height", "width"}`` of a video (frames may be 0 when unknown)."""
-    path = Path(path)
-    with _open(path) as container:
-        s = container.streams.video[0]
-        return {"frames": int(s.frames or 0), "fps": float(s.average_rate or 0),
-                "height": int(s.codec_context.height), "width": int(s.codec_context.width)}
-
-
 def iter_frames(path: str | os.PathLike[str], size: tuple[int, int] | None = None,
                 resize: bool = False) -> Iterator[np.ndarray]:
     """Yield RGB uint8 frames of ``path`` one at a time.

@@ -131,7 +131,7 @@ class TrainConfig(_Strict):
     dp: int = Field(1, ge=1, le=8, description="data-parallel degree of the real run")
     cp: int = Field(2, ge=1, le=8, description="context-parallel degree (processes = dp × cp)")
     global_batch: int = Field(64, ge=1, description="sequences per optimizer step")
-    steps: int = Field(3, ge=1, description="timed steps per variant")
+    steps: int = Field(8, ge=1, description="timed steps per variant (median of the paired per-step ratios)")
     warmup_steps: int = Field(1, ge=0, description="untimed steps per variant first")
     length_scale: int = Field(32, ge=1, description="corpus documents keep their first ceil(n/scale) tokens")
     lr: float = Field(1e-3, gt=0)

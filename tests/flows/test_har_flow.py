@@ -31,7 +31,7 @@ def _finite_numbers(d):
 
 
 @pytest.mark.slow
-def test_har_flow_end_to_end(prefect_harness, paperworks_root, capsys):
+def test_har_flow_end_to_end(prefect_harness, paperworks_root, capsys, monkeypatch):
     from components.har.config import HarConfig
     from components.har.stream import main as stream_main
     from flows.har import STAGES, har
@@ -89,6 +89,21 @@ def test_har_flow_end_to_end(prefect_harness, paperworks_root, capsys):
     write_video(root / "short.mp4", np.zeros((4, 32, 32, 3), np.uint8), fps=30)
     assert stream_main(["--video", str(root / "short.mp4"), "--models", str(root / "models/har")]) == 2
     assert "4 frames; expected at least 6" in capsys.readouterr().err
+
+    # a failure late in the evaluate stage (latency benchmark) leaves the old heads in place
+    from components.har import experiment
+
+    heads = {p.name: p.read_bytes() for p in (root / "models/har/heads").iterdir()}
+    metrics_before = (root / "metrics" / "har.json").read_bytes()
+
+    def broken(*_a, **_k):
+        raise RuntimeError("latency benchmark failed")
+
+    monkeypatch.setattr(experiment, "latency_benchmark", broken)
+    with pytest.raises(Exception):
+        har(config=cfg, stages=["evaluate"])
+    assert {p.name: p.read_bytes() for p in (root / "models/har/heads").iterdir()} == heads
+    assert (root / "metrics" / "har.json").read_bytes() == metrics_before
 
 
 def test_bad_parameter_stops_before_writing(paperworks_root, capsys):

@@ -28,6 +28,8 @@ def test_full_profile_validates_and_is_paper_scale():
     ({"zoo": {"models": ["vgg"]}}, "familyseer.zoo.models.0: got 'vgg'"),
     ({"zoo": {"models": []}}, "familyseer.zoo.models"),
     ({"tune": {"policies": ["ansor"]}}, "familyseer.tune.policies.0: got 'ansor'"),
+    ({"tune": {"trials_per_task": 4, "trials_per_round": 8, "foresee_trials": 2}}, "trials_per_task=4 < trials_per_round=8"),
+    ({"tune": {"foresee_random": 1}}, "foresee_random=1 > the search's random picks per round"),
     ({"tune": {"seeds": [0, 0]}}, "seeds must be unique"),
     ({"tune": {"foresee_random": 5, "foresee_trials": 4}}, "foresee_random=5 must be <= foresee_trials=4"),
     ({"tune": {"foresee_trials": 16, "trials_per_round": 8}}, "foresee_trials=16 must be <="),

@@ -61,6 +61,23 @@ def test_foresee_rounds_go_to_a_sibling_of_the_task_just_tuned(runs):
         assert 0 < entry["trials"] <= cfg.foresee_trials
 
 
+def test_foresee_trials_are_measured_like_main_ones(runs):
+    """Every trial of this tiny model builds and runs in a main round, so a foresee trial that fails
+    is the foresee path's own defect (it once passed the target kind "llvm" as the runner's device
+    type: every foresee run failed and counted as a wasted trial)."""
+    results, _, _ = runs
+    for policy, (run, _) in results.items():
+        assert all(t["error"] == "" and t["latency_ms"] < 1e3 for t in run["trials"]), (policy, run.get("errors"))
+    assert any(t["kind"] == "foresee" for t in results["familyseer"][0]["trials"])
+
+
+def test_runner_device_type_is_the_targets_device_not_its_kind():
+    from components.familyseer.scheduler import runner_device_type
+    from components.familyseer.zoo import make_target
+
+    assert runner_device_type(make_target(2)) == "cpu"
+
+
 def test_family_model_receives_every_valid_measurement_of_its_members(runs):
     results, _, _ = runs
     fs = results["familyseer"][0]
@@ -77,6 +94,9 @@ def test_database_records_every_measurement_and_compiles_to_a_correct_model(runs
     run, run_dir = results["familyseer"]
     records = load_database(run_dir).get_all_tuning_records()
     assert len(records) == run["num_trials"]
+    assert len(load_database(run_dir, 3).get_all_tuning_records()) == 3  # a policy compiled at its budget
+    with pytest.raises(InputError, match="max_records=0"):
+        load_database(run_dir, 0)
     module, inputs = build_torch_model("mlp_tiny", 0)  # the data stage's weights (same seed)
     assert all(applied_schedules(model.fused, run_dir, make_target(2))[t["name"]] for t in model.manifest["tasks"])
     exe = compile_tuned(model.fused, run_dir, make_target(2))

@@ -111,9 +111,38 @@ def test_ucf101_layout_loader(tmp_path):
     (root / "ucfTrainTestlist").mkdir()
     (root / "ucfTrainTestlist" / "testlist01.txt").write_text("Basketball/v_Basketball_g08_c01.mp4\n")
     _, clips = scan_ucf101(root)
-    assert [c["id"] for c in clips if c["split"] == "test"] == ["v_Basketball_g08_c01"]
+    assert [c["id"] for c in clips if c["split"] == "test"] == ["Basketball/v_Basketball_g08_c01"]
     with pytest.raises(InputError, match="not a folder"):
         scan_ucf101(tmp_path / "nowhere")
+
+
+def test_ucf101_splits_2_and_3_without_list_files_use_their_own_groups(tmp_path):
+    root = tmp_path / "ucf"
+    for cls in ("A", "B"):
+        for g in (7, 8, 14, 15, 21):
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            (root / cls / f"v_{cls}_g{g:02d}_c01.mp4").write_bytes(b"")
+    for split, groups in ((1, {7}), (2, {8, 14}), (3, {15, 21})):
+        _, clips = scan_ucf101(root, split)
+        assert {int(c["name"][-6:-4]) for c in clips if c["split"] == "test"} == groups
+
+
+def test_ucf101_clip_ids_are_unique_across_classes(tmp_path):
+    """ClassA/clip1 and ClassB/clip1 must not share an id (flows are looked up by id)."""
+    root = tmp_path / "ucf"
+    rng = np.random.default_rng(0)
+    for cls in ("ClassA", "ClassB"):
+        for name in ("clip1", "clip2", "clip3"):
+            write_video(root / cls / f"{name}.mp4", rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8), fps=25)
+    _, clips = scan_ucf101(root)
+    ids = [c["id"] for c in clips]
+    assert len(set(ids)) == len(ids) == 6 and "ClassB/clip1" in ids
+    cfg = DataConfig(source="ucf101", ucf101_root=str(root), height=32, width=32, frames_per_clip=12)
+    out = import_ucf101(cfg, tmp_path / "out", min_frames=6)
+    assert {c["path"] for c in out} >= {"videos/ClassA/clip1.mp4", "videos/ClassB/clip1.mp4"}
+    (root / "ClassA" / "clip1.avi").write_bytes(b"")
+    with pytest.raises(InputError, match="clip1.avi and clip1.mp4 in ClassA/ have the same name"):
+        scan_ucf101(root)
 
 
 def test_distillation_set_is_disjoint_from_the_har_clips_and_deterministic():

@@ -30,7 +30,8 @@ def test_fast_pipeline_keeps_up():
     assert seen == list(range(20))
     assert rep.frames_processed == 20 and rep.frames_dropped == 0 and rep.deadline_misses == 0
     assert rep.latency_ms_p50 == pytest.approx(10.0) and rep.latency_ms_p99 == pytest.approx(10.0)
-    assert rep.achieved_fps == pytest.approx(20 / 1.91)         # last frame done at 1.9 s + 10 ms
+    assert rep.achieved_fps == pytest.approx(20 / 2.01)         # last frame done at 1.9 s + 10 ms, + 1 period
+    assert rep.missed_or_dropped == 0 and rep.summary()["missed_or_dropped_rate"] == 0
     assert rep.capacity_fps == pytest.approx(100.0)
 
 
@@ -42,7 +43,8 @@ def test_a_slow_frame_queues_the_next_ones():
     assert seen == [0, 1, 2, 3, 4, 5]
     assert rep.latencies_ms == pytest.approx([250, 160, 70, 10, 10, 10])
     assert rep.deadline_misses == 2 and rep.frames_dropped == 0
-    assert rep.achieved_fps == pytest.approx(6 / 0.51)
+    assert rep.achieved_fps == pytest.approx(6 / 0.61)
+    assert rep.missed_or_dropped == 2
 
 
 def test_a_full_buffer_drops_the_oldest_frame():
@@ -54,6 +56,15 @@ def test_a_full_buffer_drops_the_oldest_frame():
     assert rep.latencies_ms == pytest.approx([250, 60, 10, 10, 10])
     assert rep.deadline_misses == 1
     assert rep.summary()["drop_rate"] == pytest.approx(1 / 6)
+    assert rep.missed_or_dropped == 2 and rep.summary()["missed_or_dropped_rate"] == pytest.approx(2 / 6)
+    assert rep.summary()["deadline_miss_rate"] == pytest.approx(1 / 5)         # existing keys kept
+
+
+def test_a_pipeline_that_keeps_up_achieves_exactly_the_camera_fps():
+    clock = SimClock()
+    step, _ = _costed(clock, [0.0])
+    rep = run_stream(_frames(30), step, fps=30, clock=clock)
+    assert rep.achieved_fps == pytest.approx(30.0)             # not 30 * 30 / 29
 
 
 def test_custom_deadline_and_frame_limit():
@@ -87,3 +98,85 @@ def test_cli_reports_missing_models_and_videos(tmp_path, capsys):
     assert "model file not found" in capsys.readouterr().err
     assert main(["--generate", "1", "--source", "raft", "--models", str(tmp_path)]) == 2
     assert "--source 'raft'" in capsys.readouterr().err
+
+
+def test_threads_are_validated_and_set_for_opencv_too(tmp_path, capsys):
+    import cv2
+
+    from components.har.stream import load_pipeline
+
+    assert main(["--generate", "1", "--threads", "0", "--models", str(tmp_path)]) == 2
+    assert "--threads 0; expected at least 1" in capsys.readouterr().err
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(1)
+        with pytest.raises(InputError, match="model file not found"):
+            load_pipeline(tmp_path, "tvl1", threads=2)
+        assert cv2.getNumThreads() == 2                  # OpenCV flow runs on --threads, like torch
+    finally:
+        cv2.setNumThreads(before)
+
+
+def _tiny_rgb_models(root, classes):
+    """models/har layout with the RGB-only pipeline's two files (tiny, untrained)."""
+    import torch
+
+    from components.har.config import StreamNetConfig, TemporalConfig
+    from components.har.streams import StreamNet
+    from components.har.temporal import LstrHead
+
+    (root / "teacher").mkdir(parents=True)
+    (root / "heads").mkdir()
+    scfg = StreamNetConfig(widths=[8])
+    net = StreamNet(3, len(classes), scfg.widths)
+    torch.save({"state_dict": net.state_dict(), "in_channels": 3, "classes": classes,
+                "config": scfg.model_dump(), "kind": "rgb"}, root / "teacher" / "rgb.pt")
+    tcfg = TemporalConfig(d_model=8, heads=2, long_memory=2, short_window=1, latent_queries=2)
+    head = LstrHead(8, len(classes), tcfg)
+    meta = {"classes": classes, "clip_len": 6, "height": 32, "width": 32, "fps": 30, "frames_per_clip": 12}
+    torch.save({"state_dict": head.state_dict(), "in_dim": 8, "config": tcfg.model_dump(), "meta": meta},
+               root / "heads" / "rgb.pt")
+    return root
+
+
+def test_generate_with_models_of_other_classes_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
+    models = _tiny_rgb_models(tmp_path / "models", ["ApplyEyeMakeup", "Basketball"])
+    out = tmp_path / "reports" / "run.json"
+    assert main(["--generate", "1", "--source", "rgb", "--models", str(models), "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--generate renders the synthetic generator's actions" in err and "ApplyEyeMakeup" in err
+    assert not out.exists()
+
+
+def test_json_report_goes_to_a_new_folder_atomically(tmp_path, capsys):
+    models = _tiny_rgb_models(tmp_path / "models", ["walk_left", "wave"])
+    out = tmp_path / "new" / "folder" / "run.json"
+    assert main(["--generate", "1", "--source", "rgb", "--models", str(models), "--json", str(out),
+                 "--fps", "1000", "--queue", "100"]) == 0
+    import json
+
+    report = json.loads(out.read_text())
+    assert report["frames_in"] == 12 and len(report["predicted"]) == 2
+    assert sorted(p.name for p in out.parent.iterdir()) == ["run.json"]       # no temporary left behind
+
+
+def test_latency_sample_spreads_over_every_class_and_clip():
+    """Not the first few clips (= the first few classes): classes take turns, each class's chunks at
+    an even stride over its clips; deterministic."""
+    from components.har.experiment import Split, latency_sample
+
+    n_cls, clips_per_class, chunks = 8, 8, 3
+    labels = np.array([k % n_cls for k in range(n_cls * clips_per_class)])     # interleaved as the data stage writes
+    data = [np.full((chunks, 6, 2, 2, 3), k, np.uint8) for k in range(len(labels))]
+    for k in range(len(data)):
+        data[k][:, 0, 0, 0, 1] = np.arange(chunks)                                # chunk index inside the clip
+    split = Split([str(k) for k in range(len(labels))], labels, data)
+    s = latency_sample(split, 12)
+    clips = s[:, 0, 0, 0, 0].astype(int)
+    assert len(s) == 12 and set(labels[clips]) == set(range(n_cls))
+    assert np.array_equal(latency_sample(split, 12), s)
+    full = latency_sample(split, 48)                       # 6 per class, spread over that class's 8 clips
+    per_cls0 = sorted(full[labels[full[:, 0, 0, 0, 0].astype(int)] == 0][:, 0, 0, 0, 0].astype(int))
+    assert len(per_cls0) == 6 and per_cls0[-1] >= 7 * n_cls - 8
+    assert len(latency_sample(split, 10 ** 6)) == len(labels) * chunks  # at most every chunk once
+    assert len({(int(a[0, 0, 0, 0]), int(a[0, 0, 0, 1])) for a in latency_sample(split, 10 ** 6)}) == 192
