@@ -155,8 +155,8 @@ def _cost_model(ctx: StageContext):
 # -- real pipelined runs --------------------------------------------------------------------------
 @stage_task
 def pipeline(ctx: StageContext) -> dict:
-    from components.januspipe.runtime import exactness_error, fork_server_cpu_seconds, start_fork_server
-    from components.januspipe.validation import cores, exactness_runs, real_vs_simulated
+    from components.januspipe.runtime import fork_server_cpu_seconds, start_fork_server
+    from components.januspipe.validation import cores, validate
     from components.mlip.data import load_split
     from components.mlip.train import LossWeights
 
@@ -166,29 +166,11 @@ def pipeline(ctx: StageContext) -> dict:
     # the ranks are forked from a server that imports torch once (in the background, from now on)
     # instead of each rank starting a fresh interpreter; their CPU time is added below
     start_fork_server()
-    ranks_cpu = 0.0
-    costs, raw_costs = _cost_model(ctx)
-    weights = LossWeights.from_config(cfg.train)
-    train_structs = load_split(data_dir(ctx), "train")
+    costs, _ = _cost_model(ctx)
     n_cores = cores()
-    # exactness check (float64, tiny width) rides along with the smallest launch: every schedule vs
-    # single-process double backward on the same micro-batches
-    p_exact = min(pc.process_counts)
-    exact_specs, exact_labels, reference = exactness_runs(pc, p_exact, costs, cfg.model, train_structs, weights,
-                                                          cfg.seed)
-    exact: dict[str, float] = {}
-    runs: list[dict[str, Any]] = []
-    timelines: dict[str, Any] = {}
-    for procs in pc.process_counts:
-        extra = exact_specs if procs == p_exact and not exact else []
-        rows, tl, extra_results, cpu_s = real_vs_simulated(procs, pc, costs, cfg.model, train_structs, weights,
-                                                           seed=cfg.seed, n_cores=n_cores, extra_specs=extra,
-                                                           progress=ctx.progress)
-        ranks_cpu += cpu_s
-        if extra:
-            exact = {label: exactness_error(res, reference) for label, res in zip(exact_labels, extra_results)}
-        runs += rows
-        timelines.update(tl)
+    runs, timelines, exact, ranks_cpu = validate(pc.process_counts, pc, costs, cfg.model,
+                                                 load_split(data_dir(ctx), "train"), LossWeights.from_config(cfg.train),
+                                                 seed=cfg.seed, n_cores=n_cores, progress=ctx.progress)
 
     out = {"runs": runs, "exactness_rel_error": exact, "cores": n_cores, "stage_seconds": time.perf_counter() - t0,
            "stage_cpu_seconds": _cpu_seconds() - c0 + ranks_cpu + fork_server_cpu_seconds()}

@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from components.januspipe.profiler import cost_model, profile_machine
-    from components.januspipe.runtime import exactness_error, start_fork_server
-    from components.januspipe.validation import cores, exactness_runs, real_vs_simulated
+    from components.januspipe.runtime import start_fork_server
+    from components.januspipe.validation import cores, validate
     from components.mlip.data import load_split
     from components.mlip.train import LossWeights
 
@@ -99,17 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001 - reported in the output and the exit status
             cuda["error"] = f"{type(err).__name__}: {err}"
             say("cuda exactness FAILED: %s", cuda["error"])
-    p_exact = min(args.processes)
-    exact_specs, exact_labels, reference = exactness_runs(cfg.pipeline, p_exact, costs, cfg.model, structs, weights,
-                                                          cfg.seed)
-    rows, exact = [], {}
-    for procs in args.processes:
-        extra = exact_specs if procs == p_exact and not exact else []
-        r, _, extra_results, _ = real_vs_simulated(procs, cfg.pipeline, costs, cfg.model, structs, weights,
-                                                   seed=cfg.seed, n_cores=n_cores, extra_specs=extra, progress=say)
-        if extra:
-            exact = {label: exactness_error(res, reference) for label, res in zip(exact_labels, extra_results)}
-        rows += r
+    rows, _, exact, _ = validate(args.processes, cfg.pipeline, costs, cfg.model, structs, weights, seed=cfg.seed,
+                                 n_cores=n_cores, progress=say)
     out = {"host": platform.node(), "cores": n_cores, "torch": torch.__version__, "processes": args.processes,
            "overrides": args.overrides, "seconds": time.perf_counter() - t0, "phase_costs": raw,
            "exactness_rel_error": exact, "cuda_exactness": cuda, "runs": rows}
@@ -123,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['params']} | {r['processes']} | {r['oversubscription']:.1f} | {r['measured_makespan_s']:.3f} | "
               f"{r['sim_makespan_s']:.3f} | {100 * r['sim_error']:+.1f} % | {100 * r['sim_idle_machine_error']:+.1f} % |")
-    print(f"\nexactness (float64, {p_exact} processes): max rel. error {max(exact.values()):.2e}; "
+    print(f"\nexactness (float64, {min(args.processes)} processes): max rel. error {max(exact.values()):.2e}; "
           f"{out['seconds']:.0f} s; wrote {args.out}")
     return 1 if cuda is not None and "error" in cuda else 0
 

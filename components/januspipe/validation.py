@@ -162,3 +162,30 @@ def real_vs_simulated(procs: int, pc: PipelineConfig, costs: CostModel, model_cf
             name, procs, measured, sim_inrun.makespan_s, 100 * rows[-1]["sim_error"],
             100 * rows[-1]["sim_load_model_error"], ext)
     return rows, timelines, extra, cpu_s
+
+
+def validate(process_counts: Sequence[int], pc: PipelineConfig, costs: CostModel, model_cfg, structures: Sequence,
+             weights, *, seed: int, n_cores: int | None = None,
+             progress: Progress | None = None) -> tuple[list[dict], dict[str, Any], dict[str, float], float]:
+    """:func:`real_vs_simulated` at every count of ``process_counts``, with the float64 exactness
+    check of every schedule riding along in the smallest launch.
+
+    Returns ``(rows, timelines, exactness_rel_error per schedule label, ranks_cpu_seconds)``."""
+    from components.januspipe.runtime import exactness_error
+
+    p_exact = min(process_counts)
+    specs, labels, reference = exactness_runs(pc, p_exact, costs, model_cfg, structures, weights, seed)
+    rows: list[dict] = []
+    timelines: dict[str, Any] = {}
+    exact: dict[str, float] = {}
+    ranks_cpu = 0.0
+    for procs in process_counts:
+        extra = specs if procs == p_exact and not exact else []
+        r, tl, extra_results, cpu_s = real_vs_simulated(procs, pc, costs, model_cfg, structures, weights, seed=seed,
+                                                        n_cores=n_cores, extra_specs=extra, progress=progress)
+        if extra:
+            exact = {label: exactness_error(res, reference) for label, res in zip(labels, extra_results)}
+        rows += r
+        timelines.update(tl)
+        ranks_cpu += cpu_s
+    return rows, timelines, exact, ranks_cpu
