@@ -81,19 +81,6 @@ def data(ctx: StageContext) -> dict:
     return out
 
 
-def _replayable(model: Any, policy: str, cfg: FamilySeerConfig, seed: int, run_dir: Path) -> bool:
-    from components.familyseer.tuning import fingerprint
-
-    path = run_dir / "run.json"
-    if not (cfg.tune.replay and path.is_file()):
-        return False
-    try:
-        return json.loads(path.read_text()).get("fingerprint") == fingerprint(
-            model.manifest, policy, _run_seed(cfg, seed), cfg.tune)
-    except ValueError:
-        return False
-
-
 def _log_run(ctx: StageContext, model: str, policy: str, seed: int, run: dict) -> None:
     """One MLflow child run per tuning run: the best-latency-vs-trials curve (a point where it improves)."""
     from components.familyseer.scheduler import trajectory
@@ -118,7 +105,7 @@ def _log_run(ctx: StageContext, model: str, policy: str, seed: int, run: dict) -
 def tune(ctx: StageContext) -> dict:
     """Tune every model with every policy and seed (replaying stored runs whose fingerprint matches)."""
     from components.familyseer.measure import lean_tensor_intrinsics
-    from components.familyseer.tuning import tune_model
+    from components.familyseer.tuning import stored_run, tune_model
     from components.familyseer.zoo import load_model
 
     cfg = ctx.config
@@ -135,7 +122,7 @@ def tune(ctx: StageContext) -> dict:
                 for policy in policies[k % len(policies):] + policies[:k % len(policies)]:
                     run_dir = _run_dir(ctx, name, policy, seed)
                     planned.add(run_dir)
-                    if measurer is None and not _replayable(model, policy, cfg, seed, run_dir):
+                    if measurer is None and stored_run(model, policy, _run_seed(cfg, seed), cfg.tune, run_dir) is None:
                         from components.familyseer.measure import Measurer
 
                         measurer = Measurer.from_config(cfg.tune)

@@ -9,6 +9,8 @@ import sys
 
 
 def f(v, fmt="{:.3g}"):
+    if isinstance(v, list):
+        return "[" + ", ".join(f(x, fmt) for x in v) + "]"
     return "—" if v is None else (fmt.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v))
 
 
@@ -17,16 +19,18 @@ def main() -> int:
     per = json.load(open(sys.argv[2] if len(sys.argv) > 2 else "plots/familyseer/per_model.json"))
     print(f"profile: {m['profile']}\n")
     print("**Search-time speed-up over `gradient`** (seed-mean curves, cut at the budget; `>` = never reached)\n")
-    print("| model | tasks | budget | policy | baseline trials to its final latency | policy trials | speed-up (trials) | speed-up (wall) | at 90 % (trials) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | tasks | budget | policy | baseline trials to its final latency | policy trials | speed-up (trials) | 90 % interval, seeds resampled | speed-up (wall) | at 90 % (trials) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for model, d in per.items():
         for key, s in d["speedup"].items():
             if key.endswith("_at90"):
                 continue
             s90 = d["speedup"].get(f"{key}_at90", {})
             mt = s["method_trials"] if s["reached"] else f"> {d['budget']}"
+            ci = d.get("speedup_ci90", {}).get(key)
+            ci = f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "—"
             print(f"| {model} | {d['tasks']} | {d['budget']} | {key} | {s['baseline_trials']} | {mt} | "
-                  f"{f(s['speedup_trials'], '{:.2f}')} | {f(s['speedup_wall'], '{:.2f}')} | {f(s90.get('speedup_trials'), '{:.2f}')} |")
+                  f"{f(s['speedup_trials'], '{:.2f}')} | {ci} | {f(s['speedup_wall'], '{:.2f}')} | {f(s90.get('speedup_trials'), '{:.2f}')} |")
     print("\n**Final best weighted latency at the budget** (tuning estimate, mean of seeds, us)\n")
     pols = sorted({p for d in per.values() for p in d["final_latency_us"]})
     print("| model | " + " | ".join(pols) + " |")

@@ -30,6 +30,21 @@ from components.familyseer.scheduler import FAILED_MS, trajectory
 # curves and search-time speed-up
 
 
+def untunable_tasks(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Names of the tasks that no trial of any of ``runs`` measured validly (every build or run failed
+    on every policy and seed): they would hold every weighted-latency curve at inf."""
+    names = [str(n) for r in runs for n in r["tasks"]]
+    valid = {str(r["tasks"][int(t["task"])]) for r in runs for t in r["trials"] if float(t["latency_ms"]) < FAILED_MS}
+    return sorted(set(names) - valid)
+
+
+def set_aside(run: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``run`` in which ``tasks`` weigh 0: its curve is the weighted latency of the other
+    tasks (the trials spent on them still count)."""
+    drop = set(tasks)
+    return {**run, "weights": [0.0 if name in drop else w for name, w in zip(run["tasks"], run["weights"])]}
+
+
 def run_curve(run: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """(best weighted latency in ms, wall seconds) after each trial of a run; inf before every task is
     measured. Runs can overshoot their budget by part of a round: callers cut curves at the budget."""
@@ -38,8 +53,9 @@ def run_curve(run: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return np.minimum.accumulate(lat) if lat.size else lat, np.asarray(curve.wall_s, dtype=float)
 
 
-def mean_curve(runs: Sequence[Mapping[str, Any]], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Seed-mean latency and wall-time curves on the trial grid 1..length (runs hold their last value)."""
+def seed_curves(runs: Sequence[Mapping[str, Any]], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-run latency and wall-time curves as (runs, length) arrays on the trial grid 1..length (a run
+    shorter than ``length`` holds its last value)."""
     curves = [run_curve(r) for r in runs]
     length = length or max(len(c[0]) for c in curves)
     lat = np.full((len(curves), length), np.inf)
@@ -49,6 +65,12 @@ def mean_curve(runs: Sequence[Mapping[str, Any]], length: int | None = None) -> 
         lat[k, :m], wall[k, :m] = y[:m], t[:m]
         if m < length and m > 0:
             lat[k, m:], wall[k, m:] = y[m - 1], t[m - 1]
+    return lat, wall
+
+
+def mean_curve(runs: Sequence[Mapping[str, Any]], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Seed-mean latency and wall-time curves on the trial grid 1..length (runs hold their last value)."""
+    lat, wall = seed_curves(runs, length)
     return lat.mean(axis=0), wall.mean(axis=0)
 
 
@@ -77,6 +99,11 @@ def search_speedup(baseline: Sequence[Mapping[str, Any]], method: Sequence[Mappi
     (default: each curve's full length); None if the baseline never measured every task."""
     b_lat, b_wall = mean_curve(baseline, budget)
     m_lat, m_wall = mean_curve(method, budget)
+    return _speedup(b_lat, b_wall, m_lat, m_wall, level)
+
+
+def _speedup(b_lat: np.ndarray, b_wall: np.ndarray, m_lat: np.ndarray, m_wall: np.ndarray,
+             level: float) -> SpeedUp | None:
     finite = np.isfinite(b_lat)
     if not finite.any():
         return None
@@ -92,6 +119,34 @@ def search_speedup(baseline: Sequence[Mapping[str, Any]], method: Sequence[Mappi
     w_meth = float(m_wall[t_eff - 1])
     return SpeedUp(level, threshold, t_base, t_meth, t_base / t_eff, w_base, w_meth if reached else None,
                    w_base / w_meth if w_meth > 0 else float("nan"), reached)
+
+
+def bootstrap_speedups(baseline: Sequence[Mapping[str, Any]], method: Sequence[Mapping[str, Any]],
+                       budget: int | None = None, resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """Trial speed-ups (level 1.0) of ``method`` over ``baseline`` with the seeds of each resampled with
+    replacement, ``resamples`` times (numpy generator ``seed``): how much the seed-mean figure owes to
+    which seeds ran. NaN where a resampled baseline never measured every task."""
+    b_lat, b_wall = seed_curves(baseline, budget)
+    m_lat, m_wall = seed_curves(method, budget)
+    rng = np.random.default_rng(seed)
+    out = np.full(resamples, np.nan)
+    for r in range(resamples):
+        ib = rng.integers(len(b_lat), size=len(b_lat))
+        im = rng.integers(len(m_lat), size=len(m_lat))
+        sp = _speedup(b_lat[ib].mean(axis=0), b_wall[ib].mean(axis=0), m_lat[im].mean(axis=0),
+                      m_wall[im].mean(axis=0), 1.0)
+        out[r] = sp.speedup_trials if sp is not None else np.nan
+    return out
+
+
+def interval(samples: np.ndarray, coverage: float = 0.9) -> tuple[float, float] | None:
+    """Central ``coverage`` percentile interval of the finite ``samples`` (None if there are none)."""
+    x = np.asarray(samples, dtype=float)
+    x = x[np.isfinite(x)]
+    if not x.size:
+        return None
+    tail = 50 * (1 - coverage)
+    return float(np.percentile(x, tail)), float(np.percentile(x, 100 - tail))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,10 +11,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from components.base import InputError
-from components.familyseer.analysis import (load_records, mean_curve, ranking_quality, run_curve,
-                                            search_speedup, to_jsonable)
+from components.familyseer.analysis import (bootstrap_speedups, interval, load_records, mean_curve, ranking_quality,
+                                            run_curve, search_speedup, set_aside, to_jsonable, untunable_tasks)
+
+BOOTSTRAP_RESAMPLES = 1000  # seed resamples behind each speed-up's 90 % interval (numpy generator seed 0)
 from components.familyseer.config import FamilySeerConfig
-from components.familyseer.family import make_family_group
+from components.familyseer.family import family_of, make_family_group
 from components.familyseer.tuning import load_run
 
 
@@ -42,7 +44,7 @@ def _ranking_for_model(cfg: FamilySeerConfig, zoo_dir: Path, name: str, run_dirs
                 for t, info in zip(extracted, infos)}
     task_of_workload = {info.structural_hash: info.name for info in infos}
     groups = make_family_group(tasks, "op")
-    family_of_task = {tasks[i]["name"]: fam for fam, members in groups.items() for i in members}
+    family_of_task = {tasks[i]["name"]: fam for i, fam in family_of(groups).items()}
     records = load_records(run_dirs, task_of_workload)
     cm = cfg.tune.cost_model.model_copy(update={"adaptive_training": False})
 
@@ -111,6 +113,7 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
     tables: dict[str, list[dict[str, Any]]] = {"search_speedup": [], "latency": [], "cost_model_ranking": [],
                                                "final_latency": []}
     policy_summary: dict[str, dict[str, float]] = {p: {} for p in tc.policies}
+    boot_samples: dict[str, list[np.ndarray]] = {}  # policy -> per model, bootstrap speed-ups
     for name in cfg.zoo.models:
         tasks_file = zoo_dir / name / "tasks.json"
         if not tasks_file.is_file():
@@ -119,6 +122,12 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
         manifest = json.loads(tasks_file.read_text())
         tasks = manifest["tasks"]
         runs = {p: [load_run(run_dir(name, p, s)) for s in tc.seeds] for p in tc.policies}
+        # a task no policy and seed could build and run is set aside for every policy alike
+        untunable = untunable_tasks([r for rs in runs.values() for r in rs])
+        if untunable:
+            progress(f"{name}: no valid measurement of {untunable} in any run: left out of every policy's "
+                     f"weighted latency (their trials still count)")
+            runs = {p: [set_aside(r, untunable) for r in rs] for p, rs in runs.items()}
         budget = min(r["budget"] for rs in runs.values() for r in rs)
         curves = {p: mean_curve(rs, budget) for p, rs in runs.items()}
         _plot_curves(name, curves, ev.baseline, plots / f"curve_trials_{name}.png", plots / f"curve_wall_{name}.png")
@@ -129,10 +138,14 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
                 vals = [c[0][min(i, c[0].size - 1)] * 1e3 for c in curves.values()]
                 fh.write(f"{i + 1}," + ",".join(f"{v:.4f}" if np.isfinite(v) else "" for v in vals) + "\n")
 
-        model_out: dict[str, Any] = {"tasks": len(tasks), "budget": budget, "speedup": {}, "final_latency_us": {}}
+        model_out: dict[str, Any] = {"tasks": len(tasks), "budget": budget, "untunable_tasks": untunable,
+                                     "speedup": {}, "speedup_ci90": {}, "final_latency_us": {}}
         for p in tc.policies:
             if p == ev.baseline:
                 continue
+            boot = bootstrap_speedups(runs[ev.baseline], runs[p], budget, BOOTSTRAP_RESAMPLES)
+            boot_samples.setdefault(p, []).append(boot)
+            model_out["speedup_ci90"][p] = interval(boot)
             for level in (1.0, 0.9):
                 sp = search_speedup(runs[ev.baseline], runs[p], level, budget)
                 if sp is None:
@@ -191,6 +204,11 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
                  f"ranking family {rq['family_accuracy']} vs global {rq['global_accuracy']}")
 
     metrics = _headline(cfg, per_model)
+    # the mean over models, with every model's seeds resampled: its 90 % interval
+    mean_boot = np.mean(boot_samples[ev.method], axis=0) if boot_samples.get(ev.method) else np.array([])
+    metrics["search_speedup"][f"speedup_vs_{ev.baseline}_trials_mean_ci90"] = interval(mean_boot)
+    for m in per_model:
+        metrics["search_speedup"]["per_model"][m]["trials_ci90"] = per_model[m]["speedup_ci90"].get(ev.method)
     # summary figures
     models = list(per_model)
     _plot_bars(plots / "search_speedup.png", f"search-time speed-up over {ev.baseline} (trials to its final latency)",

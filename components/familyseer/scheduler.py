@@ -16,8 +16,19 @@ uses for ``max_trials_global``. It records the best-latency trajectory that the 
    round count (the artifact does not increment ``task_cts``), and it updates the sibling's best
    latency.
 
-MetaSchedule's C++ loop (``TaskSchedulerNode::Tune``) does the main rounds, so main-round search,
-building, running, database and cost-model updates are byte-for-byte those of the baseline.
+A foresee round searches with an evolutionary search of its own (Ansor's
+``continue_search_one_round(foresee_num)`` in the artifact: a round of exactly that size on the
+sibling's policy), not with a full round of the sibling's search: MetaSchedule's
+``EvolutionarySearch`` marks every candidate it *proposes* as measured, so a full round of which only
+``foresee_trials`` were measured would hide the rest from the sibling for good. The two searches share
+what was measured through the :class:`TrialLedger` (``measured``: structural hashes per task): the
+foresee search skips the sibling's measured candidates, and the sibling's main search
+(:class:`ForeseeAwareSearch`, MetaSchedule's ``EvolutionarySearch`` behind a filter) skips the ones a
+foresee round measured.
+
+MetaSchedule's C++ loop (``TaskSchedulerNode::Tune``) does the main rounds, so main-round building,
+running, database and cost-model updates are those of the baseline, and so is the search, but for
+that filter.
 """
 from __future__ import annotations
 
@@ -57,6 +68,13 @@ def task_gradient(history: Sequence[float], best: float, weight: float, alpha: f
     return (alpha * g1 + (1 - alpha) * g2) * weight
 
 
+def module_hash(mod: Any) -> int:
+    """The structural hash MetaSchedule's default module equality ("structural") dedupes candidates by."""
+    import tvm_ffi
+
+    return int(tvm_ffi.structural_hash(mod))
+
+
 def _median_ms(result: Any) -> float:
     secs = [float(s) for s in (result.run_secs or [])]
     return float(np.median(secs)) * 1e3 if secs else FAILED_MS
@@ -73,8 +91,15 @@ def _ledger_class():
     class TrialLedger(PyMeasureCallback):
         """Records every measured candidate (task, latency, error, wall time) in measurement order."""
 
-        def __init__(self, num_tasks: int, progress: Any = None, every: int = 0) -> None:
+        def __init__(self, num_tasks: int, progress: Any = None, every: int = 0,
+                     task_names: Sequence[str] = ()) -> None:
             super().__init__()
+            self.task_names = [str(t) for t in task_names] or [str(i) for i in range(num_tasks)]
+            if len(set(self.task_names)) != num_tasks:
+                raise ValueError(f"TrialLedger needs {num_tasks} distinct task names, got {self.task_names}")
+            # task name -> structural hashes of every candidate measured for it (main and foresee)
+            self.measured: dict[str, set[int]] = {name: set() for name in self.task_names}
+            self.remeasured = 0
             self.progress = progress
             self.every = int(every)
             self.trials: list[Trial] = []
@@ -89,6 +114,11 @@ def _ledger_class():
         def apply(self, task_scheduler: Any, task_id: int, measure_candidates: list,
                   builder_results: list, runner_results: list) -> None:
             now = time.perf_counter() - self.t0
+            seen = self.measured[self.task_names[task_id]]
+            for cand in measure_candidates:
+                h = module_hash(cand.sch.mod)
+                self.remeasured += h in seen  # a trial spent on a schedule measured before
+                seen.add(h)
             for build, run in zip(builder_results, runner_results):
                 if build.error_msg is not None:
                     err, ms = "build", FAILED_MS
@@ -113,6 +143,79 @@ def _ledger_class():
     return TrialLedger
 
 
+def _search_class():
+    from components.familyseer.measure import lean_tensor_intrinsics
+
+    lean_tensor_intrinsics()
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.search_strategy import EvolutionarySearch, PySearchStrategy
+
+    @derived_object
+    class ForeseeAwareSearch(PySearchStrategy):
+        """MetaSchedule's ``EvolutionarySearch`` for a task of a foresee policy, minus the candidates a
+        foresee round already measured for the task (``measured``: the ledger's registry, by task name).
+
+        Parameters
+        ----------
+        params : keyword arguments of ``EvolutionarySearch``
+        measured : task name -> structural hashes of measured candidates (shared by every clone)
+        """
+
+        def __init__(self, params: dict[str, Any], measured: dict[str, set[int]]) -> None:
+            super().__init__()
+            self.params = dict(params)
+            self.measured = measured
+            self.inner = EvolutionarySearch(**self.params)
+            self.task = ""
+            self.skipped = 0  # proposed candidates dropped as already measured by a foresee round
+
+        def _initialize_with_tune_context(self, context: Any) -> None:
+            self.task = str(context.task_name)
+            self.inner._initialize_with_tune_context(context)
+
+        def pre_tuning(self, max_trials: int, num_trials_per_iter: int, design_spaces: list,
+                       database: Any = None, cost_model: Any = None) -> None:
+            self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+
+        def post_tuning(self) -> None:
+            self.inner.post_tuning()
+
+        def generate_measure_candidates(self) -> list | None:
+            candidates = self.inner.generate_measure_candidates()
+            if candidates is None:
+                return None
+            seen = self.measured.get(self.task, set())
+            kept = [c for c in candidates if module_hash(c.sch.mod) not in seen]
+            self.skipped += len(candidates) - len(kept)
+            return kept
+
+        def notify_runner_results(self, measure_candidates: list, results: list) -> None:
+            self.inner.notify_runner_results(measure_candidates, results)
+
+        def clone(self) -> Any:
+            return ForeseeAwareSearch(self.params, self.measured)
+
+    return ForeseeAwareSearch
+
+
+def foresee_picks(candidates: Sequence[Any], seen: set[int], k: int, n_rand: int,
+                  key: Any = None) -> list[Any]:
+    """The ``k`` candidates a foresee round measures, from a search round laid out as MetaSchedule's
+    ``PickWithEpsGreedy`` returns it (model-ranked bests first, ``n_rand`` random picks last): the best
+    ``k - n_rand`` and the ``n_rand`` random ones not measured yet (``seen``, by ``key``, default
+    :func:`module_hash` of the candidate's module), topped up in order from the rest when either part
+    falls short."""
+    key = key or (lambda c: module_hash(c.sch.mod))
+    cut = len(candidates) - n_rand
+    fresh = [(i, c) for i, c in enumerate(candidates) if key(c) not in seen]
+    bests = [ic for ic in fresh if ic[0] < cut][:k - n_rand]
+    rands = [ic for ic in fresh if ic[0] >= cut][:n_rand]
+    picked = {i for i, _ in bests + rands}
+    rest = [ic for ic in fresh if ic[0] not in picked]
+    chosen = sorted(bests + rands + rest[:max(0, k - len(bests) - len(rands))], key=lambda ic: ic[0])
+    return [c for _, c in chosen]
+
+
 def runner_device_type(target: Any) -> str:
     """The device-type string MetaSchedule's runners take ("cpu" for an llvm target), derived from
     the target's default device as MetaSchedule's own rounds do. Not the target kind's name: with
@@ -123,6 +226,7 @@ def runner_device_type(target: Any) -> str:
 
 
 def _scheduler_class():
+    from components.familyseer.family import family_of
     from components.familyseer.measure import lean_tensor_intrinsics
 
     lean_tensor_intrinsics()
@@ -131,6 +235,7 @@ def _scheduler_class():
     from tvm.s_tir.meta_schedule.builder import BuilderInput
     from tvm.s_tir.meta_schedule.measure_callback import UpdateCostModel
     from tvm.s_tir.meta_schedule.runner import RunnerInput, RunnerResult
+    from tvm.s_tir.meta_schedule.search_strategy import EvolutionarySearch
     from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
 
     @derived_object
@@ -144,16 +249,22 @@ def _scheduler_class():
         builder, runner : the builder and runner passed to ``tune`` (foresee rounds use them too)
         max_trials_global : the budget, counted over main and foresee trials
         foresee_trials, foresee_random : size of a foresee round and its eps-greedy share
+        search_params : keyword arguments of the tasks' ``EvolutionarySearch`` (a foresee round's
+            search uses them, with its own eps-greedy share)
+        design_spaces : per task, the design spaces its search starts from
         alpha, window_size : MetaSchedule's gradient parameters
         seed : random tie-breaking
         """
 
         def __init__(self, families: dict[str, list[int]], ledger: Any, builder: Any, runner: Any,
                      max_trials_global: int, foresee_trials: int, foresee_random: int,
+                     search_params: dict[str, Any] | None = None, design_spaces: Sequence[list] = (),
                      alpha: float = 0.2, window_size: int = 3, seed: int = 0) -> None:
             super().__init__()
+            self.search_params = dict(search_params or {})
+            self.design_spaces = list(design_spaces)
             self.families = {k: list(v) for k, v in families.items()}
-            self.family_index = {i: k for k, members in self.families.items() for i in members}
+            self.family_index = family_of(self.families)
             self.ledger = ledger
             self.builder = builder
             self.runner = runner
@@ -194,6 +305,26 @@ def _scheduler_class():
                     self.history[i].append(self.ledger.best_ms[i])
 
         # -- the foresee step -----------------------------------------------------------------
+        def _foresee_candidates(self, j: int, k: int) -> list:
+            """``k`` unmeasured candidates for sibling ``j`` from a search round of its own (module
+            docstring), ranked by the current family model, ``foresee_random`` of them random."""
+            sched = self._sched()
+            ctx = sched.tasks_[j].ctx
+            seen = self.ledger.measured[self.ledger.task_names[j]]
+            n_rand = min(self.foresee_random, k)
+            # room for the database's best records (init_measured_ratio of the population), which the
+            # round may rank high again, and for children of the population that were measured before
+            size = min(k + len(seen), max(k, self.search_params.get("population_size", 512)))
+            params = dict(self.search_params, eps_greedy=(n_rand + 0.5) / size if n_rand else 0.0)
+            search = EvolutionarySearch(**params)
+            search._initialize_with_tune_context(ctx)
+            search.pre_tuning(size, size, self.design_spaces[j], sched.database_, sched.cost_model_)
+            try:
+                candidates = search.generate_measure_candidates()
+            finally:
+                search.post_tuning()
+            return foresee_picks(list(candidates or []), seen, k, n_rand)
+
         def _foresee(self, task_id: int) -> None:
             fam = self.family_index.get(task_id)
             siblings = [j for j in self.families.get(fam, []) if j != task_id and self._alive(j)
@@ -205,14 +336,9 @@ def _scheduler_class():
             j = self._argmax(siblings, grads)
             sched = self._sched()
             ctx = sched.tasks_[j].ctx
-            candidates = ctx.search_strategy.generate_measure_candidates()
-            if not candidates:
+            picks = self._foresee_candidates(j, min(self.foresee_trials, budget_left))
+            if not picks:
                 return
-            candidates = list(candidates)
-            k = min(self.foresee_trials, budget_left, len(candidates))
-            # EvolutionarySearch returns [model-ranked bests ..., int(round x eps_greedy) random picks]
-            n_rand = min(self.foresee_random, k)
-            picks = candidates[:k - n_rand] + (candidates[len(candidates) - n_rand:] if n_rand else [])
             builds = self.builder.build([BuilderInput(c.sch.mod, ctx.target) for c in picks])
             device_type = runner_device_type(ctx.target)
             ok = [i for i, b in enumerate(builds) if b.error_msg is None]
@@ -221,7 +347,6 @@ def _scheduler_class():
             results: list[Any] = [RunnerResult(None, b.error_msg) for b in builds]
             for i, fut in zip(ok, futures):
                 results[i] = fut.result()
-            ctx.search_strategy.notify_runner_results(picks, results)
             # the family model learns from the foresee round too (update_cost_model.cc's filter);
             # first, as MetaSchedule's own rounds retrain before the ledger timestamps them
             kept = [i for i, (b, r) in enumerate(zip(builds, results)) if b.error_msg is None and (
@@ -266,16 +391,23 @@ def _scheduler_class():
 _CLASSES: dict[str, Any] = {}
 
 
-def TrialLedger(num_tasks: int, progress: Any = None, every: int = 0):  # noqa: N802 (an instance)
+def TrialLedger(num_tasks: int, progress: Any = None, every: int = 0,  # noqa: N802 (an instance)
+                task_names: Sequence[str] = ()):
     if "ledger" not in _CLASSES:
         _CLASSES["ledger"] = _ledger_class()
-    return _CLASSES["ledger"](num_tasks, progress, every)
+    return _CLASSES["ledger"](num_tasks, progress, every, task_names)
 
 
 def FamilySeerScheduler(*args: Any, **kwargs: Any):  # noqa: N802
     if "scheduler" not in _CLASSES:
         _CLASSES["scheduler"] = _scheduler_class()
     return _CLASSES["scheduler"](*args, **kwargs)
+
+
+def ForeseeAwareSearch(params: dict[str, Any], measured: dict[str, set[int]]):  # noqa: N802
+    if "search" not in _CLASSES:
+        _CLASSES["search"] = _search_class()
+    return _CLASSES["search"](params, measured)
 
 
 @dataclass
@@ -288,6 +420,13 @@ class Trajectory:
     per_task_best_ms: list[float] = field(default_factory=list)
 
 
+def weighted_latency(weights: Sequence[float], best: Sequence[float]) -> float:
+    """sum_i weight_i x best_i over the tasks of non-zero weight; inf while one of them has no valid
+    measurement (a task of weight 0 is one the evaluation set aside as untunable on every run)."""
+    counted = [(w, b) for w, b in zip(weights, best) if w != 0]
+    return sum(w * b for w, b in counted) if all(b < FAILED_MS for _, b in counted) else float("inf")
+
+
 def trajectory(trials: Sequence[Any], weights: Sequence[float]) -> Trajectory:
     """The weighted-latency curve of a ledger's trials (dicts or :class:`Trial`)."""
     best = [FAILED_MS] * len(weights)
@@ -296,7 +435,7 @@ def trajectory(trials: Sequence[Any], weights: Sequence[float]) -> Trajectory:
         get = (lambda k: t[k]) if isinstance(t, dict) else (lambda k: getattr(t, k))
         task, ms = int(get("task")), float(get("latency_ms"))
         best[task] = min(best[task], ms)
-        total = sum(w * b for w, b in zip(weights, best)) if all(b < FAILED_MS for b in best) else float("inf")
+        total = weighted_latency(weights, best)
         xs.append(int(get("index")))
         ts.append(float(get("wall_s")))
         ys.append(total)

@@ -33,7 +33,7 @@ import numpy as np
 
 from components.base import ConfigError, InputError
 from components.familyseer.config import TuneConfig
-from components.familyseer.family import Grouping, make_family_group
+from components.familyseer.family import Grouping, family_of, make_family_group
 
 RUN_FILES = ("database_workload.json", "database_tuning_record.json", "ledger.json", "run.json")
 FORMAT_VERSION = 2
@@ -122,6 +122,18 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)  # XGBModel's warm-up predictions draw from numpy's global generator
 
 
+def stored_run(model: Any, policy: str, seed: int, cfg: TuneConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The run stored in ``run_dir`` if ``cfg.replay`` is on and its fingerprint is this run's (same
+    model, policy, seed, settings and tuning code); None when it has to be measured."""
+    if not (cfg.replay and (run_dir / "run.json").is_file()):
+        return None
+    try:
+        stored = load_run(run_dir)
+    except InputError:
+        return None
+    return stored if stored.get("fingerprint") == fingerprint(model.manifest, policy, seed, cfg) else None
+
+
 def tune_model(model: Any, policy: str, seed: int, cfg: TuneConfig, run_dir: Path,
                progress: Callable[[str], None] | None = None, measurer: Any = None) -> dict[str, Any]:
     """Tune ``model`` (a :class:`zoo.LoadedModel`) with ``policy`` and ``seed``; return the run summary.
@@ -134,16 +146,12 @@ def tune_model(model: Any, policy: str, seed: int, cfg: TuneConfig, run_dir: Pat
         raise ConfigError(f"familyseer.tune.policies: {policy!r} is unknown; expected one of {sorted(POLICIES)}")
     say = progress or (lambda msg: None)
     fp = fingerprint(model.manifest, policy, seed, cfg)
-    if cfg.replay and (run_dir / "run.json").is_file():
-        try:
-            stored = load_run(run_dir)
-        except InputError:
-            stored = None
-        if stored is not None and stored.get("fingerprint") == fp:
-            say(f"{model.name}/{policy}/seed {seed}: replaying {len(stored['trials'])} stored trials "
-                f"(fingerprint {fp})")
-            stored["replayed"] = True
-            return stored
+    stored = stored_run(model, policy, seed, cfg, run_dir)
+    if stored is not None:
+        say(f"{model.name}/{policy}/seed {seed}: replaying {len(stored['trials'])} stored trials "
+            f"(fingerprint {fp})")
+        stored["replayed"] = True
+        return stored
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
     try:
@@ -175,7 +183,8 @@ def _measure(model: Any, policy: str, seed: int, cfg: TuneConfig, out: Path, fp:
     from tvm.s_tir import meta_schedule as ms
 
     from components.familyseer.cost_model import FamilyCostModel, make_xgb
-    from components.familyseer.scheduler import FAILED_MS, FamilySeerScheduler, TrialLedger, trajectory
+    from components.familyseer.scheduler import (FAILED_MS, FamilySeerScheduler, ForeseeAwareSearch, TrialLedger,
+                                                 trajectory, weighted_latency)
 
     _quiet_metaschedule()
     _seed_everything(seed)
@@ -185,22 +194,30 @@ def _measure(model: Any, policy: str, seed: int, cfg: TuneConfig, out: Path, fp:
     if [i.name for i in infos] != expected:
         raise InputError(f"model {model.name!r}: extracted tasks {[i.name for i in infos]} differ from the "
                          f"data stage's tasks.json {expected}; re-run the data stage")
+    if len(set(expected)) != len(expected):
+        raise InputError(f"model {model.name!r}: task names are not unique: {expected}")
     log_dir = Path(tempfile.mkdtemp(prefix="familyseer-mslogs-"))
     try:
+        search_params = dict(
+            population_size=cfg.search.population_size, init_min_unmeasured=cfg.search.init_min_unmeasured,
+            genetic_num_iters=cfg.search.genetic_num_iters, eps_greedy=cfg.search.eps_greedy)
+        # what was measured, per task name: written by the ledger, read by the searches of a
+        # foresee policy (scheduler module docstring)
+        measured: dict[str, set[int]] = {name: set() for name in expected}
+        strategy = (ForeseeAwareSearch(search_params, measured) if spec.foresee
+                    else ms.search_strategy.EvolutionarySearch(**search_params))
         ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            tasks, str(log_dir), strategy=ms.search_strategy.EvolutionarySearch(
-                population_size=cfg.search.population_size, init_min_unmeasured=cfg.search.init_min_unmeasured,
-                genetic_num_iters=cfg.search.genetic_num_iters, eps_greedy=cfg.search.eps_greedy),
-            num_threads=cfg.search_threads, seed=seed)
+            tasks, str(log_dir), strategy=strategy, num_threads=cfg.search_threads, seed=seed)
         _quiet_metaschedule()
         # a task whose design space cannot be generated is recorded and skipped, not fatal
-        keep, skipped = [], []
+        keep, skipped, spaces = [], [], []
         for i, ctx in enumerate(ctxs):
             try:
-                spaces = ctx.space_generator.generate_design_space(ctx.mod)
-                if not spaces:
+                task_spaces = ctx.space_generator.generate_design_space(ctx.mod)
+                if not task_spaces:
                     raise RuntimeError("empty design space")
                 keep.append(i)
+                spaces.append(list(task_spaces))
             except Exception as err:  # TVM raises its own error classes
                 skipped.append({"task": infos[i].name, "error": f"{type(err).__name__}: {str(err)[:300]}"})
         if not keep:
@@ -218,19 +235,18 @@ def _measure(model: Any, policy: str, seed: int, cfg: TuneConfig, out: Path, fp:
                                             allow_missing=True)
 
         def report(count: int, best: list[float], wall: float) -> None:
-            done = all(b < FAILED_MS for b in best)
-            total = sum(w * b for w, b in zip(weights, best)) if done else float("nan")
             say(f"{model.name}/{policy}/seed {seed}: {count}/{budget} trials, weighted latency "
-                f"{total * 1e3:.1f} us, {wall:.0f} s")
+                f"{weighted_latency(weights, best) * 1e3:.1f} us, {wall:.0f} s")
 
-        ledger = TrialLedger(n, report, every=max(cfg.trials_per_round * 4, 1))
+        ledger = TrialLedger(n, report, every=max(cfg.trials_per_round * 4, 1), task_names=[t.name for t in infos])
+        ledger.measured = measured
         families: dict[str, list[int]] = {}
         if spec.grouping is None:
             cost_model = make_xgb(cfg.cost_model, n, cfg.trials_per_round, cfg.cost_model.threads)
         else:
             families = make_family_group(task_dicts, spec.grouping)
             cost_model = FamilyCostModel(
-                {infos[i].name: key for key, members in families.items() for i in members},
+                {infos[i].name: key for i, key in family_of(families).items()},
                 {key: make_xgb(cfg.cost_model, len(members), cfg.trials_per_round, cfg.cost_model.threads)
                  for key, members in families.items()})
         if spec.scheduler == "gradient":
@@ -240,6 +256,7 @@ def _measure(model: Any, policy: str, seed: int, cfg: TuneConfig, out: Path, fp:
         else:
             scheduler = FamilySeerScheduler(families, ledger, builder, runner, budget,
                                             cfg.foresee_trials if spec.foresee else 0, cfg.foresee_random,
+                                            search_params=search_params, design_spaces=spaces,
                                             alpha=cfg.alpha, window_size=cfg.window_size, seed=seed)
         callbacks = list(ms.measure_callback.MeasureCallback.create("default")) + [ledger]
         say(f"{model.name}/{policy}/seed {seed}: tuning {n} tasks, budget {budget} trials"
@@ -264,6 +281,7 @@ def _measure(model: Any, policy: str, seed: int, cfg: TuneConfig, out: Path, fp:
         "format": FORMAT_VERSION, "fingerprint": fp, "model": model.name, "policy": policy,
         "spec": asdict(spec), "seed": seed, "budget": budget, "num_trials": len(trials),
         "foresee_trials": sum(1 for t in trials if t["kind"] == "foresee"),
+        "remeasured_trials": ledger.remeasured,
         "tasks": [t.name for t in infos], "weights": weights, "skipped_tasks": skipped,
         "families": families, "errors": {infos[k].name: v for k, v in ledger.errors.items()},
         "final_latency_ms": final if np.isfinite(final) else None,

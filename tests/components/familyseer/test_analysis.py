@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from components.familyseer.analysis import first_reach, mean_curve, pairwise_accuracy, search_speedup
+from components.familyseer.analysis import (bootstrap_speedups, first_reach, interval, mean_curve, pairwise_accuracy,
+                                            run_curve, search_speedup, set_aside, untunable_tasks)
 from components.familyseer.scheduler import FAILED_MS, task_gradient, trajectory
 
 
@@ -26,6 +27,19 @@ def test_trajectory_is_weighted_sum_of_best_and_inf_until_all_tasks_measured():
     assert curve.latency_ms[3] == pytest.approx(2 * 1.0 + 4.0)
 
 
+def test_a_task_no_run_could_measure_is_set_aside_for_every_run():
+    # task "b" fails in both runs; task "c" fails in the first run only (that run never gets a curve)
+    first = _run([3.0, FAILED_MS, FAILED_MS], tasks=[0, 1, 2], weights=(1.0, 2.0, 1.0))
+    second = _run([2.0, FAILED_MS, 1.0], tasks=[0, 1, 2], weights=(1.0, 2.0, 1.0))
+    for run in (first, second):
+        run["tasks"] = ["a", "b", "c"]
+    assert untunable_tasks([first, second]) == ["b"]
+    assert math.isinf(run_curve(second)[0][-1])  # as stored: "b" holds the curve at inf
+    assert run_curve(set_aside(second, ["b"]))[0].tolist() == [math.inf, math.inf, 3.0]
+    assert math.isinf(run_curve(set_aside(first, ["b"]))[0][-1])  # "c" still counts for the first run
+    assert second["weights"] == [1.0, 2.0, 1.0]  # a copy, not an edit
+
+
 def test_failed_trials_never_improve_the_curve():
     curve = trajectory(_run([2.0, FAILED_MS, 1.5])["trials"], [1.0])
     assert curve.latency_ms == [2.0, 2.0, 1.5]
@@ -38,6 +52,23 @@ def test_speedup_is_ratio_of_trials_to_reach_baseline_final():
     assert sp.baseline_trials == 7 and sp.method_trials == 3 and sp.reached
     assert sp.speedup_trials == pytest.approx(7 / 3)
     assert sp.speedup_wall == pytest.approx(7.0 / 6.0)
+
+
+def test_bootstrap_resamples_seeds_and_brackets_the_seed_mean_figure():
+    baseline = [_run([10, 8, 8, 6, 6, 6, 5, 5]), _run([10, 9, 7, 7, 7, 7, 7, 6])]
+    method = [_run([10, 6, 5, 5, 4, 4, 4, 4]), _run([10, 9, 9, 9, 9, 9, 9, 9])]
+    point = search_speedup(baseline, method).speedup_trials
+    boot = bootstrap_speedups(baseline, method, resamples=400, seed=1)
+    assert boot.shape == (400,) and np.isfinite(boot).all()
+    assert np.array_equal(boot, bootstrap_speedups(baseline, method, resamples=400, seed=1))  # seeded
+    # the method's second seed never gets below 9: resamples with it twice fall short, with its first twice win
+    assert boot.min() < 1 < boot.max()
+    lo, hi = interval(boot)
+    assert lo <= point <= hi
+    # identical seeds in both: every resample gives the same figure
+    same = bootstrap_speedups(baseline[:1], method[:1], resamples=50)
+    assert np.allclose(same, search_speedup(baseline[:1], method[:1]).speedup_trials)
+    assert interval(np.array([np.nan])) is None
 
 
 def test_speedup_when_method_never_reaches_is_an_upper_bound_below_one():

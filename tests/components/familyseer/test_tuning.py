@@ -7,15 +7,14 @@ stored run is replayed instead of re-measured.
 """
 from __future__ import annotations
 
-import logging
-
 import json
+import logging
 import time
 
 import pytest
 
 from components.base import InputError
-from components.familyseer.tuning import load_run, tune_model
+from components.familyseer.tuning import _quiet_metaschedule, load_run, tune_model
 from components.familyseer.zoo import load_model
 
 from .conftest import tiny_tune_config
@@ -130,7 +129,6 @@ def test_malformed_run_record_is_named(runs, tmp_path):
     (bad / "run.json").write_text(json.dumps({"policy": "gradient"}))
     with pytest.raises(InputError, match="malformed run record"):
         load_run(bad)
-from components.familyseer.tuning import _quiet_metaschedule  # noqa: E402
 
 
 def test_unnamed_handler_detached():
@@ -139,3 +137,42 @@ def test_unnamed_handler_detached():
     lg.addHandler(h)
     _quiet_metaschedule()
     assert h not in lg.handlers
+
+
+def test_no_trial_is_spent_on_a_schedule_measured_before(runs):
+    """The foresee round searches on its own and skips the sibling's measured schedules; the sibling's
+    main search skips the ones the foresee round measured (MetaSchedule's search only knows its own)."""
+    results, _, cfg = runs
+    for policy, (run, _) in results.items():
+        assert run["remeasured_trials"] == 0, policy
+    fs = results["familyseer"][0]
+    assert fs["foresee_trials"] == sum(e["trials"] for e in fs["foresee_log"])
+
+
+def test_foresee_aware_search_drops_what_a_foresee_round_measured(mlp_zoo):
+    """Two searches from the same seed propose the same first round; once those schedules are in the
+    shared registry (as a foresee round leaves them), the second search proposes none of them."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from components.familyseer.scheduler import ForeseeAwareSearch, module_hash
+    from components.familyseer.zoo import extract_tasks, make_target
+
+    model = load_model(mlp_zoo, "mlp_tiny")
+    tasks, infos = extract_tasks(model.fused, make_target(2), True)
+    params = dict(population_size=8, init_min_unmeasured=4, genetic_num_iters=1, eps_greedy=0.0)
+
+    def first_round(measured):
+        _quiet_metaschedule()
+        ctxs, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks[:1], str(mlp_zoo / "logs"), strategy=ForeseeAwareSearch(params, measured), num_threads=1, seed=3)
+        _quiet_metaschedule()
+        ctx = ctxs[0]
+        ctx.search_strategy.pre_tuning(4, 4, ctx.space_generator.generate_design_space(ctx.mod),
+                                       ms.database.MemoryDatabase(), ms.cost_model.RandomModel(seed=0))
+        return [module_hash(c.sch.mod) for c in ctx.search_strategy.generate_measure_candidates()]
+
+    registry = {infos[0].name: set()}
+    first = first_round(registry)
+    assert first and first == first_round({infos[0].name: set()})  # deterministic from the seed
+    registry[infos[0].name].update(first)
+    assert not set(first_round(registry)) & set(first)
