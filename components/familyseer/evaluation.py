@@ -13,11 +13,11 @@ import numpy as np
 from components.base import InputError
 from components.familyseer.analysis import (bootstrap_speedups, interval, load_records, mean_curve, ranking_quality,
                                             run_curve, search_speedup, set_aside, to_jsonable, untunable_tasks)
-
-BOOTSTRAP_RESAMPLES = 1000  # seed resamples behind each speed-up's 90 % interval (numpy generator seed 0)
 from components.familyseer.config import FamilySeerConfig
 from components.familyseer.family import family_of, make_family_group
 from components.familyseer.tuning import load_run
+
+BOOTSTRAP_RESAMPLES = 1000  # seed resamples behind each speed-up's 90 % interval (numpy generator seed 0)
 
 
 def _median(xs: list[float]) -> float | None:
