@@ -79,3 +79,20 @@ def test_malformed_params_file_is_a_clear_error(paperworks_root, capsys):
     paper = sorted(PAPERS)[0]
     assert main([paper, PAPERS[paper].stages[0]]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+BENCH_PARAMS = sorted((REPO / "benchmarks").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("path", BENCH_PARAMS, ids=[p.relative_to(REPO).as_posix() for p in BENCH_PARAMS])
+def test_benchmark_params_files_validate(path):
+    """The params files READMEs tell users to pass with ``--params`` still validate, and each
+    differs from the quick profile (else the documented experiment would silently be the quick run)."""
+    from tasks.params import load_config
+
+    sections = yaml.safe_load(path.read_text())
+    assert sections and set(sections) <= set(PAPERS), f"{path}: expected paper sections, got {sorted(sections)}"
+    for paper in sections:
+        module = importlib.import_module(PAPERS[paper].module)
+        cfg = load_config(module.CONFIG, params_path=path)
+        assert cfg.model_dump() != module.CONFIG().model_dump()
