@@ -92,3 +92,26 @@ def test_bad_claims_file_is_rejected(tmp_path):
 def test_experiment_description_lists_claims(fixture_root):
     md = experiment_description("speedy", fixture_root)
     assert md.startswith("# SPEEDY: A Paper About Speed") and "**speedup**" in md and "dvc repro speedy_evaluate" in md
+
+
+def test_compare_runs_judges_both_checkouts_and_flags_flips(fixture_root, tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_runs.py"
+    spec = importlib.util.spec_from_file_location("compare_runs", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    other = tmp_path / "other"
+    (other / "metrics").mkdir(parents=True)
+    metrics = json.loads((fixture_root / "metrics" / "speedy.json").read_text())
+    metrics["bench"]["speedup_vs_base"] = 1.5                       # the other run misses the 2x target
+    (other / "metrics" / "speedy.json").write_text(json.dumps(metrics))
+    rows = {r["claim"]: r for r in mod.compare(fixture_root, other, ["speedy"], claims_root=fixture_root)}
+    assert rows["speedup"]["base_met"] is True and rows["speedup"]["other_met"] is False
+    assert rows["speedup"]["same"] is False and rows["error"]["same"] is True
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "missing")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "other=" in proc.stderr and "no metrics/ folder" in proc.stderr
