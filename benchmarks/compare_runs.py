@@ -20,7 +20,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tasks.report import _fmt, claim_rows, load_claims  # noqa: E402
+from tasks.report import ReportError, _fmt, claim_rows, load_claims  # noqa: E402
 
 
 def _metrics(root: Path, paper: str) -> dict[str, Any]:
@@ -28,9 +28,9 @@ def _metrics(root: Path, paper: str) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise SystemExit(f"error: {path} not found; run that paper's stages in {root} first") from None
+        raise ReportError(f"{path} not found; run that paper's stages in {root} first") from None
     except json.JSONDecodeError as err:
-        raise SystemExit(f"error: {path} is not valid JSON ({err})") from None
+        raise ReportError(f"{path} is not valid JSON ({err})") from None
 
 
 def compare(base: Path, other: Path, papers: list[str], claims_root: Path = REPO) -> list[dict[str, Any]]:
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         rows = compare(args.root.resolve(), args.other.resolve(), papers)
-    except SystemExit as err:
-        print(err, file=sys.stderr)
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"base: {args.root.resolve()}  other: {args.other.resolve()}\n")
     print("| paper | claim | target | base | met | other | met | same value |")
