@@ -369,8 +369,6 @@ def evaluate_heads(cfg: HarConfig, classes: list[str], splits: dict[str, Split],
                    progress: Progress = _noop) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train an LSTR head per source and seed on train (+ mirrored) clips; online accuracy on test.
     Returns one row per (source, seed) and per-source summaries. Saves the first seed's heads."""
-    import torch
-
     from components.har.temporal import clip_windows, predict_last, train_head
 
     tcfg = cfg.temporal

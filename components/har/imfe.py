@@ -193,7 +193,8 @@ def distill(frames: torch.Tensor, flows: torch.Tensor, teacher: Callable[[torch.
             cfg: ImfeConfig, height: int, width: int, seed: int,
             val: tuple[torch.Tensor, torch.Tensor] | None = None,
             progress: Callable[..., None] | None = None,
-            device: str | torch.device = "cpu") -> tuple[ImfeNet, dict[str, list[float]]]:
+            device: str | torch.device = "cpu",
+            progress_interval_s: float = 60.0) -> tuple[ImfeNet, dict[str, list[float]]]:
     """Distil IMFE onto ``teacher`` (the TV-L1 flow-stream feature).
 
     frames: (M, N, 3, H, W) normalised chunk frames; flows: (M, 2(N-1), H, W) normalised TV-L1
@@ -205,10 +206,14 @@ def distill(frames: torch.Tensor, flows: torch.Tensor, teacher: Callable[[torch.
     ``device``: where the net and each batch go (``teacher`` must already be there). The data stay
     on the CPU and the augmentation draws from the same CPU generator on every device, so a CUDA run
     sees the same batches as a CPU run.
+
+    Progress: every 5 epochs and the last, and at least every ``progress_interval_s`` seconds,
+    inside an epoch too (``streams.TrainingProgress``).
     """
-    from components.har.streams import seed_everything
+    from components.har.streams import TrainingProgress, seed_everything
 
     gen = seed_everything(seed)
+    report = TrainingProgress(progress, cfg.epochs, interval_s=progress_interval_s)
     N = frames.shape[1]
     device = torch.device(device)
     with torch.no_grad():
@@ -240,12 +245,13 @@ def distill(frames: torch.Tensor, flows: torch.Tensor, teacher: Callable[[torch.
             for _ in range(decay_steps_due(step, total_steps)):
                 sched.step()
             total += loss.item() * len(idx)
+            report.step("har imfe: epoch %d/%d, batch %d/%d, running train mse %.5f", epoch + 1, cfg.epochs,
+                        i // cfg.batch_size + 1, batches, total / min(len(frames), i + len(idx)))
         hist["train_mse"].append(total / len(frames))
         if val is not None:
             hist["val_mse"].append(feature_mse(net, val[0], teacher, val[1]))
-        if progress and ((epoch + 1) % 5 == 0 or epoch + 1 == cfg.epochs):
-            progress("har imfe: epoch %d/%d train mse %.5f%s", epoch + 1, cfg.epochs, hist["train_mse"][-1],
-                     f" val mse {hist['val_mse'][-1]:.5f}" if val is not None else "")
+        report.epoch_end(epoch + 1, "har imfe: epoch %d/%d train mse %.5f%s", epoch + 1, cfg.epochs,
+                         hist["train_mse"][-1], f" val mse {hist['val_mse'][-1]:.5f}" if val is not None else "")
     net.eval()
     return net, hist
 

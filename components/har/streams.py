@@ -8,7 +8,8 @@ The flow stream trained on TV-L1 flow is IMFE's teacher.
 """
 from __future__ import annotations
 
-from typing import Callable
+import time
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -16,6 +17,38 @@ from torch import nn
 from torch.nn import functional as F
 
 from components.har.config import StreamNetConfig
+
+
+class TrainingProgress:
+    """Progress lines of a training loop that are never far apart in time.
+
+    ``epoch_end`` reports every ``every`` epochs (None: none) and the last one, and also any epoch
+    that ends ``interval_s`` or more after the previous line; ``step`` reports inside an epoch once
+    ``interval_s`` has passed since the previous line (a long epoch: the 400-clips-per-class
+    distillation runs ~170 s per epoch on 2 CPU cores). ``progress=None`` reports nothing.
+    ``clock`` is injectable for tests."""
+
+    def __init__(self, progress: Callable[..., None] | None, epochs: int, every: int | None = 5,
+                 interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.progress, self.epochs, self.every, self.interval_s, self.clock = progress, epochs, every, interval_s, clock
+        self.last = clock()
+
+    def _emit(self, msg: str, *args: Any) -> None:
+        assert self.progress is not None
+        self.progress(msg, *args)
+        self.last = self.clock()
+
+    def _due(self) -> bool:
+        return self.clock() - self.last >= self.interval_s
+
+    def step(self, msg: str, *args: Any) -> None:
+        if self.progress and self._due():
+            self._emit(msg, *args)
+
+    def epoch_end(self, epoch: int, msg: str, *args: Any) -> None:
+        """``epoch``: 1-based."""
+        if self.progress and ((self.every and epoch % self.every == 0) or epoch == self.epochs or self._due()):
+            self._emit(msg, *args)
 
 
 class BasicBlock(nn.Module):
@@ -104,16 +137,19 @@ def mirror(x: torch.Tensor, kind: str) -> torch.Tensor:
 
 def train_stream(x: torch.Tensor, y: torch.Tensor, kind: str, num_classes: int, cfg: StreamNetConfig,
                  seed: int, mirror_label: torch.Tensor | None = None, progress: Callable[..., None] | None = None,
-                 name: str = "stream") -> tuple[StreamNet, list[float]]:
+                 name: str = "stream", progress_interval_s: float = 60.0) -> tuple[StreamNet, list[float]]:
     """Train a stream CNN (``kind`` "rgb" or "flow") on chunk inputs ``x`` (N, C, H, W) with clip
     labels ``y``; return the net (eval mode) and the mean training loss per epoch.
 
     Augmentation (the same for every stream): a random translation of up to 3 px; with ``cfg.flip``
-    a random half of each batch mirrored (labels through ``mirror_label``); colour jitter for RGB."""
+    a random half of each batch mirrored (labels through ``mirror_label``); colour jitter for RGB.
+    Progress: every 5 epochs, and at least every ``progress_interval_s`` seconds (``TrainingProgress``)."""
     gen = seed_everything(seed)
+    report = TrainingProgress(progress, cfg.epochs, interval_s=progress_interval_s)
+    batches = max(1, (len(x) + cfg.batch_size - 1) // cfg.batch_size)
     net = StreamNet(x.shape[1], num_classes, cfg.widths)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * max(1, (len(x) + cfg.batch_size - 1) // cfg.batch_size)
+    steps = cfg.epochs * batches
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.2)
     mirror_label = mirror_label if mirror_label is not None else torch.arange(num_classes)
     losses = []
@@ -136,9 +172,10 @@ def train_stream(x: torch.Tensor, y: torch.Tensor, kind: str, num_classes: int, 
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
+            report.step("har %s: epoch %d/%d, batch %d/%d, running loss %.4f", name, epoch + 1, cfg.epochs,
+                        i // cfg.batch_size + 1, batches, total / min(len(x), i + len(idx)))
         losses.append(total / len(x))
-        if progress and ((epoch + 1) % 5 == 0 or epoch + 1 == cfg.epochs):
-            progress("har %s: epoch %d/%d loss %.4f", name, epoch + 1, cfg.epochs, losses[-1])
+        report.epoch_end(epoch + 1, "har %s: epoch %d/%d loss %.4f", name, epoch + 1, cfg.epochs, losses[-1])
     net.eval()
     return net, losses
 

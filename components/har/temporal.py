@@ -92,14 +92,20 @@ def clip_windows(features: list[np.ndarray], labels: list[int], window: int):
 
 
 def train_head(x: torch.Tensor, valid: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: TemporalConfig,
-               seed: int, progress: Callable[..., None] | None = None, name: str = "head") -> tuple[LstrHead, list[float]]:
-    """Train on every valid short-window token (LSTR supervises the whole work memory)."""
-    from components.har.streams import seed_everything
+               seed: int, progress: Callable[..., None] | None = None, name: str = "head",
+               progress_interval_s: float = 60.0) -> tuple[LstrHead, list[float]]:
+    """Train on every valid short-window token (LSTR supervises the whole work memory).
+
+    Progress: one line at the end, and in between at least every ``progress_interval_s`` seconds
+    (``streams.TrainingProgress``; a quick-profile head takes a few seconds, a full-profile one longer)."""
+    from components.har.streams import TrainingProgress, seed_everything
 
     gen = seed_everything(seed)
+    report = TrainingProgress(progress, cfg.epochs, every=None, interval_s=progress_interval_s)
+    batches = max(1, (len(x) + cfg.batch_size - 1) // cfg.batch_size)
     head = LstrHead(x.shape[-1], num_classes, cfg)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * max(1, (len(x) + cfg.batch_size - 1) // cfg.batch_size)
+    steps = cfg.epochs * batches
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
     short_valid = valid[:, cfg.long_memory:]
     losses = []
@@ -118,7 +124,11 @@ def train_head(x: torch.Tensor, valid: torch.Tensor, y: torch.Tensor, num_classe
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
+            report.step("har %s: epoch %d/%d, batch %d/%d, running loss %.4f", name, epoch + 1, cfg.epochs,
+                        i // cfg.batch_size + 1, batches, total / min(len(x), i + len(idx)))
         losses.append(total / len(x))
+        if epoch + 1 < cfg.epochs:                      # the last epoch: the final line below
+            report.epoch_end(epoch + 1, "har %s: epoch %d/%d loss %.4f", name, epoch + 1, cfg.epochs, losses[-1])
     if progress:
         progress("har %s: %d epochs, final loss %.4f", name, cfg.epochs, losses[-1])
     head.eval()

@@ -1,7 +1,6 @@
 """IMFE: shapes, the single-shot correlation, ONNX parity, distillation."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -178,3 +177,43 @@ def test_exponential_decay_takes_exactly_50_steps_over_any_run(total):
     assert DECAY_STEPS == 50 and sum(due) == 50                # lr * gamma^50 at the end, as the official run
     if total % 50 == 0:                                         # the quick (450) and full (15000) runs: unchanged
         assert [s for s, d in enumerate(due, 1) if d] == list(range(total // 50, total + 1, total // 50))
+
+
+def test_training_progress_is_never_silent_for_longer_than_the_interval():
+    """Every 5th and the last epoch always report; in between, an epoch end or a step reports once
+    ``interval_s`` has passed since the previous line, and not before (fake clock)."""
+    from components.har.streams import TrainingProgress
+
+    now = [0.0]
+    lines: list[str] = []
+    report = TrainingProgress(lambda msg, *a: lines.append(msg % a), epochs=7, interval_s=60.0,
+                              clock=lambda: now[0])
+    for epoch in range(1, 8):
+        for step in range(1, 5):
+            now[0] += 10.0                                   # 40 s per epoch
+            report.step("e%d s%d", epoch, step)
+        report.epoch_end(epoch, "e%d end", epoch)
+    # due at t=60 (e2 s2), 120 (e3 s4), 180 (e5 s2); e5's end (t=200) is periodic; due again at 260
+    # (e7 s2); e7's end is the last epoch. No epoch end before e5 reports: each is < 60 s after a line
+    assert lines == ["e2 s2", "e3 s4", "e5 s2", "e5 end", "e7 s2", "e7 end"]
+    silent = TrainingProgress(None, epochs=3, interval_s=0.0)
+    silent.step("x")
+    silent.epoch_end(3, "x")                                 # progress=None: nothing, no error
+
+
+def test_distill_reports_inside_long_epochs():
+    """With the interval at 0 every batch reports (a stand-in for an epoch longer than the interval);
+    with a long interval only epochs 5, 10 and the last do."""
+    torch.manual_seed(0)
+    teacher = StreamNet(10, 4, StreamNetConfig(widths=[8, 16]).widths).eval()
+    frames, flows = torch.randn(16, 6, 3, 32, 32), torch.randn(16, 10, 32, 32)
+    cfg = CFG.model_copy(update={"epochs": 6, "batch_size": 8})
+    fast: list[str] = []
+    distill(frames, flows, teacher.features, cfg, 32, 32, seed=0, progress=lambda m, *a: fast.append(m % a),
+            progress_interval_s=0.0)
+    assert sum("batch" in line for line in fast) == 6 * 2
+    assert "har imfe: epoch 1/6, batch 2/2" in fast[1]
+    slow: list[str] = []
+    distill(frames, flows, teacher.features, cfg, 32, 32, seed=0, progress=lambda m, *a: slow.append(m % a),
+            progress_interval_s=1e9)
+    assert [line.split(" train")[0] for line in slow] == ["har imfe: epoch 5/6", "har imfe: epoch 6/6"]
