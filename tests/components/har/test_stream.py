@@ -93,6 +93,37 @@ def test_pipeline_predicts_once_per_chunk_over_a_bounded_window():
         pipe(np.zeros((8, 8, 3), np.uint8))
 
 
+def test_warm_up_runs_every_model_then_leaves_no_trace():
+    """Blank chunks go through rgb, motion and head; afterwards the pipeline predicts exactly as a
+    freshly built one (nothing of the warm-up in its window or buffer)."""
+    seen = {"rgb": 0, "motion": 0, "head": 0}
+
+    def build():
+        def rgb(f):
+            seen["rgb"] += 1
+            return np.array([f.mean()])
+
+        def motion(c):
+            seen["motion"] += 1
+            return np.array([float(c.sum())])
+
+        def head(x, valid):
+            seen["head"] += 1
+            return int(valid.sum() * 1000 + x.sum())
+        return HarPipeline(clip_len=3, window=2, size=(4, 4), rgb=rgb, motion=motion, head=head)
+
+    warm = build()
+    warm(_frames(1)[0])                                   # a frame left in the buffer: reset drops it too
+    ms = warm.warm_up(chunks=2)
+    assert ms >= 0.0 and seen == {"rgb": 2, "motion": 2, "head": 2}
+    assert not warm.buffer and not warm.memory
+    frames, fresh = _frames(9), build()
+    outs = [warm(f) for f in frames]
+    assert outs == [fresh(f) for f in frames] and outs[2] == 1000 + 1 + 3 * 48  # one valid slot; rgb mean 1, motion sum of 0+1+2 over 48 values
+    with pytest.raises(ConfigError, match="warm-up chunks=0"):
+        warm.warm_up(chunks=0)
+
+
 def test_cli_reports_missing_models_and_videos(tmp_path, capsys):
     assert main(["--video", str(tmp_path / "clip.mp4"), "--models", str(tmp_path)]) == 2
     assert "model file not found" in capsys.readouterr().err
@@ -157,6 +188,11 @@ def test_json_report_goes_to_a_new_folder_atomically(tmp_path, capsys):
 
     report = json.loads(out.read_text())
     assert report["frames_in"] == 12 and len(report["predicted"]) == 2
+    assert report["warmup_ms"] > 0                              # warmed up before timing, by default
+    cold = tmp_path / "cold.json"
+    assert main(["--generate", "1", "--source", "rgb", "--models", str(models), "--json", str(cold),
+                 "--fps", "1000", "--queue", "100", "--no-warmup"]) == 0
+    assert json.loads(cold.read_text())["warmup_ms"] is None
     assert sorted(p.name for p in out.parent.iterdir()) == ["run.json"]       # no temporary left behind
 
 
