@@ -49,14 +49,44 @@ def tracking_uri(root: Path | None = None) -> str:
     return f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
 
 
-def _artifact_root(root: Path | None = None) -> str | None:
-    """Where new experiments keep artifacts: beside a local SQLite store, else the server decides."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        if env.startswith("sqlite:///"):
-            return Path(env[len("sqlite:///"):]).resolve().parent.joinpath("artifacts").as_uri()
-        return None
-    return (root or repo_root()).joinpath("mlflow", "artifacts").resolve().as_uri()
+def _sqlite_db(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store, else None (a server decides its artifacts)."""
+    return Path(uri[len("sqlite:///"):]).resolve() if uri.startswith("sqlite:///") else None
+
+
+def artifact_location(uri: str, paper: str) -> str | None:
+    """Where a new experiment keeps artifacts: ``artifacts/<paper>`` beside a local SQLite store
+    (``mlflow/artifacts/<paper>`` in the checkout by default), else None (the server decides)."""
+    db = _sqlite_db(uri)
+    return f"{db.parent.joinpath('artifacts').as_uri()}/{paper}" if db else None
+
+
+def relocate_copied_store(db: Path, experiment_id: str, old: str, new: str) -> int:
+    """Point an experiment of a local SQLite store, and its runs, at ``new`` instead of ``old``.
+
+    MLflow stores every experiment's artifact location (and every run's artifact URI) as an absolute
+    path when it is created, and offers no API to change it. A store copied or moved with its
+    checkout would keep writing artifacts into the original checkout's ``mlflow/artifacts/``. The
+    three columns rewritten here (``experiments.artifact_location``, ``runs.artifact_uri``,
+    ``logged_models.artifact_location``) have kept their names and meaning across MLflow 2.x and 3.x;
+    only locations that start with ``old`` are touched. Returns the number of runs relocated.
+    """
+    import sqlite3
+
+    eid = int(experiment_id)
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con, con:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, eid))
+        moved = con.execute(
+            "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+            "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+            (new, len(old) + 1, eid, len(old), old)).rowcount
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "logged_models" in tables:
+            con.execute(
+                "UPDATE logged_models SET artifact_location = ? || substr(artifact_location, ?) "
+                "WHERE experiment_id = ? AND substr(artifact_location, 1, ?) = ?",
+                (new, len(old) + 1, eid, len(old), old))
+    return moved
 
 
 def git_commit(root: Path | None = None) -> str:
@@ -213,14 +243,33 @@ class Tracker:
     def experiment_id(self, description: str | None = None) -> str:
         exp = self.client.get_experiment_by_name(self.paper)
         if exp is None:
-            art = _artifact_root(self.root)
             exp_id = self.client.create_experiment(
-                self.paper, artifact_location=f"{art}/{self.paper}" if art else None)
+                self.paper, artifact_location=artifact_location(self.uri, self.paper))
         else:
             exp_id = exp.experiment_id
+            self._keep_artifacts_beside_store(exp)
         if description:
             self.client.set_experiment_tag(exp_id, "mlflow.note.content", description)
         return exp_id
+
+    def _keep_artifacts_beside_store(self, exp: Any) -> None:
+        """A local store's experiment keeps its artifacts beside the store, also in a copied checkout.
+
+        Our experiments are created with ``<store folder>/artifacts/<paper>``. If the location names
+        another folder of that shape, the store was copied or moved from another checkout (a scratch
+        copy that carried ``mlflow/``): relocate the experiment and its runs to this store's folder,
+        and say so. A location of any other shape was chosen by someone else and is left alone.
+        """
+        db, want = _sqlite_db(self.uri), artifact_location(self.uri, self.paper)
+        if db is None or want is None:
+            return
+        old = (exp.artifact_location or "").rstrip("/")
+        if old == want or not old.startswith("file:") or not old.endswith(f"/artifacts/{self.paper}"):
+            return
+        moved = relocate_copied_store(db, exp.experiment_id, old, want)
+        print(f"[tracking] MLflow experiment {self.paper!r} kept its artifacts in {old}, outside this "
+              f"store ({db}): a store copied or moved from another checkout. Relocated it and "
+              f"{moved} run(s) to {want}.", flush=True)
 
     @contextlib.contextmanager
     def parent_run(self, run_name: str, config: Any = None, tags: Mapping[str, Any] | None = None,

@@ -91,3 +91,58 @@ def test_unknown_stage_is_rejected_before_any_run(prefect_harness, paperworks_ro
     with pytest.raises(ConfigError, match=r"stages=\['trian'\]: unknown stage; expected a subset of \['data', 'evaluate'\]"):
         demo(config=DemoConfig(), stages=["trian"])
     assert not (paperworks_root / "mlflow" / "mlflow.db").exists()
+
+
+def _artifact_dir(client, run_id: str):
+    from pathlib import Path
+    from urllib.parse import unquote, urlparse
+
+    return Path(unquote(urlparse(client.get_run(run_id).info.artifact_uri).path))
+
+
+def test_copied_store_writes_artifacts_into_the_copy(tmp_path, monkeypatch, capsys):
+    """A checkout copied with its mlflow/ keeps MLflow's absolute artifact paths of the original;
+    the tracker relocates the experiment and its runs to the copy's store, and says so."""
+    import shutil
+
+    from tasks.tracking import Tracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    with Tracker("demo", original).parent_run("first") as run:
+        run.log_text("from the original", "note.txt")
+    first_id = run.run_id
+    shutil.copytree(original / "mlflow", copy / "mlflow")
+
+    tracker = Tracker("demo", copy)
+    with tracker.parent_run("second") as run:
+        run.log_text("from the copy", "note.txt")
+    assert "Relocated it and 1 run(s)" in capsys.readouterr().out
+    client = tracker.client
+    exp = client.get_experiment_by_name("demo")
+    assert exp.artifact_location == (copy / "mlflow" / "artifacts").resolve().as_uri() + "/demo"
+    # the new run writes into the copy, the original's folder holds only its own run
+    assert (_artifact_dir(client, run.run_id) / "note.txt").read_text() == "from the copy"
+    assert _artifact_dir(client, run.run_id).is_relative_to(copy.resolve())
+    assert sorted(p.name for p in (original / "mlflow" / "artifacts" / "demo").iterdir()) == [first_id]
+    # the copied run now reads the copied artifacts
+    assert _artifact_dir(client, first_id).is_relative_to(copy.resolve())
+    assert (_artifact_dir(client, first_id) / "note.txt").read_text() == "from the original"
+    # the original store is untouched, and a second look at the copy relocates nothing
+    orig_client = Tracker("demo", original).client
+    assert _artifact_dir(orig_client, first_id).is_relative_to(original.resolve())
+    Tracker("demo", copy).experiment_id()
+    assert "Relocated" not in capsys.readouterr().out
+
+
+def test_a_chosen_artifact_location_is_left_alone(tmp_path, monkeypatch, capsys):
+    from tasks.tracking import Tracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = Tracker("demo", tmp_path)
+    chosen = (tmp_path / "elsewhere" / "store").as_uri()
+    tracker.client.create_experiment("demo", artifact_location=chosen)
+    tracker.experiment_id()
+    assert tracker.client.get_experiment_by_name("demo").artifact_location == chosen
+    assert "Relocated" not in capsys.readouterr().out
