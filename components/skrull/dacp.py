@@ -134,9 +134,24 @@ def dacp_place(lengths: Sequence[int], cp: int, bucket: int, cost: CostModel,
             elif b.roll_back(b.binding_rank(k)):
                 continue                                                     # retry the same sequence
             else:
-                raise DACPInfeasible(f"sequence {k} ({s} tokens) does not fit the CP group's buckets {b.rb}")
+                return _shard_all_or_raise(lengths, cp, bucket, k, b)
         i += 1
     return b.placement(len(b.lengths))
+
+
+def _shard_all_or_raise(lengths: Sequence[int], cp: int, bucket: int, k: int, b: _Buckets) -> tuple[int, ...]:
+    """Where RollBack gives up, shard every sequence if that fits, else the micro-batch is infeasible.
+
+    [R] RollBack tries the binding rank only, so it can give up on a micro-batch that fits with every
+    sequence sharded (about 1 in 400 random feasible micro-batches in a fuzz test; none in the
+    committed runs). The paper does not say what happens then; sharding everything is always a valid
+    placement when it fits, so a placer with roll-back never fails where DeepSpeed-style CP would not.
+    """
+    try:
+        return all_sharded(lengths, cp, bucket)
+    except DACPInfeasible:
+        raise DACPInfeasible(f"sequence {k} ({b.lengths[k]} tokens) does not fit the CP group's buckets "
+                             f"{b.rb}, and neither does sharding every sequence of the micro-batch") from None
 
 
 def dacp_literal_place(lengths: Sequence[int], cp: int, bucket: int, cost: CostModel,
@@ -162,7 +177,7 @@ def round_robin_place(lengths: Sequence[int], cp: int, bucket: int, cost: CostMo
         elif b.roll_back(b.binding_rank(i)):
             continue
         else:
-            raise DACPInfeasible(f"sequence {i} ({s} tokens) does not fit the CP group's buckets {b.rb}")
+            return _shard_all_or_raise(lengths, cp, bucket, i, b)
         i += 1
     return b.placement(len(b.lengths))
 

@@ -57,7 +57,9 @@ def gds_microbatches(subset: Sequence[int], lengths: np.ndarray, cp: int, cost: 
     singles = [MicroBatch((k,), placer([int(lengths[k])], cp, bucket, cost, rollback)) for k in alone]
     m = max(1, math.ceil(int(lengths[subset].sum()) / capacity))                 # memory lower bound
     while m <= len(subset):
-        mbs = [subset[j::m] for j in range(m)]                                   # long + short mixed
+        # long + short mixed; each micro-batch in the global batch's order (the input order Alg. 4,
+        # round-robin, places in; DACP sorts by length itself, so its placement does not change)
+        mbs = [sorted(subset[j::m]) for j in range(m)]
         if any(int(lengths[mb].sum()) > capacity for mb in mbs):               # memory check first (cheap)
             m += 1
             continue

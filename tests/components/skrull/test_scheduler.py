@@ -63,6 +63,37 @@ def test_rollback_is_what_keeps_memory_safe():
     assert max(_tokens([40, 45, 50, 55], no_rb, cp)) <= bucket or SHARDED not in no_rb
 
 
+def test_where_rollback_gives_up_every_sequence_is_sharded_if_that_fits():
+    """RollBack tries the binding rank only; on this micro-batch it gives up although DeepSpeed-style
+    all-sharding fits (found by a fuzz test). Both placers then shard everything, within the bucket."""
+    cost = paper_preset("qwen2.5-0.5b").with_bucket(323)
+    lengths = [572, 258, 278, 113]
+    for placer in (dacp_place, round_robin_place):
+        placement = placer(lengths, 4, 323, cost)
+        assert placement == (SHARDED,) * 4
+        assert max(_tokens(lengths, placement, 4)) <= 323
+    cost = paper_preset("qwen2.5-0.5b").with_bucket(177)
+    placement = round_robin_place([102, 161, 20, 67], 2, 177, cost)      # Alg. 4 gave up on sequence 3
+    assert max(_tokens([102, 161, 20, 67], placement, 2)) <= 177
+
+
+def test_round_robin_places_in_input_order_not_dacps():
+    """GDS hands every micro-batch over in the global batch's order: DACP sorts by length itself,
+    round-robin (Alg. 4) takes that order, so the two baselines are not the same schedule."""
+    cost = paper_preset("qwen2.5-0.5b")
+    rng = np.random.default_rng(3)
+    limit = max_group_length(8, cost.bucket_size)
+    differ = 0
+    for _ in range(5):
+        lengths = np.minimum(TABLE1["chatqa2"].sample(64, rng), limit)
+        rr = round_robin_schedule(lengths, 1, 8, cost)
+        literal = skrull_schedule(lengths, 1, 8, cost, placer=dacp_literal_place)
+        for _, _, mb in rr.microbatches():
+            assert list(mb.seqs) == sorted(mb.seqs)                      # global-batch order
+        differ += rr.ranks != literal.ranks
+    assert differ >= 3
+
+
 def _tokens(lengths, placement, cp):
     from components.skrull.schedule import MicroBatch
     return MicroBatch(tuple(range(len(lengths))), tuple(placement)).rank_tokens(lengths, cp)
