@@ -1,8 +1,9 @@
 """Parameters of the VFDA component (the schema of the ``vfda`` section of ``params.yaml``).
 
 Defaults are the **quick profile**: five small synthetic institutes (four training, one held out),
-a 3D U-Net with 8-64 channels on 32^3 volumes, 3 strategies x {base, +MixUp, +VFDA} x 3 seeds,
-run in one Flower simulation on a 2-core CPU. ``profiles/full.yaml`` holds the paper-scale overrides.
+a 3D U-Net with 8-64 channels on 24^3 volumes (``data.spatial_size``), 3 strategies x
+{base, +MixUp, +VFDA} x 3 seeds, run in one Flower simulation on a 2-core CPU.
+``profiles/full.yaml`` holds the paper-scale overrides.
 """
 from __future__ import annotations
 

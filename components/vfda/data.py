@@ -215,7 +215,8 @@ def read_datalist(path: str | Path) -> dict[str, Any]:
 
 
 def validate_items(items: list[dict[str, str]], num_classes: int, datalist: str | Path) -> None:
-    """Raise InputError on a missing file, an image/label shape mismatch or a label out of range."""
+    """Raise InputError on a missing file, an image or label that is not one 3-D volume (multi-channel,
+    2-D, time series), an image/label shape mismatch or a label out of range."""
     import nibabel as nib
 
     for item in items:
@@ -227,6 +228,10 @@ def validate_items(items: list[dict[str, str]], num_classes: int, datalist: str 
             lbl = nib.load(item["label"])
         except Exception as err:  # nibabel raises several types for unreadable files
             raise InputError(f"{datalist}: cannot read {item['image']} / {item['label']} as NIfTI ({err})") from None
+        for key, shape in (("image", tuple(img.shape)), ("label", tuple(lbl.shape))):
+            if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
+                raise InputError(f"{datalist}: {key} {item[key]} has shape {shape}; expected a single-channel "
+                                 f"3-D volume, shape (X, Y, Z) or (X, Y, Z, 1)")
         ishape, lshape = tuple(img.shape[:3]), tuple(lbl.shape[:3])
         if ishape != lshape:
             raise InputError(f"{datalist}: shape mismatch, image {item['image']} is {ishape} but label "

@@ -4,7 +4,8 @@ Held-in institutes are evaluated on their local test split ("validation" in the 
 model each institute would use: the global model (FedAvg, FedProx) or the global model with the
 institute's own normalisation layers (FedBN). The held-out institute never trained and is evaluated
 with the global model (for FedBN: with the server-side average of the norm layers).
-Aggregates: per seed, held-in Dice = macro mean over institutes; then mean +- std over seeds.
+Aggregates: per seed, held-in Dice = macro mean over institutes; then mean +- std over seeds, where
+std is the population standard deviation (``np.std``, ddof=0) of the per-seed values.
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ def evaluate_federation(model_dir: Path, history: dict[str, Any], data_dir: Path
 
 
 def _mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and *population* standard deviation (ddof=0) over seeds; the committed figures use it."""
     arr = np.asarray(list(values), dtype=float)
     return (float(arr.mean()), float(arr.std())) if arr.size else (0.0, 0.0)
 

@@ -10,7 +10,9 @@ Starting a Flower simulation costs seconds (Ray start-up), so one run executes t
    lane, so each node's local state (FedBN norms, VFDA statistics) belongs to one federation at a time;
 4. a federation is Flower's ``Strategy.start`` with the held-out institute evaluated on the server
    after every round; its final global model, FedBN's per-institute norm layers and the per-round,
-   per-client record are written under ``<out-dir>/federations/<id>/``.
+   per-client record are written under ``<out-dir>/federations/<id>/``. A round with too few
+   successful replies keeps the previous global model; a federation in which *no* round aggregated
+   raises :class:`FederationError` (and writes nothing), which stops the run.
 
 ``flwr run components/vfda`` uses the module-level ``app`` (settings from the run config); the
 paperworks flow builds its own with :func:`make_server_app`.
@@ -36,6 +38,12 @@ from components.vfda.strategy import CLIENT_INFO, make_strategy
 
 log = logging.getLogger("paperworks.vfda.server")
 _INIT_LOCK = threading.Lock()
+
+
+class FederationError(RuntimeError):
+    """A federation ran but did not train: no round aggregated (every round had fewer successful
+    train replies than ``federation.min_train_clients``). The message names the federation, its
+    rounds and the clients' failures; nothing of that federation is written."""
 
 
 class LaneGrid(Grid):
@@ -170,6 +178,11 @@ def run_federation(grid: Grid, fed: Federation, settings: RunSettings, num_clien
                             num_rounds=cfg.federation.num_rounds, timeout=cfg.federation.round_timeout_s,
                             train_config=train_config, evaluate_config=ConfigRecord(dict(common)),
                             evaluate_fn=evaluate_heldout)
+    if not any(rec.get("aggregated") for rec in strategy.rounds.values()):
+        # Flower sets ``result.arrays`` only from an aggregated round (else an empty record): a
+        # federation that never aggregated is a failed run, not an untrained model to evaluate
+        raise FederationError(_no_aggregation_message(fed, strategy.rounds, cfg.federation.num_rounds,
+                                                      cfg.federation.min_train_clients, num_clients))
     final = result.arrays.to_torch_state_dict()
     rounds = []
     for r in range(1, cfg.federation.num_rounds + 1):
@@ -187,6 +200,18 @@ def run_federation(grid: Grid, fed: Federation, settings: RunSettings, num_clien
                                                        for inst, sd in strategy.client_norms.items()})
     _atomic_write_json(folder / "history.json", record)
     return record
+
+
+def _no_aggregation_message(fed: Federation, rounds: dict[int, dict[str, Any]], num_rounds: int,
+                            min_train_clients: int, num_clients: int) -> str:
+    replies = [len(rounds.get(r, {}).get("train", {})) for r in range(1, num_rounds + 1)]
+    reasons = [f["reason"].strip().splitlines()[-1] for r in range(1, num_rounds + 1)
+               for f in rounds.get(r, {}).get("failures", []) if f.get("phase") == "train" and f.get("reason")]
+    first = f"; first client failure: {reasons[0]}" if reasons else ""
+    return (f"federation {fed.id} (strategy={fed.strategy}, variant={fed.variant}, seed={fed.seed}): none of "
+            f"its {num_rounds} round(s) aggregated, every round had fewer successful train replies than "
+            f"federation.min_train_clients={min_train_clients} (replies per round out of {num_clients} "
+            f"clients: {replies}){first}; no model is written for an untrained federation")
 
 
 def run_plan(grid: Grid, settings: RunSettings) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 Loss: MONAI ``DiceCELoss``; metric: MONAI ``DiceMetric`` (foreground classes, empty classes ignored).
 Variants: ``base`` (random flips only), ``mixup`` (local MixUp of images; the loss mixes the two label
-maps, as in FedFA's ``mixup_data``), ``vfda*`` (VFDA layers enabled). FedProx adds
-``mu/2 ||w - w_global||^2`` to the loss.
+maps, as in FedFA's ``mixup_data``, and every volume is mixed with a *different* volume of its batch),
+``vfda*`` (VFDA layers enabled). FedProx adds ``mu/2 ||w - w_global||^2`` to the loss.
+Batches: each step draws ``batch_size`` distinct volumes; an epoch is a random permutation of the
+institute's volumes, and a batch that straddles two epochs still never repeats a volume.
 """
 from __future__ import annotations
 
@@ -39,11 +41,40 @@ def _batch(data: Sequence[tuple[torch.Tensor, torch.Tensor]], idx: Sequence[int]
     return torch.stack(xs), torch.stack(ys)
 
 
+def mixup_partners(batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """MixUp partner of each sample: a random cyclic shift by 1..B-1, so sample ``i`` is mixed with
+    sample ``partner[i] != i`` (a plain permutation is the identity half the time at B=2, which mixes
+    a volume with itself). With B=1 there is no partner: the sample is its own (no mixing)."""
+    if batch_size < 2:
+        return np.zeros(batch_size, dtype=np.int64)
+    return (np.arange(batch_size) + int(rng.integers(1, batch_size))) % batch_size
+
+
+def next_epoch(n: int, pending: Sequence[int], batch_size: int, rng: np.random.Generator) -> list[int]:
+    """A random permutation of ``range(n)`` to append to the ``pending`` rest of the last epoch
+    (fewer than ``batch_size`` indices) such that the batch made of the rest and the new epoch's
+    first indices repeats no volume: the first ``batch_size - len(pending)`` positions are filled
+    with the permutation's first indices that are not in the rest, everything else follows in the
+    permutation's order (unchanged when nothing conflicts, so the draw and the RNG stream are the
+    same as a plain permutation's). Needs ``n >= batch_size``; deterministic given ``rng``."""
+    perm = [int(i) for i in rng.permutation(n)]
+    need = batch_size - len(pending)
+    if not pending or need <= 0 or n < batch_size:
+        return perm
+    held = set(int(i) for i in pending)
+    head = [i for i in perm if i not in held][:need]  # n - len(pending) >= need candidates
+    chosen = set(head)
+    rest = [i for i in perm if i not in chosen]
+    return head + rest
+
+
 def train_local(model: nn.Module, data: Sequence[tuple[torch.Tensor, torch.Tensor]], *, steps: int,
                 batch_size: int, lr: float, seed: int, mixup_alpha: float | None = None,
                 proximal_mu: float = 0.0) -> dict[str, float]:
     """``steps`` Adam steps on ``data``; returns the mean training loss. ``mixup_alpha`` enables
-    local MixUp; ``proximal_mu > 0`` the FedProx term around the weights the model starts from."""
+    local MixUp (each volume mixed with another volume of its batch, :func:`mixup_partners`);
+    ``proximal_mu > 0`` the FedProx term around the weights the model starts from. With fewer
+    volumes than ``batch_size`` a batch holds repeats (every volume at least once)."""
     from monai.losses import DiceCELoss
 
     if not data:
@@ -56,16 +87,16 @@ def train_local(model: nn.Module, data: Sequence[tuple[torch.Tensor, torch.Tenso
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     model.train()
     total, n = 0.0, len(data)
-    order = list(rng.permutation(n))
+    order = [int(i) for i in rng.permutation(n)]
     for step in range(steps):
-        if len(order) < batch_size:  # reshuffle every epoch; a batch never repeats a volume
-            order += list(rng.permutation(n))
+        while len(order) < batch_size:  # reshuffle every epoch; a batch never repeats a volume (n >= batch_size)
+            order += next_epoch(n, order, batch_size, rng)
         idx, order = order[:batch_size], order[batch_size:]
         x, y = _batch(data, idx, rng)
         x, y = x.to(device), y.to(device)
         if mixup_alpha:
             lam = float(rng.beta(mixup_alpha, mixup_alpha))
-            perm = torch.from_numpy(rng.permutation(x.shape[0])).to(device)
+            perm = torch.from_numpy(mixup_partners(x.shape[0], rng)).to(device)
             logits = model(lam * x + (1 - lam) * x[perm])
             loss = lam * loss_fn(logits, y) + (1 - lam) * loss_fn(logits, y[perm])
         else:

@@ -122,3 +122,28 @@ def test_malformed_datalist_and_manifest(dataset, tmp_path):
     (root / "institutes.json").unlink()
     with pytest.raises(InputError, match="institute manifest not found"):
         validate_dataset(root, TINY)
+
+
+def test_multi_channel_image_is_named(dataset, tmp_path):
+    """A (X, Y, Z, 2) image with an (X, Y, Z) label used to pass (only shape[:3] was compared) and
+    then crash every training step of its client."""
+    root = _copy(dataset[0], tmp_path)
+    path = root / "A" / "imagesTr" / "A_000.nii.gz"
+    img = nib.load(path)
+    vol = np.asarray(img.dataobj)
+    nib.save(nib.Nifti1Image(np.stack([vol, vol], -1), img.affine), str(path))
+    with pytest.raises(InputError, match=r"image .*A_000\.nii\.gz has shape \(16, 16, 16, 2\); expected a "
+                                         r"single-channel 3-D volume"):
+        validate_dataset(root, TINY)
+    with pytest.raises(InputError, match=r"A_000\.nii\.gz has shape \(16, 16, 16, 2\)"):
+        load_split(root / "A" / "datalist.json", "training", TINY)
+
+
+def test_single_channel_4d_image_is_accepted(dataset, tmp_path):
+    root = _copy(dataset[0], tmp_path)
+    path = root / "A" / "imagesTr" / "A_000.nii.gz"
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., None], img.affine), str(path))
+    validate_dataset(root, TINY)
+    image, label = load_split(root / "A" / "datalist.json", "training", TINY)[0]
+    assert tuple(image.shape) == tuple(label.shape) == (1, 16, 16, 16)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.vfda.config import ModelConfig, VfdaLayerConfig
+from components.vfda.config import ModelConfig
 from components.vfda.model import build_model, norm_keys
 from components.vfda.vfda import (VicinalStatistics, combine_scope, configure_vfda, global_variance,
                                   load_global_variance, load_local_statistics, local_statistics, vfda_layers)
