@@ -8,49 +8,23 @@ from pathlib import Path
 import pytest
 import torch
 from flwr.app import Error, Message, MessageType, MetricRecord, RecordDict
-from flwr.serverapp import Grid
 
 from components.vfda.config import VfdaConfig
 from components.vfda.federation import Federation, RunSettings
 from components.vfda.server_app import FederationError, run_federation
+from tests.components.vfda.conftest import FakeGrid
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Messages need a task identity (a Flower runtime sets it; here the test does)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    old = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = old
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
-class ScriptedGrid(Grid):
+class ScriptedGrid(FakeGrid):
     """Nodes that crash in the rounds listed in ``crash_rounds`` and otherwise send the model back
     unchanged (train) or fail (evaluate: not needed here)."""
 
     def __init__(self, nodes: list[int], crash_rounds: set[int]) -> None:
-        self.nodes, self.crash_rounds, self.train_round, self.sent = nodes, crash_rounds, 0, 0
-
-    def set_run(self, run):
-        pass
-
-    @property
-    def run(self):
-        return None
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
-        raise NotImplementedError
-
-    def get_node_ids(self):
-        return list(self.nodes)
-
-    def push_messages(self, messages):
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):
-        raise NotImplementedError
+        super().__init__(nodes)
+        self.crash_rounds, self.train_round, self.sent = crash_rounds, 0, 0
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)

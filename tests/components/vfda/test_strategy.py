@@ -7,48 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
 
 from components.vfda.federation import Federation
 from components.vfda.strategy import CLIENT_INFO, VFDA_GLOBAL, VFDA_STATS, make_strategy
+from tests.components.vfda.conftest import FakeGrid
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Messages need a task identity (a Flower runtime sets it; here the test does)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    old = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = old
-
-
-class FakeGrid(Grid):
-    def __init__(self, nodes):
-        self.nodes = nodes
-
-    def set_run(self, run):
-        pass
-
-    @property
-    def run(self):
-        return None
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
-        raise NotImplementedError
-
-    def get_node_ids(self):
-        return list(self.nodes)
-
-    def push_messages(self, messages):
-        return []
-
-    def pull_messages(self, message_ids):
-        return []
-
-    def send_and_receive(self, messages, *, timeout=None):
-        return []
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _arrays(value: float) -> ArrayRecord:

@@ -30,14 +30,6 @@ def _volumes(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.full((1, 4, 4, 4), float(i + 1)), torch.zeros((1, 4, 4, 4), dtype=torch.long)) for i in range(n)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture
 def batches(monkeypatch):
     """The volume indices of every batch ``train_local`` draws, in order."""
