@@ -296,6 +296,7 @@ def validate_dataset(data_dir: str | Path, cfg: DataConfig) -> dict[str, Any]:
                          f"{cfg.num_classes} (vfda.data.num_classes)")
     if len(training_institutes(manifest)) < 2:
         raise InputError(f"{Path(data_dir) / MANIFEST}: fewer than 2 training institutes")
+    seen: dict[str, str] = {}  # image -> "<datalist> <split>" where it was first listed
     for entry in manifest["institutes"]:
         path = Path(data_dir) / entry["datalist"]
         datalist = read_datalist(path)
@@ -304,6 +305,14 @@ def validate_dataset(data_dir: str | Path, cfg: DataConfig) -> dict[str, Any]:
         if len(datalist["validation"]) < 1:
             raise InputError(f"{path}: no 'validation' items; every institute needs a test split")
         validate_items(datalist["training"] + datalist["validation"], cfg.num_classes, path)
+        for split in ("training", "validation"):
+            for item in datalist[split]:
+                where = f"{path} '{split}'"
+                if item["image"] in seen:  # a test volume that was trained on, or one volume twice
+                    raise InputError(f"{where}: image {item['image']} is already listed in {seen[item['image']]}; "
+                                     f"expected every volume in exactly one institute and split (no overlap "
+                                     f"between training and test volumes or between institutes)")
+                seen[item["image"]] = where
     return manifest
 
 

@@ -216,7 +216,7 @@ def _no_aggregation_message(fed: Federation, rounds: dict[int, dict[str, Any]], 
 
 def run_plan(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     """Discover lanes, run every federation of the plan, write ``<out-dir>/run.json``."""
-    from components.vfda.data import held_out_institutes, load_split, read_manifest, validate_dataset
+    from components.vfda.data import held_out_institutes, load_split, validate_dataset
 
     t0, c0 = time.perf_counter(), time.process_time()
     torch.set_num_threads(1)

@@ -3,6 +3,7 @@ datalists: missing file, image/label shape mismatch, label values out of range, 
 from __future__ import annotations
 
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -147,3 +148,18 @@ def test_single_channel_4d_image_is_accepted(dataset, tmp_path):
     validate_dataset(root, TINY)
     image, label = load_split(root / "A" / "datalist.json", "training", TINY)[0]
     assert tuple(image.shape) == tuple(label.shape) == (1, 16, 16, 16)
+
+
+@pytest.mark.parametrize("src, dst", [("A", "E"), ("A", "A")])
+def test_a_volume_listed_twice_is_named(dataset, tmp_path, src, dst):
+    """A user's datalists could list a training volume again as a held-out institute's (or its own
+    institute's) test volume: the held-out Dice would then be measured on training data."""
+    root = _copy(dataset[0], tmp_path)
+    train_item = json.loads((root / src / "datalist.json").read_text())["training"][0]
+    dst_list = json.loads((root / dst / "datalist.json").read_text())
+    rel = {k: os.path.relpath(root / src / train_item[k], root / dst) for k in ("image", "label")}
+    dst_list["validation"].append(rel)
+    (root / dst / "datalist.json").write_text(json.dumps(dst_list))
+    with pytest.raises(InputError, match=rf"{dst}/datalist.json 'validation': image .*{src}_000\.nii\.gz is already "
+                                         rf"listed in .*{src}/datalist.json 'training'"):
+        validate_dataset(root, TINY)
