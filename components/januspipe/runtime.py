@@ -83,7 +83,10 @@ class SavedTensorMeter:
 
     def _pack(self, t: torch.Tensor):
         held = SavedTensorMeter._Held()
-        held.tensor, held.meter, held.key = t, self, None
+        # detached: the same storage without its grad_fn (autograd restores the graph link on
+        # unpack); holding ``t`` itself made a cycle graph -> saved variable -> holder -> t -> graph
+        # that retain_graph=True kept alive, so every micro-batch leaked and inflated the peak
+        held.tensor, held.meter, held.key = t.detach(), self, None
         storage = t.untyped_storage()
         key = storage.data_ptr()
         if key and key not in self.exclude:

@@ -68,14 +68,21 @@ class GatedMLP(nn.Module):
 def segment_softmax(scores: torch.Tensor, index: torch.Tensor, num_segments: int,
                     weight: torch.Tensor) -> torch.Tensor:
     """Per-dimension softmax of ``scores [E, F]`` over the rows sharing ``index``, each row weighted
-    by ``weight [E]``: ``α = w e^s / Σ w e^s`` (the weight makes it smooth as rows enter/leave)."""
+    by ``weight [E]``, with a sink: ``α = w e^s / (1 + Σ w e^s)``.
+
+    The weight (the cutoff envelope) makes ``α`` fade as a row leaves the cutoff, but only together
+    with the sink term ``1`` (a null row of score 0 and weight 1, [R]): without it a node's *only*
+    row has ``α = w e^s / w e^s = 1`` for any ``w > 0`` and jumps to 0 at the cutoff, so the energy
+    of an atom whose last neighbour (or a bond whose last angle partner) crosses the cutoff was
+    discontinuous. Computed with a per-segment shift ``c`` (detached; it cancels exactly):
+    ``α = w e^(s-c) / (e^(-c) + Σ w e^(s-c))``."""
     shift = torch.full((num_segments, scores.shape[1]), -torch.inf, dtype=scores.dtype, device=scores.device)
     shift = shift.scatter_reduce(0, index.unsqueeze(1).expand_as(scores), scores.detach(), "amax",
                                  include_self=True)
     shift = torch.nan_to_num(shift, neginf=0.0)
     ex = weight.unsqueeze(1) * torch.exp(scores - shift[index])
-    den = torch.zeros_like(shift).index_add(0, index, ex)
-    return ex / (den[index] + 1e-30)
+    den = torch.zeros_like(shift).index_add(0, index, ex) + torch.exp(-shift)
+    return ex / den[index]
 
 
 class GraphAttentionLayer(nn.Module):
@@ -118,8 +125,8 @@ class InteractionBlock(nn.Module):
 
     def forward(self, state: State, graph: AtomGraph, geom: Geometry, gp: GraphParallel) -> State:
         h, e = state
-        if graph.bond_edge.numel() and graph.angle_dst.numel():
-            bonds = e[graph.bond_edge]
+        if graph.bond_edge.numel():  # also without angles: a bond's update must not depend on
+            bonds = e[graph.bond_edge]  # whether an angle exists anywhere else (it would jump)
             a = self.angle_embed(geom.angle_basis)
             bonds, _ = self.line_layer(bonds, bonds, a, graph.angle_dst, graph.angle_src, geom.angle_weight,
                                        update_scale=geom.bond_env)

@@ -1,7 +1,6 @@
 """The external-load sampler counts other processes' runnable tasks, not its own process tree."""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
