@@ -82,9 +82,9 @@ def relative_perturbation(z: torch.Tensor, rule: str, g_mu: torch.Tensor | None,
 def measure(data_dir: Path, cfg: VfdaConfig, draws: int) -> dict[str, Any]:
     fcfg = cfg.federation
     fed = Federation("fedavg", "vfda", cfg.seed + fcfg.seeds[0])
-    institutes = [e["name"] for e in training_institutes(read_manifest(data_dir))]
-    data = {e["name"]: load_split(data_dir / e["datalist"], "training", cfg.data)
-            for e in training_institutes(read_manifest(data_dir))}
+    entries = training_institutes(read_manifest(data_dir))
+    institutes = [e["name"] for e in entries]
+    data = {e["name"]: load_split(data_dir / e["datalist"], "training", cfg.data) for e in entries}
     torch.manual_seed(fed.seed)  # the ServerApp's _initial_model
     w0 = weights(build_model(cfg.model, cfg.data.num_classes, cfg.vfda))
     lr = round_lr(fcfg.lr, 1, fcfg.num_rounds, fcfg.lr_schedule, fcfg.lr_final_factor)
@@ -98,6 +98,8 @@ def measure(data_dir: Path, cfg: VfdaConfig, draws: int) -> dict[str, Any]:
         models[name] = model
         stats.append(local_statistics(model))
     gvar = global_variance(stats)  # Eq. 4: what the server sends with round 2
+    feats = {name: layer_inputs(models[name], torch.stack([data[name][j][0] for j in range(fcfg.batch_size)]))
+             for name in institutes}  # one forward pass per institute, every layer's input
     layers: dict[str, Any] = {}
     for lname in vfda_layers(models[institutes[0]]):
         g_mu, g_sigma = gvar[f"{lname}.global_var_mu"], gvar[f"{lname}.global_var_sigma"]
@@ -108,9 +110,7 @@ def measure(data_dir: Path, cfg: VfdaConfig, draws: int) -> dict[str, Any]:
             for cond, (gm, gs) in (("global_1", (None, None)), ("global_server", (g_mu, g_sigma))):
                 vals = []
                 for i, name in enumerate(institutes):
-                    x = torch.stack([data[name][j][0] for j in range(fcfg.batch_size)])
-                    z = layer_inputs(models[name], x)[lname]
-                    vals.append(relative_perturbation(z, rule, gm, gs, cfg.vfda.eps, draws, seed=i))
+                    vals.append(relative_perturbation(feats[name][lname], rule, gm, gs, cfg.vfda.eps, draws, seed=i))
                 entry[f"{rule}_{cond}"] = sum(vals) / len(vals)
         entry["product_ratio_server_over_1"] = entry["product_global_server"] / entry["product_global_1"]
         layers[lname] = entry
