@@ -116,9 +116,16 @@ def run_on(device: str, settings: RunSettings, lanes: int) -> dict[str, Any]:
                         "heldin_dice": {k: v["dice"] for k, v in sorted(last["evaluate"].items())},
                         "heldout_dice": {k: v["dice"] for k, v in sorted(last["heldout"].items())},
                         "train_loss_last_round": {k: v["train-loss"] for k, v in sorted(last["train"].items())},
-                        "wall_s": hist["wall_s"]}
+                        "wall_s": hist["wall_s"],
+                        # one client's local training (local_steps steps) per round, rounds >= 2 (no warm-up)
+                        "client_train_wall_s": _mean([v["client-wall-s"] for r in hist["rounds"][1:]
+                                                      for v in r["train"].values()])}
     name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu"
     return {"device": device, "device_name": name, "wall_s": wall, "federations": feds}
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
 
 
 def max_dice_gap(a: dict[str, Any], b: dict[str, Any]) -> float:
@@ -138,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="override federation.num_rounds")
     ap.add_argument("--local-steps", type=int, default=None, help="override federation.local_steps")
     ap.add_argument("--lanes", type=int, default=1, help="federations run concurrently")
+    ap.add_argument("--volumes-per-institute", type=int, default=None,
+                    help="generate at most this many volumes per institute (a short timing run)")
     ap.add_argument("--data", type=Path, default=None, help="an existing VFDA dataset (default: generate one)")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON summary here")
     args = ap.parse_args(argv)
@@ -149,10 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in (("--rounds", args.rounds), ("--local-steps", args.local_steps), ("--lanes", args.lanes)):
         if value is not None and value < 1:
             ap.error(f"{name} {value}: expected a positive integer")
+    if args.volumes_per_institute is not None and args.volumes_per_institute < 2:
+        ap.error(f"--volumes-per-institute {args.volumes_per_institute}: expected at least 2 (a training "
+                 f"institute needs a training and a test volume)")
+    if args.volumes_per_institute is not None and args.data is not None:
+        ap.error("--volumes-per-institute applies to a generated dataset; drop it or --data")
     if args.data is not None and not (args.data / "institutes.json").is_file():
         ap.error(f"--data {args.data}: no institutes.json there; expected a VFDA dataset (python -m flows vfda data)")
     fed_overrides = {k: v for k, v in (("num_rounds", args.rounds), ("local_steps", args.local_steps)) if v}
     cfg = resolve_section(VfdaConfig, {}, {"profile": args.profile, "federation": fed_overrides})
+    if args.volumes_per_institute is not None:
+        cap = args.volumes_per_institute
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"institutes": [
+            i.model_copy(update={"num_volumes": min(i.num_volumes, cap)}) for i in cfg.data.institutes]})})
     feds = tuple(parse_federation_id(f) for f in args.federations)
     _task_identity()
     with tempfile.TemporaryDirectory(prefix="vfda-device-") as tmp:
@@ -173,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {fid}: held-in {rec['heldin_dice']} held-out {rec['heldout_dice']} "
                       f"({rec['wall_s']:.1f} s)", flush=True)
     result = {"profile": args.profile, "num_rounds": cfg.federation.num_rounds,
+              "volumes": {i.name: i.num_volumes for i in cfg.data.institutes},
               "local_steps": cfg.federation.local_steps, "torch": torch.__version__, "runs": runs,
               "max_dice_gap_vs_first": {r["device"]: max_dice_gap(runs[0], r) for r in runs[1:]},
               "speedup_vs_first": {r["device"]: runs[0]["wall_s"] / r["wall_s"] for r in runs[1:]}}
