@@ -65,3 +65,6 @@ def test_cli_rejects_a_missing_dataset_and_a_bad_device(device_check, tmp_path, 
     with pytest.raises(SystemExit) as err:
         device_check.main(["--devices", "tpu"])
     assert err.value.code == 2 and "--devices tpu" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        device_check.main(["--devices", "cpu", "--volumes-per-institute", "1"])
+    assert err.value.code == 2 and "--volumes-per-institute 1" in capsys.readouterr().err
