@@ -20,7 +20,7 @@ per-phase costs next to what the simulator predicts. A step run under
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch

@@ -138,9 +138,12 @@ class CostModel:
             else:
                 local[p] += self.t_comp(s)
         comm = self.t_comm(volume)
-        if self.overlap:
-            return [self.c_mb + max(comm, loc) + dist for loc in local]
-        return [self.c_mb + comm + loc + dist for loc in local]
+        return [self.c_mb + self.rank_time(loc, comm, dist) for loc in local]
+
+    def rank_time(self, local: float, comm: float, dist: float) -> float:
+        """Eq. 2 for one rank (without ``c_mb``): its local sequences' compute, the sharded sequences'
+        communication (overlapping the local compute when ``overlap``) and their compute ``dist``."""
+        return (max(comm, local) if self.overlap else comm + local) + dist
 
     def microbatch_time(self, lengths: Sequence[int], placement: Sequence[int], cp: int) -> float:
         """T_DACP (Eq. 1): the slowest CP rank."""

@@ -42,7 +42,7 @@ class _Buckets:
         local = self.local if local is None else local
         comm = self.cost.t_comm(self.volume if volume is None else volume)
         d = self.dist if dist is None else dist
-        return max(max(comm, x) for x in local) + d
+        return max(self.cost.rank_time(x, comm, d) for x in local)
 
     def sharding_is_faster(self, k: int, t: int) -> bool:
         """Balance guard [R]: is sharding ``k`` better for T_DACP than keeping it whole on rank t?"""
@@ -143,9 +143,10 @@ def _shard_all_or_raise(lengths: Sequence[int], cp: int, bucket: int, k: int, b:
     """Where RollBack gives up, shard every sequence if that fits, else the micro-batch is infeasible.
 
     [R] RollBack tries the binding rank only, so it can give up on a micro-batch that fits with every
-    sequence sharded (about 1 in 400 random feasible micro-batches in a fuzz test; none in the
-    committed runs). The paper does not say what happens then; sharding everything is always a valid
-    placement when it fits, so a placer with roll-back never fails where DeepSpeed-style CP would not.
+    sequence sharded (about 1 in 400 random feasible micro-batches in a fuzz test; at paper scale
+    DACP as printed reaches it on the ChatQA2 corpora, Skrull does not). The
+    paper does not say what happens then; sharding everything is always a valid placement when it
+    fits, so a placer with roll-back never fails where DeepSpeed-style CP would not.
     """
     try:
         return all_sharded(lengths, cp, bucket)

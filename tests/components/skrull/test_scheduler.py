@@ -135,6 +135,25 @@ def test_balance_guard_shards_a_sequence_that_would_straggle():
     assert cost.microbatch_time(lengths, guarded, 8) < cost.microbatch_time(lengths, literal, 8) / 3
 
 
+@pytest.mark.parametrize("overlap", [True, False])
+def test_balance_guard_estimates_the_cost_models_micro_batch_time(overlap):
+    """The guard's T_DACP of a partial placement is the cost model's Eq. 1 time (without the
+    per-micro-batch constant), with and without comm/compute overlap (Eq. 2)."""
+    import dataclasses
+
+    from components.skrull.dacp import _Buckets
+
+    cost = dataclasses.replace(toy_cost(10_000), overlap=overlap, c_seq=2e-5, c_seq_shard=1e-5, c_mb=3e-5)
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        lengths = [int(x) for x in rng.integers(10, 400, 7)]
+        placement = [SHARDED if rng.random() < 0.4 else int(rng.integers(0, 3)) for _ in lengths]
+        b = _Buckets(lengths, 3, cost.bucket_size, cost)
+        for k, p in enumerate(placement):
+            b.shard(k) if p == SHARDED else b.place_local(k, p)
+        assert b.t_dacp() + cost.c_mb == pytest.approx(cost.microbatch_time(lengths, placement, 3), rel=1e-12)
+
+
 def test_gds_balances_flops_across_dp_ranks():
     w = list(np.random.default_rng(0).pareto(1.5, 200) + 1)
     bins = binpack(w, 4)
