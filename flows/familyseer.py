@@ -81,20 +81,30 @@ def data(ctx: StageContext) -> dict:
     return out
 
 
-def _log_run(ctx: StageContext, model: str, policy: str, seed: int, run: dict) -> None:
-    """One MLflow child run per tuning run: the best-latency-vs-trials curve (a point where it improves)."""
+def _curve_points(run: dict) -> list[tuple[int, float, float]]:
+    """(trial, best weighted latency in us, tuning wall s) where a run's best-so-far curve improves, and
+    its last trial, cut at the run's budget (the trials of a last round past it are not counted, as in
+    the evaluation)."""
     from components.familyseer.scheduler import trajectory
 
     curve = trajectory(run["trials"], run["weights"])
+    n = min(int(run["budget"]), len(curve.latency_ms))
+    points, best = [], float("inf")
+    for i, (lat, wall) in enumerate(zip(curve.latency_ms[:n], curve.wall_s[:n]), start=1):
+        if lat < best or i == n:
+            best = min(best, lat)
+            if best != float("inf"):
+                points.append((i, best * 1e3, wall))
+    return points
+
+
+def _log_run(ctx: StageContext, model: str, policy: str, seed: int, run: dict) -> None:
+    """One MLflow child run per tuning run: the best-latency-vs-trials curve (a point where it improves)."""
     with ctx.child(f"{model}/{policy}/seed{seed}", params={"model": model, "policy": policy, "seed": seed,
                                                            "budget": run["budget"]},
                    tags={"variant": policy, "model": model}) as child:
-        best = float("inf")
-        for i, (lat, wall) in enumerate(zip(curve.latency_ms, curve.wall_s), start=1):
-            if lat < best or i == len(curve.latency_ms):
-                best = min(best, lat)
-                if best != float("inf"):
-                    child.log_metrics({"best_weighted_latency_us": best * 1e3, "tuning_wall_s": wall}, step=i)
+        for i, best_us, wall in _curve_points(run):
+            child.log_metrics({"best_weighted_latency_us": best_us, "tuning_wall_s": wall}, step=i)
         child.log_metrics({"trials": run["num_trials"], "foresee_trials": run["foresee_trials"],
                            "wall_s": run["wall_s"], "replayed": int(bool(run.get("replayed"))),
                            **({"final_weighted_latency_us": run["final_latency_ms"] * 1e3}
@@ -105,7 +115,7 @@ def _log_run(ctx: StageContext, model: str, policy: str, seed: int, run: dict) -
 def tune(ctx: StageContext) -> dict:
     """Tune every model with every policy and seed (replaying stored runs whose fingerprint matches)."""
     from components.familyseer.measure import lean_tensor_intrinsics
-    from components.familyseer.tuning import stored_run, tune_model
+    from components.familyseer.tuning import fingerprint, stored_run, tune_model
     from components.familyseer.zoo import load_model
 
     cfg = ctx.config
@@ -122,12 +132,15 @@ def tune(ctx: StageContext) -> dict:
                 for policy in policies[k % len(policies):] + policies[:k % len(policies)]:
                     run_dir = _run_dir(ctx, name, policy, seed)
                     planned.add(run_dir)
-                    if measurer is None and stored_run(model, policy, _run_seed(cfg, seed), cfg.tune, run_dir) is None:
+                    fp = fingerprint(model.manifest, policy, _run_seed(cfg, seed), cfg.tune)
+                    if measurer is None and stored_run(model, policy, _run_seed(cfg, seed), cfg.tune, run_dir,
+                                                       fp) is None:
                         from components.familyseer.measure import Measurer
 
                         measurer = Measurer.from_config(cfg.tune)
                     run = tune_model(model, policy, _run_seed(cfg, seed), cfg.tune, run_dir,
-                                     progress=lambda msg: ctx.progress("familyseer/tune: %s", msg), measurer=measurer)
+                                     progress=lambda msg: ctx.progress("familyseer/tune: %s", msg), measurer=measurer,
+                                     fp=fp)
                     _log_run(ctx, name, policy, seed, run)
                     summary["runs"] += 1
                     summary["replayed"] += int(bool(run.get("replayed")))
@@ -176,7 +189,7 @@ def compile(ctx: StageContext) -> dict:  # noqa: A001 (the stage's name)
         res["pytorch_eager"] = {**res[f"pytorch_eager_{fastest}t"], "threads": fastest}
         ctx.progress("familyseer/compile: %s untuned build", name)
         res["tvm_untuned"] = measure_vm(compile_untuned(model.fused, target), model.inputs, ev.latency_repeat,
-                                        ev.latency_min_repeat_ms, ref)
+                                        ev.latency_min_repeat_ms, ref, label=f"{name}: untuned build")
         for policy in cfg.tune.policies:
             per_seed = {}
             for seed in cfg.tune.seeds:
@@ -184,7 +197,8 @@ def compile(ctx: StageContext) -> dict:  # noqa: A001 (the stage's name)
                 run_dir = _run_dir(ctx, name, policy, seed)
                 budget = load_run(run_dir)["budget"]  # the trials past it (the last round's) are not used
                 exe = compile_tuned(model.fused, run_dir, target, budget)
-                per_seed[str(seed)] = measure_vm(exe, model.inputs, ev.latency_repeat, ev.latency_min_repeat_ms, ref)
+                per_seed[str(seed)] = measure_vm(exe, model.inputs, ev.latency_repeat, ev.latency_min_repeat_ms, ref,
+                                                 label=f"{name}: build tuned by {policy}, seed {seed} ({run_dir})")
                 applied = applied_schedules(model.fused, run_dir, target, budget)
                 per_seed[str(seed)]["tuned_functions"] = sorted(k for k, v in applied.items() if v)
             res[f"tvm_{policy}"] = per_seed
@@ -197,6 +211,23 @@ def compile(ctx: StageContext) -> dict:  # noqa: A001 (the stage's name)
         (tmp / "timing.json").write_text(json.dumps({"wall_s": wall, "cpu_s": cpu}))
     return {m: {k: v.get("latency_ms_p50") for k, v in r.items() if isinstance(v, dict) and "latency_ms_p50" in v}
             for m, r in results.items()}
+
+
+def _read_timing(stage: str, path: Path) -> dict:
+    """A stage's ``timing.json`` ({} when it has none); InputError naming the file when it is not the
+    JSON object with numeric ``wall_s`` and ``cpu_s`` that the stage writes."""
+    if not path.is_file():
+        return {}
+    expected = (f"the {stage} stage's timing record, a JSON object with numeric 'wall_s' and 'cpu_s' "
+                f"(re-run `python -m flows familyseer {stage}`)")
+    try:
+        timing = read_json(path)
+    except ValueError as err:
+        raise InputError(f"{err}; expected {expected}") from None
+    if not isinstance(timing, dict) or not all(
+            isinstance(timing.get(k), (int, float)) and not isinstance(timing.get(k), bool) for k in ("wall_s", "cpu_s")):
+        raise InputError(f"{path}: {str(timing)[:160]!r}; expected {expected}")
+    return timing
 
 
 @stage_task
@@ -213,7 +244,7 @@ def evaluate(ctx: StageContext) -> dict:
     timings = {}
     for stage, path in (("data", _zoo_dir(ctx) / "timing.json"), ("tune", _tuning_dir(ctx) / "timing.json"),
                         ("compile", ctx.paths.results / "compile" / "timing.json")):
-        timings[stage] = read_json(path) if path.is_file() else {}
+        timings[stage] = _read_timing(stage, path)
     t0 = time.time()
     with atomic_dir(ctx.paths.plots) as plots:
         report = evaluate_all(cfg, _zoo_dir(ctx), lambda m, p, s: _run_dir(ctx, m, p, s), latency, plots,

@@ -8,16 +8,19 @@ wall-clock axis, the mean wall time at those trial counts). At the x% level the 
 ``L0 - x (L0 - L*)`` with ``L0`` the baseline's first complete latency. A method that never reaches
 the threshold gets ``t_base / (its last trial)`` — an upper bound — and ``reached = False``. All curves
 are cut at the budget (a policy's last round may overshoot it; those trials are not counted).
+:func:`per_seed_speedups` computes the same figure for each seed alone (the baseline's and the method's
+runs of one seed, paired): the wall-clock figure of the seed-mean curves moves with one stalled run.
 
 **Cost-model quality.** Measured records of a model (all runs, all policies) are split by seed:
 records of seed ``s`` are held out, a global XGBoost model (all tasks) and one XGBoost model per
 family are trained on the other seeds' records, and both rank the held-out candidates of each task.
 Score: pairwise ranking accuracy (share of held-out pairs of the same task with different measured
-latency that the model orders correctly), pooled per family over tasks and folds.
+latency that the model orders correctly), pooled per family over tasks and folds, and over all
+families and over the multi-member families alone (a one-member family's model is a per-task model:
+its score says nothing about sharing samples within a family).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -119,6 +122,16 @@ def _speedup(b_lat: np.ndarray, b_wall: np.ndarray, m_lat: np.ndarray, m_wall: n
     w_meth = float(m_wall[t_eff - 1])
     return SpeedUp(level, threshold, t_base, t_meth, t_base / t_eff, w_base, w_meth if reached else None,
                    w_base / w_meth if w_meth > 0 else float("nan"), reached)
+
+
+def per_seed_speedups(baseline: Sequence[Mapping[str, Any]], method: Sequence[Mapping[str, Any]],
+                      level: float = 1.0, budget: int | None = None) -> list[SpeedUp | None]:
+    """:func:`search_speedup` of the k-th method run over the k-th baseline run (runs listed in the same
+    seed order), one per seed; None where that baseline run never measured every task."""
+    if len(baseline) != len(method):
+        raise ValueError(f"per-seed speed-ups pair runs by seed: got {len(baseline)} baseline and "
+                         f"{len(method)} method runs")
+    return [search_speedup([b], [m], level, budget) for b, m in zip(baseline, method)]
 
 
 def bootstrap_speedups(baseline: Sequence[Mapping[str, Any]], method: Sequence[Mapping[str, Any]],
@@ -265,9 +278,20 @@ def ranking_quality(records: Sequence[Record], contexts: Mapping[str, Any], fami
         g, f = pairs["global"].get(fam, [0, 0]), pairs["family"].get(fam, [0, 0])
         families[fam] = {"members": sorted(t for t in tasks if family_of_task[t] == fam),
                          "pairs": int(f[1]), "global_accuracy": ratio(g), "family_accuracy": ratio(f)}
-    tot = {k: [sum(v[0] for v in pairs[k].values()), sum(v[1] for v in pairs[k].values())] for k in pairs}
+    def pooled(fams: set[str]) -> dict[str, list[int]]:
+        return {k: [sum(v[0] for f, v in pairs[k].items() if f in fams),
+                    sum(v[1] for f, v in pairs[k].items() if f in fams)] for k in pairs}
+
+    tot = pooled(set(families))
+    # families of >= 2 member tasks: only there does a family model share samples across tasks (a
+    # one-member family's model is a per-task model)
+    multi = {fam for fam, d in families.items() if len(d["members"]) >= 2}
+    mm = pooled(multi)
     return {"folds": len(folds), "records": len(records), "families": families,
             "global_accuracy": ratio(tot["global"]), "family_accuracy": ratio(tot["family"]),
+            "pairs": int(tot["family"][1]),
+            "multi_member": {"families": len(multi), "pairs": int(mm["family"][1]),
+                             "global_accuracy": ratio(mm["global"]), "family_accuracy": ratio(mm["family"])},
             "per_task": {t: {k: ratio(v) for k, v in d.items()} for t, d in per_task.items()}}
 
 
@@ -284,7 +308,3 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (np.integer,)):
         return int(obj)
     return obj
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(to_jsonable(obj), indent=2, allow_nan=False)

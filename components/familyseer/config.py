@@ -17,6 +17,8 @@ ModelName = Literal["mlp_tiny", "resnet_tiny", "resnet", "mobilenetv2", "bert", 
 #: tuning policies (components/familyseer/tuning.py: POLICIES)
 PolicyName = Literal["gradient", "round_robin", "familyseer", "familyseer_hash", "familyseer_ind",
                      "familyseer_no_foresee"]
+#: the policies with foresee rounds (tuning.POLICIES[...].foresee; a test keeps the two in step)
+FORESEE_POLICIES = frozenset({"familyseer", "familyseer_hash", "familyseer_ind"})
 
 
 class ZooConfig(BaseModel):
@@ -78,7 +80,11 @@ class TuneConfig(BaseModel):
     alpha: float = Field(0.2, ge=0.0, le=1.0, description="gradient scheduler alpha (MetaSchedule default)")
     window_size: int = Field(3, ge=1, description="gradient scheduler backward window (MetaSchedule default)")
     target_cores: int = Field(2, ge=1, le=512, description="num-cores of the llvm target (kernel threads)")
-    search_threads: int = Field(2, ge=1, le=512, description="threads of the evolutionary search")
+    search_threads: int = Field(1, ge=1, le=512, description=(
+        "threads of the evolutionary search. 1: a seed fixes the search's picks, so every policy measures "
+        "the same warm-up schedules and a repeat measures the same first rounds. >1 (the full profile): "
+        "faster on a many-core node, but the picks then depend on thread timing, so seeds are not "
+        "reproducible and the policies' runs of a seed are not paired"))
     builder_workers: int = Field(2, ge=1, le=512, description="parallel build processes")
     build_timeout_s: float = Field(60.0, gt=0, description="per-candidate build timeout (then recorded, skipped)")
     run_timeout_s: float = Field(10.0, gt=0, description="per-candidate run timeout (then recorded, skipped)")
@@ -104,6 +110,13 @@ class TuneConfig(BaseModel):
             raise ValueError(f"trials_per_task={self.trials_per_task} < trials_per_round={self.trials_per_round}: "
                              f"the first pass (one round per task) would not fit the budget and some tasks would "
                              f"never be measured")
+        if (self.trials_per_task == self.trials_per_round and self.foresee_trials > 0
+                and any(p in FORESEE_POLICIES for p in self.policies)):
+            raise ValueError(f"trials_per_task={self.trials_per_task} == trials_per_round={self.trials_per_round} "
+                             f"with foresee_trials={self.foresee_trials}: the first pass (one round per task) "
+                             f"spends the whole budget, so no foresee round of "
+                             f"{[p for p in self.policies if p in FORESEE_POLICIES]} could ever run; expected "
+                             f"trials_per_task > trials_per_round, or foresee_trials=0")
         n_random = int(self.trials_per_round * self.search.eps_greedy)
         if self.foresee_random > n_random:
             raise ValueError(f"foresee_random={self.foresee_random} > the search's random picks per round "
@@ -136,4 +149,7 @@ class FamilySeerConfig(ComponentConfig):
             policy = getattr(self.evaluate, key)
             if policy not in self.tune.policies:
                 raise ValueError(f"evaluate.{key}={policy!r} is not among tune.policies={self.tune.policies}")
+        if self.evaluate.baseline == self.evaluate.method:
+            raise ValueError(f"evaluate.baseline={self.evaluate.baseline!r} equals evaluate.method: expected two "
+                             f"different policies (the method's speed-up is measured against the baseline)")
         return self

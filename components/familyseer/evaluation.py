@@ -11,23 +11,55 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from components.base import InputError
-from components.familyseer.analysis import (bootstrap_speedups, interval, load_records, mean_curve, ranking_quality,
-                                            run_curve, search_speedup, set_aside, to_jsonable, untunable_tasks)
+from components.familyseer.analysis import (bootstrap_speedups, interval, load_records, mean_curve, per_seed_speedups,
+                                            ranking_quality, run_curve, search_speedup, set_aside, to_jsonable,
+                                            untunable_tasks)
 from components.familyseer.config import FamilySeerConfig
 from components.familyseer.family import family_of, make_family_group
-from components.familyseer.tuning import load_run
+from components.familyseer.tuning import load_run, read_json_object
 
 BOOTSTRAP_RESAMPLES = 1000  # seed resamples behind each speed-up's 90 % interval (numpy generator seed 0)
 
 
-def _median(xs: list[float]) -> float | None:
-    xs = [x for x in xs if x is not None and np.isfinite(x)]
+def _finite(xs: list[float | None]) -> list[float]:
+    return [float(x) for x in xs if x is not None and np.isfinite(x)]
+
+
+def _median(xs: list[float | None]) -> float | None:
+    """Median of the finite values (callers record how many there were next to it)."""
+    xs = _finite(xs)
     return float(np.median(xs)) if xs else None
 
 
-def _mean(xs: list[float]) -> float | None:
-    xs = [x for x in xs if x is not None and np.isfinite(x)]
+def _mean(xs: list[float | None]) -> float | None:
+    """Mean of the finite values (callers record how many there were next to it)."""
+    xs = _finite(xs)
     return float(np.mean(xs)) if xs else None
+
+
+def read_tasks(tasks_file: Path, name: str) -> list[dict[str, Any]]:
+    """The task list of ``tasks.json`` (the data stage's manifest of model ``name``); InputError naming
+    the file when it is missing, not JSON, or without a non-empty ``tasks`` list of named tasks."""
+    what = (f"the data stage's task manifest of model {name!r} (run `python -m flows familyseer data`), a JSON "
+            f"object whose 'tasks' is a non-empty list of objects with 'name' and 'core_op'")
+    tasks = read_json_object(tasks_file, ("tasks",), what)["tasks"]
+    if not (isinstance(tasks, list) and tasks
+            and all(isinstance(t, dict) and "name" in t and "core_op" in t for t in tasks)):
+        raise InputError(f"{tasks_file}: 'tasks' is {str(tasks)[:120]!r}; expected {what}")
+    return tasks
+
+
+def final_latencies(runs: list[Mapping[str, Any]], budget: int) -> dict[str, Any]:
+    """Each run's best weighted latency at the budget (us; None for a run that never measured every task
+    validly) and their mean over the runs that have one, with how many did (``seeds_used``)."""
+    per_seed: list[float | None] = []
+    for run in runs:
+        lat = run_curve(run)[0]
+        value = float(lat[min(budget, lat.size) - 1]) * 1e3 if lat.size else float("inf")
+        per_seed.append(value if np.isfinite(value) else None)
+    used = _finite(per_seed)
+    return {"mean_us": float(np.mean(used)) if used else None, "seeds": len(runs), "seeds_used": len(used),
+            "per_seed_us": per_seed}
 
 
 def _ranking_for_model(cfg: FamilySeerConfig, zoo_dir: Path, name: str, run_dirs: list[tuple[int, Path]],
@@ -115,12 +147,7 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
     policy_summary: dict[str, dict[str, float]] = {p: {} for p in tc.policies}
     boot_samples: dict[str, list[np.ndarray]] = {}  # policy -> per model, bootstrap speed-ups
     for name in cfg.zoo.models:
-        tasks_file = zoo_dir / name / "tasks.json"
-        if not tasks_file.is_file():
-            raise InputError(f"{tasks_file}: missing; expected the zoo stage's task list of model {name!r} "
-                             f"(run `python -m flows familyseer zoo`)")
-        manifest = json.loads(tasks_file.read_text())
-        tasks = manifest["tasks"]
+        tasks = read_tasks(zoo_dir / name / "tasks.json", name)
         runs = {p: [load_run(run_dir(name, p, s)) for s in tc.seeds] for p in tc.policies}
         # a task no policy and seed could build and run is set aside for every policy alike
         untunable = untunable_tasks([r for rs in runs.values() for r in rs])
@@ -139,31 +166,48 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
                 fh.write(f"{i + 1}," + ",".join(f"{v:.4f}" if np.isfinite(v) else "" for v in vals) + "\n")
 
         model_out: dict[str, Any] = {"tasks": len(tasks), "budget": budget, "untunable_tasks": untunable,
-                                     "speedup": {}, "speedup_ci90": {}, "final_latency_us": {}}
+                                     "speedup": {}, "speedup_ci90": {}, "speedup_per_seed": {},
+                                     "final_latency_us": {}, "final_latency_seeds_used": {},
+                                     "final_latency_per_seed_us": {}}
         for p in tc.policies:
             if p == ev.baseline:
                 continue
             boot = bootstrap_speedups(runs[ev.baseline], runs[p], budget, BOOTSTRAP_RESAMPLES)
             boot_samples.setdefault(p, []).append(boot)
             model_out["speedup_ci90"][p] = interval(boot)
+            model_out["speedup_per_seed"][p] = [
+                None if s is None else {"trials": s.speedup_trials, "wall": s.speedup_wall, "reached": s.reached}
+                for s in per_seed_speedups(runs[ev.baseline], runs[p], 1.0, budget)]
             for level in (1.0, 0.9):
                 sp = search_speedup(runs[ev.baseline], runs[p], level, budget)
                 if sp is None:
+                    # flagged, not dropped: the headline mean is over the models that have a speed-up
+                    tables["search_speedup"].append({
+                        "model": name, "policy": p, "level": level, "baseline_trials": None, "method_trials": None,
+                        "speedup_trials": None, "speedup_wall": None, "reached": None,
+                        "note": f"no speed-up: {ev.baseline}'s seed-mean curve never covers every task (a seed "
+                                f"never measured one validly); this model is left out of the means"})
                     continue
                 key = f"{p}" if level == 1.0 else f"{p}_at90"
                 model_out["speedup"][key] = to_jsonable(sp)
                 tables["search_speedup"].append({
                     "model": name, "policy": p, "level": level, "baseline_trials": sp.baseline_trials,
                     "method_trials": sp.method_trials if sp.reached else f"> {len(curves[p][0])}",
-                    "speedup_trials": sp.speedup_trials, "speedup_wall": sp.speedup_wall, "reached": sp.reached})
+                    "speedup_trials": sp.speedup_trials, "speedup_wall": sp.speedup_wall, "reached": sp.reached,
+                    "note": ""})
         for p in tc.policies:
-            finals = [float(run_curve(r)[0][min(budget, len(r["trials"])) - 1]) for r in runs[p]]  # at the budget
-            model_out["final_latency_us"][p] = _mean([f * 1e3 for f in finals])
-            tables["final_latency"].append({"model": name, "policy": p,
-                                            "final_weighted_latency_us_mean": model_out["final_latency_us"][p],
-                                            "seeds": len(finals),
-                                            "trials_mean": _mean([r["num_trials"] for r in runs[p]]),
-                                            "tuning_wall_s_mean": _mean([r["wall_s"] for r in runs[p]])})
+            fin = final_latencies(runs[p], budget)  # at the budget
+            model_out["final_latency_us"][p] = fin["mean_us"]
+            model_out["final_latency_seeds_used"][p] = fin["seeds_used"]
+            model_out["final_latency_per_seed_us"][p] = fin["per_seed_us"]
+            missing = [s for s, v in zip(tc.seeds, fin["per_seed_us"]) if v is None]
+            tables["final_latency"].append({
+                "model": name, "policy": p, "final_weighted_latency_us_mean": fin["mean_us"],
+                "seeds": fin["seeds"], "seeds_used": fin["seeds_used"],
+                "trials_mean": _mean([r["num_trials"] for r in runs[p]]),
+                "tuning_wall_s_mean": _mean([r["wall_s"] for r in runs[p]]),
+                "note": (f"mean over {fin['seeds_used']} of {fin['seeds']} seeds: seed(s) {missing} never measured "
+                         f"every task validly" if missing else "")})
             policy_summary[p][f"{name}.final_weighted_latency_us"] = model_out["final_latency_us"][p] or float("nan")
         b, m = model_out["final_latency_us"].get(ev.baseline), model_out["final_latency_us"].get(ev.method)
         model_out["final_ratio_baseline_over_method"] = (b / m) if (b and m) else None
@@ -230,27 +274,47 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
 
 
 def _headline(cfg: FamilySeerConfig, per_model: Mapping[str, Any]) -> dict[str, Any]:
+    """The metrics file's figures from the per-model results. Every mean or median over models or seeds
+    is over those that have the figure; ``models_used`` / ``seeds_used`` next to it say how many did
+    (``models`` / ``seeds``: how many there were)."""
     ev, tc = cfg.evaluate, cfg.tune
+    b = ev.baseline
     sp = [per_model[m]["speedup"].get(ev.method) for m in per_model]
     sp90 = [per_model[m]["speedup"].get(f"{ev.method}_at90") for m in per_model]
-    trials = [s["speedup_trials"] for s in sp if s]
-    walls = [s["speedup_wall"] for s in sp if s and s["speedup_wall"] is not None]
-    fam_acc = [per_model[m]["cost_model"]["family_accuracy"] for m in per_model]
-    glob_acc = [per_model[m]["cost_model"]["global_accuracy"] for m in per_model]
-    families = [d for m in per_model for d in per_model[m]["cost_model"]["families"].values()
+    trials = _finite([s["speedup_trials"] for s in sp if s])
+    walls = _finite([s["speedup_wall"] for s in sp if s])
+    at90 = _finite([s["speedup_trials"] for s in sp90 if s])
+    # the wall-clock speed-up of each seed alone (baseline and method runs of one seed): a stalled run
+    # moves the seed-mean figure, not the median of these
+    wall_per_seed = {m: [(s or {}).get("wall") for s in per_model[m].get("speedup_per_seed", {}).get(ev.method, [])]
+                     for m in per_model}
+    walls_seed = _finite([w for ws in wall_per_seed.values() for w in ws])
+    cms = {m: per_model[m]["cost_model"] for m in per_model}
+    scored = [m for m in per_model if cms[m]["family_accuracy"] is not None and cms[m]["global_accuracy"] is not None]
+    multi = [m for m in per_model if (cms[m].get("multi_member") or {}).get("family_accuracy") is not None
+             and cms[m]["multi_member"].get("global_accuracy") is not None]
+    fam_acc, glob_acc = _mean([cms[m]["family_accuracy"] for m in scored]), _mean([cms[m]["global_accuracy"] for m in scored])
+    mm_fam = _mean([cms[m]["multi_member"]["family_accuracy"] for m in multi])
+    mm_glob = _mean([cms[m]["multi_member"]["global_accuracy"] for m in multi])
+    families = [d for m in per_model for d in cms[m]["families"].values()
                 if d["family_accuracy"] is not None and d["global_accuracy"] is not None]
     tuned_vs_untuned = [per_model[m]["latency"].get(f"tvm_{p}", {}).get("speedup_vs_untuned")
                         for m in per_model for p in tc.policies]
     tuned_vs_untuned = [x for x in tuned_vs_untuned if x]
-    ratios = [per_model[m]["final_ratio_baseline_over_method"] for m in per_model]
+    ratios = _finite([per_model[m]["final_ratio_baseline_over_method"] for m in per_model])
     metrics: dict[str, Any] = {
         "search_speedup": {
-            f"speedup_vs_{ev.baseline}_trials_mean": _mean(trials),
-            f"speedup_vs_{ev.baseline}_trials_geomean": float(np.exp(np.mean(np.log(trials)))) if trials else None,
-            f"speedup_vs_{ev.baseline}_wall_mean": _mean(walls),
-            f"speedup_vs_{ev.baseline}_trials_mean_at90": _mean([s["speedup_trials"] for s in sp90 if s]),
-            "models": len(per_model), "models_reached": sum(1 for s in sp if s and s["reached"]),
+            f"speedup_vs_{b}_trials_mean": _mean(trials),
+            f"speedup_vs_{b}_trials_geomean": float(np.exp(np.mean(np.log(trials)))) if trials else None,
+            f"speedup_vs_{b}_wall_mean": _mean(walls),
+            f"speedup_vs_{b}_wall_seed_median": _median(walls_seed),
+            f"speedup_vs_{b}_trials_mean_at90": _mean(at90),
+            "models": len(per_model), "models_used": len(trials), "models_used_wall": len(walls),
+            "models_used_at90": len(at90), "seeds": len(tc.seeds), "seeds_used_wall": len(walls_seed),
+            "models_reached": sum(1 for s in sp if s and s["reached"]),
             "per_model": {m: {"trials": (s or {}).get("speedup_trials"), "wall": (s or {}).get("speedup_wall"),
+                              "wall_per_seed": wall_per_seed[m],
+                              "wall_seed_median": _median(wall_per_seed[m]),
                               "reached": int(bool((s or {}).get("reached"))),
                               "baseline_trials": (s or {}).get("baseline_trials"),
                               "method_trials": (s or {}).get("method_trials")}
@@ -258,22 +322,31 @@ def _headline(cfg: FamilySeerConfig, per_model: Mapping[str, Any]) -> dict[str, 
         },
         "final_latency": {
             "ratio_baseline_over_method_mean": _mean(ratios),
+            "models": len(per_model), "models_used": len(ratios), "seeds": len(tc.seeds),
             "per_model_us": {m: per_model[m]["final_latency_us"] for m in per_model},
+            "per_model_seeds_used": {m: per_model[m].get("final_latency_seeds_used", {}) for m in per_model},
         },
         "cost_model": {
-            "family_accuracy": _mean(fam_acc), "global_accuracy": _mean(glob_acc),
-            "accuracy_gain_pp": (100 * (_mean(fam_acc) - _mean(glob_acc))) if (_mean(fam_acc) is not None
-                                                                              and _mean(glob_acc) is not None) else None,
+            "family_accuracy": fam_acc, "global_accuracy": glob_acc,
+            "accuracy_gain_pp": 100 * (fam_acc - glob_acc) if scored else None,
+            "pairs": sum(int(cms[m].get("pairs", 0)) for m in scored),
+            # families of >= 2 member tasks only (a one-member family's model is a per-task model)
+            "accuracy_gain_pp_multi_member": 100 * (mm_fam - mm_glob) if multi else None,
+            "family_accuracy_multi_member": mm_fam, "global_accuracy_multi_member": mm_glob,
+            "pairs_multi_member": sum(int(cms[m]["multi_member"]["pairs"]) for m in multi),
+            "families_multi_member": sum(int(cms[m]["multi_member"]["families"]) for m in multi),
+            "models": len(per_model), "models_used": len(scored), "models_used_multi_member": len(multi),
             "families_scored": len(families),
             "families_better": sum(1 for d in families if d["family_accuracy"] > d["global_accuracy"]),
-            "per_model": {m: {fam: {"family": d["family_accuracy"], "global": d["global_accuracy"], "pairs": d["pairs"]}
-                              for fam, d in per_model[m]["cost_model"]["families"].items()} for m in per_model},
+            "per_model": {m: {fam: {"family": d["family_accuracy"], "global": d["global_accuracy"], "pairs": d["pairs"],
+                                    "members": len(d["members"])}
+                              for fam, d in cms[m]["families"].items()} for m in per_model},
         },
         "latency": {
             "speedup_tuned_vs_untuned_min": min(tuned_vs_untuned) if tuned_vs_untuned else None,
-            **{m: {b: {k: v for k, v in d.items() if k in ("latency_ms_p50", "latency_ms_p99", "speedup_vs_untuned",
-                                                           "speedup_vs_pytorch")}
-                   for b, d in per_model[m]["latency"].items()} for m in per_model},
+            **{m: {b_: {k: v for k, v in d.items() if k in ("latency_ms_p50", "latency_ms_p99", "speedup_vs_untuned",
+                                                            "speedup_vs_pytorch")}
+                   for b_, d in per_model[m]["latency"].items()} for m in per_model},
         },
     }
     return metrics

@@ -167,7 +167,6 @@ def _search_class():
             self.measured = measured
             self.inner = EvolutionarySearch(**self.params)
             self.task = ""
-            self.skipped = 0  # proposed candidates dropped as already measured by a foresee round
 
         def _initialize_with_tune_context(self, context: Any) -> None:
             self.task = str(context.task_name)
@@ -185,9 +184,7 @@ def _search_class():
             if candidates is None:
                 return None
             seen = self.measured.get(self.task, set())
-            kept = [c for c in candidates if module_hash(c.sch.mod) not in seen]
-            self.skipped += len(candidates) - len(kept)
-            return kept
+            return [c for c in candidates if module_hash(c.sch.mod) not in seen]
 
         def notify_runner_results(self, measure_candidates: list, results: list) -> None:
             self.inner.notify_runner_results(measure_candidates, results)

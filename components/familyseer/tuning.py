@@ -36,6 +36,8 @@ from components.familyseer.config import TuneConfig
 from components.familyseer.family import Grouping, family_of, make_family_group
 
 RUN_FILES = ("database_workload.json", "database_tuning_record.json", "ledger.json", "run.json")
+#: what the evaluation reads from a run's run.json (load_run checks them)
+RUN_KEYS = ("fingerprint", "policy", "seed", "tasks", "weights", "budget", "num_trials", "wall_s")
 FORMAT_VERSION = 2
 
 
@@ -88,19 +90,37 @@ def fingerprint(model_manifest: dict[str, Any], policy: str, seed: int, cfg: Tun
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def read_json_object(path: Path, keys: tuple[str, ...], what: str) -> dict[str, Any]:
+    """The JSON object in ``path``, which must hold ``keys``; InputError naming the file, what was wrong
+    and the keys expected (``what``: the file's role and the stage that writes it)."""
+    if not path.is_file():
+        raise InputError(f"{path}: missing; expected {what}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(f"{path}: not valid JSON ({err}); expected {what}, a JSON object with keys "
+                         f"{list(keys)}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a JSON {type(data).__name__}, not an object; expected {what}, a JSON object "
+                         f"with keys {list(keys)}")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise InputError(f"{path}: keys {missing} missing; expected {what}, a JSON object with keys {list(keys)}")
+    return data
+
+
 def load_run(run_dir: Path) -> dict[str, Any]:
     """``run.json`` + ``ledger.json`` of a finished run (InputError naming a missing/bad file)."""
     for name in RUN_FILES:
         if not (run_dir / name).is_file():
             raise InputError(f"{run_dir / name}: missing; expected a finished tuning run (run the tune stage)")
-    try:
-        run = json.loads((run_dir / "run.json").read_text())
-        run["trials"] = json.loads((run_dir / "ledger.json").read_text())["trials"]
-        for key in ("fingerprint", "policy", "seed", "weights", "budget"):
-            run[key]
-    except (ValueError, KeyError, TypeError) as err:
-        raise InputError(f"{run_dir}: malformed run record ({type(err).__name__}: {err}); expected run.json "
-                         f"and ledger.json as the tune stage writes them") from None
+    what = "a finished tuning run's record as the tune stage writes it (re-run the tune stage)"
+    run = read_json_object(run_dir / "run.json", RUN_KEYS, what)
+    trials = read_json_object(run_dir / "ledger.json", ("trials",), what)["trials"]
+    if not isinstance(trials, list) or not isinstance(run["tasks"], list) or not isinstance(run["weights"], list):
+        raise InputError(f"{run_dir}: malformed run record ('trials' of ledger.json, 'tasks' and 'weights' of "
+                         f"run.json must be lists); expected {what}")
+    run["trials"] = trials
     return run
 
 
@@ -122,31 +142,36 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)  # XGBModel's warm-up predictions draw from numpy's global generator
 
 
-def stored_run(model: Any, policy: str, seed: int, cfg: TuneConfig, run_dir: Path) -> dict[str, Any] | None:
+def stored_run(model: Any, policy: str, seed: int, cfg: TuneConfig, run_dir: Path,
+               fp: str | None = None) -> dict[str, Any] | None:
     """The run stored in ``run_dir`` if ``cfg.replay`` is on and its fingerprint is this run's (same
-    model, policy, seed, settings and tuning code); None when it has to be measured."""
+    model, policy, seed, settings and tuning code; ``fp``: that fingerprint, if the caller has it);
+    None when it has to be measured."""
     if not (cfg.replay and (run_dir / "run.json").is_file()):
         return None
     try:
         stored = load_run(run_dir)
     except InputError:
         return None
-    return stored if stored.get("fingerprint") == fingerprint(model.manifest, policy, seed, cfg) else None
+    fp = fp or fingerprint(model.manifest, policy, seed, cfg)
+    return stored if stored.get("fingerprint") == fp else None
 
 
 def tune_model(model: Any, policy: str, seed: int, cfg: TuneConfig, run_dir: Path,
-               progress: Callable[[str], None] | None = None, measurer: Any = None) -> dict[str, Any]:
+               progress: Callable[[str], None] | None = None, measurer: Any = None,
+               fp: str | None = None) -> dict[str, Any]:
     """Tune ``model`` (a :class:`zoo.LoadedModel`) with ``policy`` and ``seed``; return the run summary.
 
     Replays the stored run when ``cfg.replay`` and its fingerprint matches; otherwise measures and
     replaces ``run_dir`` atomically. ``measurer`` (a :class:`measure.Measurer`) is shared by the runs of
-    a stage; without one, the run starts and stops its own.
+    a stage; without one, the run starts and stops its own. ``fp``: the run's :func:`fingerprint` if
+    the caller computed it already.
     """
     if policy not in POLICIES:
         raise ConfigError(f"familyseer.tune.policies: {policy!r} is unknown; expected one of {sorted(POLICIES)}")
     say = progress or (lambda msg: None)
-    fp = fingerprint(model.manifest, policy, seed, cfg)
-    stored = stored_run(model, policy, seed, cfg, run_dir)
+    fp = fp or fingerprint(model.manifest, policy, seed, cfg)
+    stored = stored_run(model, policy, seed, cfg, run_dir, fp)
     if stored is not None:
         say(f"{model.name}/{policy}/seed {seed}: replaying {len(stored['trials'])} stored trials "
             f"(fingerprint {fp})")
@@ -162,12 +187,17 @@ def tune_model(model: Any, policy: str, seed: int, cfg: TuneConfig, run_dir: Pat
                 summary = _measure(model, policy, seed, cfg, tmp, fp, say, own)
         else:
             summary = _measure(model, policy, seed, cfg, tmp, fp, say, measurer)
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        os.replace(tmp, run_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    # the swap of tasks.io.atomic_dir (components do not import tasks/): the old run is renamed aside
+    # before the new one is renamed in, so run_dir never holds a partly deleted run
+    old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}") if run_dir.exists() else None
+    if old is not None:
+        os.replace(run_dir, old)
+    os.replace(tmp, run_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     summary["replayed"] = False
     return summary
 
@@ -261,6 +291,10 @@ def _measure(model: Any, policy: str, seed: int, cfg: TuneConfig, out: Path, fp:
         callbacks = list(ms.measure_callback.MeasureCallback.create("default")) + [ledger]
         say(f"{model.name}/{policy}/seed {seed}: tuning {n} tasks, budget {budget} trials"
             + (f", families {dict((k, len(v)) for k, v in families.items())}" if families else ""))
+        if spec.foresee and cfg.foresee_trials > 0 and budget <= (n + 1) * cfg.trials_per_round:
+            say(f"{model.name}/{policy}/seed {seed}: warning: budget {budget} <= (tasks + 1) x trials_per_round = "
+                f"{(n + 1) * cfg.trials_per_round}: the first pass and one main round spend it, so no foresee "
+                f"round fits unless rounds come back short")
         t0 = time.perf_counter()
         cpu0 = time.process_time()
         ledger.start()

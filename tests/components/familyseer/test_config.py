@@ -37,7 +37,34 @@ def test_full_profile_validates_and_is_paper_scale():
     ({"tune": {"search": {"population_size": 16, "init_min_unmeasured": 32}}}, "init_min_unmeasured=32"),
     ({"tune": {"policies": ["familyseer"]}}, "evaluate.baseline='gradient' is not among tune.policies"),
     ({"tune": {"budget": 3}}, "familyseer.tune.budget: unknown parameter"),
+    ({"evaluate": {"method": "gradient"}}, "evaluate.baseline='gradient' equals evaluate.method"),
+    ({"tune": {"trials_per_task": 8}}, "trials_per_task=8 == trials_per_round=8 with foresee_trials=4"),
 ])
 def test_bad_parameters_are_named(override, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         resolve_section(FamilySeerConfig, {}, override)
+
+
+def test_a_budget_without_room_for_foresee_is_fine_when_no_policy_has_foresee():
+    """trials_per_task == trials_per_round is rejected only where a foresee round was asked for."""
+    for override in ({"tune": {"trials_per_task": 8, "foresee_trials": 0}},
+                     {"tune": {"trials_per_task": 8, "policies": ["gradient", "familyseer_no_foresee"]},
+                      "evaluate": {"method": "familyseer_no_foresee"}}):
+        cfg = resolve_section(FamilySeerConfig, {}, override)
+        assert cfg.tune.trials_per_task == cfg.tune.trials_per_round == 8
+
+
+def test_foresee_policies_match_the_tuning_policy_table():
+    from components.familyseer.config import FORESEE_POLICIES
+    from components.familyseer.tuning import POLICIES
+
+    assert FORESEE_POLICIES == {name for name, spec in POLICIES.items() if spec.foresee}
+
+
+def test_quick_profile_searches_single_threaded():
+    """One search thread: a seed fixes the search's picks (test_tuning: repeats and policies share
+    their warm-up schedules); the full profile trades that for speed, as its description says."""
+    quick = FamilySeerConfig()
+    full = resolve_section(FamilySeerConfig, {"profile": "full"})
+    assert quick.tune.search_threads == 1 and full.tune.search_threads > 1
+    assert "not reproducible" in type(quick.tune).model_fields["search_threads"].description

@@ -1,4 +1,4 @@
-"""Family grouping on known MetaSchedule/Relax task names (the artifact's make_family_group)."""
+"""Family grouping (the artifact's make_family_group) on the task descriptions of a real, tiny CNN."""
 from __future__ import annotations
 
 import pytest
@@ -26,45 +26,88 @@ def test_split_ops_parses_multiword_operator_names(name, ops):
     assert split_ops(name, VOCAB) == ops
 
 
-def _task(name, core, hsh):
-    return {"name": name, "core_op": core, "subgraph_hash": hsh}
+def _tiny_cnn():
+    """Stem conv, depthwise conv, strided conv, conv with an identity shortcut, mean pooling, linear:
+    the task kinds of the zoo's CNNs (``zoo.py``) at toy size."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, 1, 1)
+            self.dw = nn.Conv2d(8, 8, 3, 1, 1, groups=8)
+            self.down = nn.Conv2d(8, 16, 3, 2, 1)
+            self.conv = nn.Conv2d(16, 16, 3, 1, 1)
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x):
+            x = torch.relu(self.dw(torch.relu(self.stem(x))))
+            x = torch.relu(self.down(x))
+            x = torch.relu(self.conv(x) + x)
+            return self.fc(x.mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    return Net().eval(), (torch.randn(1, 3, 8, 8),)
 
 
-TASKS = [  # the resnet_tiny tasks as the data stage describes them
-    _task("fused_matmul_add2", "matmul", "h_mm"),
-    _task("mean", "mean", "h_mean"),
-    _task("fused_conv2d2_add1_add2_relu1", "conv2d", "h_conv_res"),
-    _task("fused_conv2d3_add1", "conv2d", "h_conv_bias"),
-    _task("fused_conv2d1_add1_relu1", "conv2d", "h_conv_relu"),
-    _task("fused_conv2d_add_relu", "conv2d", "h_conv_relu"),
-]
+@pytest.fixture(scope="module")
+def tasks():
+    """The data stage's task descriptions (``zoo.describe_task`` on the tasks MetaSchedule extracts)."""
+    from dataclasses import asdict
+
+    from components.familyseer.zoo import extract_tasks, make_target, to_relax
+
+    module, inputs = _tiny_cnn()
+    _, infos = extract_tasks(to_relax(module, inputs), make_target(2), complex_only=True)
+    return [asdict(i) for i in infos]
 
 
-def test_op_policy_groups_by_core_operator():
-    groups = make_family_group(TASKS, "op")
-    assert groups == {"matmul": [0], "mean": [1], "conv2d": [2, 3, 4, 5]}
+def _by_anchor(tasks, anchor):
+    return [t for t in tasks if t["anchor"] == anchor]
 
 
-def test_hash_policy_is_finer_than_op_policy():
-    groups = make_family_group(TASKS, "hash")
-    assert groups["h_conv_relu"] == [4, 5]           # same operator sequence, different shapes
-    assert len(groups) == 5
-    op_of = family_of(make_family_group(TASKS, "op"))
+def test_describe_task_derives_the_core_operator_and_the_group_conv2d_rule(tasks):
+    assert all(t["complex"] and t["anchor"] and t["structural_hash"] for t in tasks)
+    assert sorted(t["core_op"] for t in tasks) == ["conv2d", "conv2d", "conv2d", "group_conv2d", "matmul", "mean"]
+    for t in tasks:
+        assert t["ops"] and t["ops"][0] in t["name"]                      # parsed from the Relax name
+    # the depthwise conv's name reads as a plain conv2d: only its anchor block makes it group_conv2d
+    (dw,) = _by_anchor(tasks, "group_conv2d_nchw")
+    assert dw["ops"][0] == "conv2d" and dw["core_op"] == "group_conv2d"
+    assert {t["core_op"] for t in _by_anchor(tasks, "conv2d_nchw")} == {"conv2d"}
+
+
+def test_op_policy_groups_by_core_operator(tasks):
+    groups = make_family_group(tasks, "op")
+    assert sorted(groups) == ["conv2d", "group_conv2d", "matmul", "mean"]
+    assert sorted(tasks[i]["anchor"] for i in groups["conv2d"]) == ["conv2d_nchw"] * 3
+    assert [tasks[i]["anchor"] for i in groups["group_conv2d"]] == ["group_conv2d_nchw"]
+
+
+def test_hash_policy_is_finer_than_op_policy(tasks):
+    groups = make_family_group(tasks, "hash")
+    # stem and strided conv: the same operator sequence (conv, bias, relu) at different shapes
+    shared = [members for members in groups.values() if len(members) > 1]
+    assert len(shared) == 1 and len(shared[0]) == 2
+    assert len({tasks[i]["structural_hash"] for i in shared[0]}) == 2
+    assert len(groups) == len(tasks) - 1
+    op_of = family_of(make_family_group(tasks, "op"))
     for members in groups.values():                  # every hash family sits inside one op family
         assert len({op_of[i] for i in members}) == 1
 
 
-def test_ind_policy_is_one_family_per_task():
-    groups = make_family_group(TASKS, "ind")
-    assert sorted(len(v) for v in groups.values()) == [1] * len(TASKS)
+def test_ind_policy_is_one_family_per_task(tasks):
+    groups = make_family_group(tasks, "ind")
+    assert sorted(len(v) for v in groups.values()) == [1] * len(tasks)
 
 
-def test_every_task_in_exactly_one_family():
+def test_every_task_in_exactly_one_family(tasks):
     for grouping in ("op", "hash", "ind"):
-        members = sorted(i for v in make_family_group(TASKS, grouping).values() for i in v)
-        assert members == list(range(len(TASKS)))
+        members = sorted(i for v in make_family_group(tasks, grouping).values() for i in v)
+        assert members == list(range(len(tasks)))
 
 
 def test_unknown_grouping_is_a_config_error():
     with pytest.raises(ConfigError, match="'op', 'hash', 'ind'"):
-        family_key(TASKS[0], "shape")  # type: ignore[arg-type]
+        family_key({"name": "matmul", "core_op": "matmul", "subgraph_hash": "h"}, "shape")  # type: ignore[arg-type]

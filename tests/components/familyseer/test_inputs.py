@@ -59,3 +59,68 @@ def test_foresee_picks_take_unmeasured_bests_then_random_picks():
     assert foresee_picks(round_, {"b0", "r0"}, 4, 2, key=same) == ["b1", "b2", "b3", "r1"]
     # nothing left unmeasured: an empty round, not a repeat
     assert foresee_picks(round_, set(round_), 4, 2, key=same) == []
+
+
+def _run_files(folder, run=None, ledger=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("database_workload.json", "database_tuning_record.json"):
+        (folder / name).write_text("")
+    run = run if run is not None else {"fingerprint": "f", "policy": "gradient", "seed": 0, "tasks": ["t"],
+                                       "weights": [1.0], "budget": 2, "num_trials": 2, "wall_s": 1.0}
+    (folder / "run.json").write_text(run if isinstance(run, str) else json.dumps(run))
+    ledger = ledger if ledger is not None else {"trials": []}
+    (folder / "ledger.json").write_text(ledger if isinstance(ledger, str) else json.dumps(ledger))
+    return folder
+
+
+def test_a_malformed_run_record_names_the_file_and_the_keys(tmp_path):
+    from components.familyseer.tuning import load_run
+
+    assert load_run(_run_files(tmp_path / "ok"))["trials"] == []
+    with pytest.raises(InputError, match=r"run.json: keys \['num_trials', 'wall_s'\] missing.*'tasks'"):
+        load_run(_run_files(tmp_path / "keys", run={"fingerprint": "f", "policy": "gradient", "seed": 0,
+                                                    "tasks": ["t"], "weights": [1.0], "budget": 2}))
+    with pytest.raises(InputError, match=r"run.json: not valid JSON"):
+        load_run(_run_files(tmp_path / "truncated", run='{"fingerprint": "f", "pol'))
+    with pytest.raises(InputError, match=r"ledger.json: keys \['trials'\] missing"):
+        load_run(_run_files(tmp_path / "ledger", ledger={"rows": []}))
+    with pytest.raises(InputError, match=r"ledger.json: a JSON list, not an object"):
+        load_run(_run_files(tmp_path / "list", ledger="[]"))
+
+
+def test_a_malformed_task_manifest_stops_the_evaluation_with_its_name(tmp_path):
+    from components.familyseer.config import FamilySeerConfig
+    from components.familyseer.evaluation import evaluate_all
+
+    cfg = FamilySeerConfig()
+    tasks = tmp_path / "zoo" / "resnet_tiny" / "tasks.json"
+
+    def evaluate():
+        evaluate_all(cfg, tmp_path / "zoo", lambda m, p, s: tmp_path / "runs" / m / p / f"seed{s}", {}, tmp_path)
+
+    with pytest.raises(InputError, match=r"tasks.json: missing; expected the data stage's task manifest"):
+        evaluate()
+    tasks.parent.mkdir(parents=True)
+    for text, needle in (('{"model": "resnet_tiny", "tas', r"tasks.json: not valid JSON"),
+                         ('{"model": "resnet_tiny"}', r"tasks.json: keys \['tasks'\] missing"),
+                         ('{"tasks": []}', r"tasks.json: 'tasks' is '\[\]'; expected"),
+                         ('{"tasks": [{"name": "matmul"}]}', r"objects with 'name' and 'core_op'")):
+        tasks.write_text(text)
+        with pytest.raises(InputError, match=needle):
+            evaluate()
+
+
+def test_a_build_whose_output_differs_from_pytorch_is_stopped():
+    import numpy as np
+
+    from components.familyseer.latency import OUTPUT_RTOL, OutputMismatch, check_output
+
+    ref = np.array([[2.0, -4.0, 1.0]], dtype=np.float32)
+    assert check_output(ref + 1e-6, ref, "b") == pytest.approx(1e-6, rel=0.1)
+    assert check_output(ref + 0.9 * OUTPUT_RTOL * 4.0, ref, "b") > 0   # within 1e-3 x max |ref| = 4e-3
+    with pytest.raises(OutputMismatch, match=r"resnet_tiny: tuned.*up to 0\.01.*expected at most 0\.004"):
+        check_output(ref + np.array([[0.0, 0.01, 0.0]], dtype=np.float32), ref, "resnet_tiny: tuned")
+    with pytest.raises(OutputMismatch, match="expected at most"):
+        check_output(np.full_like(ref, np.nan), ref, "b")
+    with pytest.raises(OutputMismatch, match=r"shape \(3,\) differs from PyTorch's \(1, 3\)"):
+        check_output(ref[0], ref, "b")
