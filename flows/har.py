@@ -89,21 +89,13 @@ def _evaluate(ctx: StageContext, heads_dir: Path) -> dict:
     import torch
 
     from components.har import experiment as ex
-    from components.har.opticalflow import FLOW_METHODS
     from components.har.stream import WallClock, load_pipeline, run_stream
     from components.har.video import iter_frames, write_video
 
     cfg, paths = ctx.config, ctx.paths
     torch.set_num_threads(cfg.torch_threads)
-    manifest, splits = ex.load_splits(paths.data, cfg.opticalflow.clip_len)
+    manifest, splits, nets, flows, meta = ex.evaluation_inputs(cfg, paths.data, paths.models, paths.results)
     classes = manifest["classes"]
-    nets: dict[str, Any] = {k: ex.load_stream_net(paths.models / "teacher" / f"{k}.pt") for k in ("rgb", *FLOW_METHODS)}
-    nets["imfe"] = ex.load_imfe(paths.models / "imfe" / "imfe.pt")
-    flows = {s: {m: ex.load_flows(paths.results / "teacher" / f"flows_{m}.npz", sp.ids) for m in FLOW_METHODS}
-             for s, sp in splits.items()}
-    meta = {"classes": classes, "clip_len": cfg.opticalflow.clip_len, "height": manifest["height"],
-            "width": manifest["width"], "fps": manifest["fps"], "frames_per_clip": manifest.get("frames_per_clip"),
-            "opticalflow": cfg.opticalflow.model_dump(by_alias=True)}
 
     rows, per_source = ex.evaluate_heads(cfg, classes, splits, flows, nets, heads_dir, meta, ctx.progress)
     for r in rows:
@@ -117,9 +109,10 @@ def _evaluate(ctx: StageContext, heads_dir: Path) -> dict:
     # the streaming runtime on a video file: test clips back to back, frames arriving at stream_fps
     streams: dict[str, Any] = {}
     with atomic_dir(paths.results / "evaluate") as res:
-        clips, n = [], 0
-        for c in splits["test"].chunks:
+        clips, truth, n = [], [], 0
+        for c, label in zip(splits["test"].chunks, splits["test"].labels):
             clips.append(c.reshape(-1, *c.shape[2:]))
+            truth += [int(label)] * len(c)                 # the label of every chunk (one prediction each)
             n += len(clips[-1])
             if n >= cfg.evaluate.stream_frames:
                 break
@@ -133,6 +126,8 @@ def _evaluate(ctx: StageContext, heads_dir: Path) -> dict:
             rep = run_stream(iter_frames(video, pipe.size), pipe, cfg.evaluate.stream_fps, WallClock(),
                              queue_size=cfg.evaluate.queue_size)
             streams[source] = {**rep.summary(), "warmup_ms": warmup_ms}
+            if rep.frames_dropped == 0 and rep.labels:     # the runtime's own predictions, clips back to back
+                streams[source]["online_accuracy"] = float(np.mean(np.array(rep.labels) == truth[:len(rep.labels)]))
             lat_hist[source] = rep.latencies_ms
             ctx.progress("har stream %s: p50 %.1f ms p99 %.1f ms, %.1f fps achieved (capacity %.0f), %d misses, %d drops",
                          source, rep.latency_ms_p50, rep.latency_ms_p99, rep.achieved_fps, rep.capacity_fps,
@@ -176,7 +171,7 @@ def _evaluate(ctx: StageContext, heads_dir: Path) -> dict:
     metrics = _drop_none(metrics)
     ctx.log_metrics({k: v for k, v in metrics.items() if k not in ("paper", "profile")})
     ctx.log_table([{"source": s, "online_accuracy": d["online_accuracy"], "std": d["online_accuracy_std"],
-                    "clip_accuracy": d["clip_accuracy"],
+                    "clip_accuracy": d["clip_accuracy"], "stream_accuracy": d["stream_accuracy"],
                     "motion_ms_p50": _motion_ms(latency, s)} for s, d in per_source.items()], "accuracy_by_source")
     ctx.log_table(rows, "heads_by_seed")
     ctx.log_table([{"path": k, "p50_ms": v["p50"], "p99_ms": v["p99"], "mean_ms": v["mean"]}
@@ -234,7 +229,8 @@ def _plots(out: Path, per_source: dict, latency: dict, lat_hist: dict, imfe_sum:
     fig.savefig(out / "accuracy_latency.png", dpi=110)
     plt.close(fig)
     (out / "accuracy.csv").write_text(rows_to_csv([{"source": s, "online_accuracy": per_source[s]["online_accuracy"],
-                                                   "clip_accuracy": per_source[s]["clip_accuracy"]} for s in names]))
+                                                   "clip_accuracy": per_source[s]["clip_accuracy"],
+                                                   "stream_accuracy": per_source[s]["stream_accuracy"]} for s in names]))
     (out / "latency.csv").write_text(rows_to_csv([{"source": s, "motion_ms_p50": v} for s, v in motion.items()]))
 
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.4))

@@ -92,6 +92,11 @@ def claim_rows(claims: Mapping[str, Any], metrics: Mapping[str, Any]) -> list[di
     return rows
 
 
+def _cell(text: Any) -> str:
+    """Text for a Markdown table cell: a literal ``|`` (e.g. ``|IMFE - TV-L1|``) would end the cell."""
+    return "" if text is None else str(text).replace("|", "\\|")
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "—"
@@ -185,9 +190,9 @@ def build_report(root: Path | None = None, out_dir: Path | None = None,
                 lines += ["| claim | paper | target | measured | baseline (same run) | met |",
                           "|---|---|---|---|---|---|"]
                 for r in rows:
-                    base = f"{_fmt(r['baseline'])} ({r['baseline_label']})" if r["baseline"] is not None else "—"
-                    lines.append(f"| {r['claim']} | {r['paper'] or '—'} | {r['target'] or '—'} | "
-                                 f"{_fmt(r['measured'])} {r['unit']} | {base} | {_fmt(r['met'])} |")
+                    base = f"{_fmt(r['baseline'])} ({_cell(r['baseline_label'])})" if r["baseline"] is not None else "—"
+                    lines.append(f"| {_cell(r['claim'])} | {_cell(r['paper']) or '—'} | {_cell(r['target']) or '—'} | "
+                                 f"{_fmt(r['measured'])} {_cell(r['unit'])} | {base} | {_fmt(r['met'])} |")
                 lines.append("")
             src = root / "plots" / paper
             pngs = sorted(src.glob("*.png")) if src.is_dir() else []

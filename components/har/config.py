@@ -152,6 +152,10 @@ class TemporalConfig(_Section):
     batch_size: int = Field(64, ge=1, le=65536)
     lr: float = Field(2e-3, gt=0, le=1)
     weight_decay: float = Field(1e-2, ge=0, le=1)
+    stream_passes: int = Field(1, ge=0, le=64,
+                               description="continuous streams of all training clips (seeded random order) the "
+                                           "head also trains on, so that it knows windows spanning clip "
+                                           "boundaries as the real-time runtime's do (0: each clip's own windows only)")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "TemporalConfig":
@@ -170,6 +174,15 @@ class EvaluateConfig(_Section):
     threads: int = Field(1, ge=1, le=64, description="threads of every motion source in the latency runs "
                                                       "(OpenCV, torch, onnxruntime alike)")
     queue_size: int = Field(2, ge=1, le=1000, description="camera buffer (frames) of the streaming runtime")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "EvaluateConfig":
+        for name in ("seeds", "sources"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"evaluate.{name}={values}: expected distinct values (a repeat would count one "
+                                 f"head twice in the mean and the std)")
+        return self
 
 
 class HarConfig(ComponentConfig):

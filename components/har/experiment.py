@@ -199,7 +199,14 @@ def load_bundle(path: Path) -> dict[str, Any]:
 
     if not path.is_file():
         raise InputError(f"{path}: model file not found; run the stage that writes it first")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        bundle = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated or not a torch file: name the file, not torch's internals
+        raise InputError(f"{path}: not a readable model bundle ({type(err).__name__}: {err}); re-run the "
+                         f"stage that writes it") from None
+    if not isinstance(bundle, dict) or "state_dict" not in bundle:
+        raise InputError(f"{path}: not a model bundle of the har stages (expected a dict with a 'state_dict')")
+    return bundle
 
 
 def load_stream_net(path: Path):
@@ -364,12 +371,32 @@ def source_features(source: str, split: Split, flows: dict[str, list[np.ndarray]
     return out
 
 
+def evaluation_inputs(cfg: HarConfig, data_dir: Path, models_dir: Path, results_dir: Path):
+    """What the evaluate stage reads: ``(manifest, splits, nets, flows, meta)`` -- the clips, the
+    stream CNNs and IMFE (``models_dir/teacher``, ``models_dir/imfe``), every split's flow per
+    method (``results_dir/teacher``) and the metadata saved with the heads."""
+    manifest, splits = load_splits(data_dir, cfg.opticalflow.clip_len)
+    nets: dict[str, Any] = {k: load_stream_net(models_dir / "teacher" / f"{k}.pt") for k in ("rgb", *FLOW_METHODS)}
+    nets["imfe"] = load_imfe(models_dir / "imfe" / "imfe.pt")
+    flows = {s: {m: load_flows(results_dir / "teacher" / f"flows_{m}.npz", sp.ids) for m in FLOW_METHODS}
+             for s, sp in splits.items()}
+    meta = {"classes": manifest["classes"], "clip_len": cfg.opticalflow.clip_len, "height": manifest["height"],
+            "width": manifest["width"], "fps": manifest["fps"], "frames_per_clip": manifest.get("frames_per_clip"),
+            "opticalflow": cfg.opticalflow.model_dump(by_alias=True)}
+    return manifest, splits, nets, flows, meta
+
+
 def evaluate_heads(cfg: HarConfig, classes: list[str], splits: dict[str, Split], flows: dict[str, dict[str, list[np.ndarray]]],
                    nets: dict[str, Any], heads_dir: Path | None, meta: dict[str, Any],
                    progress: Progress = _noop) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Train an LSTR head per source and seed on train (+ mirrored) clips; online accuracy on test.
-    Returns one row per (source, seed) and per-source summaries. Saves the first seed's heads."""
-    from components.har.temporal import clip_windows, predict_last, train_head
+    """Train an LSTR head per source and seed on train (+ mirrored) clips; accuracy on test.
+    Returns one row per (source, seed) and per-source summaries. Saves the first seed's heads.
+
+    ``online_accuracy``: every test chunk, each clip streamed on its own (the window starts empty at
+    the clip's first chunk); ``clip_accuracy``: the last chunk of every clip; ``stream_accuracy``:
+    every test chunk with the test clips back to back in one continuous stream, the window sliding
+    across clip boundaries as the real-time runtime's does."""
+    from components.har.temporal import clip_windows, predict_last, stream_windows, train_head, training_windows
 
     tcfg = cfg.temporal
     window = tcfg.long_memory + tcfg.short_window
@@ -382,31 +409,37 @@ def evaluate_heads(cfg: HarConfig, classes: list[str], splits: dict[str, Split],
             f_tr += source_features(source, tr, flows["train"], nets, flip=True)
             y_tr += list(mirror_labels(tr.labels, classes))
         f_te = source_features(source, te, flows["test"], nets)
-        x, v, y, _ = clip_windows(f_tr, y_tr, window)
         xt, vt, yt, steps = clip_windows(f_te, list(te.labels), window)
-        accs, clip_accs, by_step = [], [], []
+        xs, vs, ys = stream_windows(f_te, list(te.labels), window)
+        accs, clip_accs, stream_accs, by_step = [], [], [], []
         for seed in cfg.evaluate.seeds:
             t0 = time.perf_counter()
+            x, v, y = training_windows(f_tr, y_tr, window, tcfg.stream_passes, seed)
             head, losses = train_head(x, v, y, len(classes), tcfg, seed, name=f"{source} head seed {seed}")
             pred = predict_last(head, xt, vt).numpy()
             hit = pred == yt.numpy()
             last = np.r_[steps[1:] == 0, True]               # the final step of every test clip
             acc, clip_acc = float(hit.mean()), float(hit[last].mean())
+            stream_acc = float((predict_last(head, xs, vs) == ys[:, -1]).float().mean())
             step_acc = [float(hit[steps == s].mean()) for s in range(int(steps.max()) + 1)]
             rows.append({"source": source, "seed": seed, "online_accuracy": acc, "clip_accuracy": clip_acc,
-                         "final_loss": losses[-1], "train_seconds": time.perf_counter() - t0})
+                         "stream_accuracy": stream_acc, "final_loss": losses[-1],
+                         "train_seconds": time.perf_counter() - t0})
             accs.append(acc)
             clip_accs.append(clip_acc)
+            stream_accs.append(stream_acc)
             by_step.append(step_acc)
             if heads_dir is not None and seed == cfg.evaluate.seeds[0]:
                 save_bundle(heads_dir / f"{source}.pt", state_dict=head.state_dict(), in_dim=int(x.shape[-1]),
                             config=tcfg.model_dump(), meta=meta)
         per_source[source] = {"online_accuracy": float(np.mean(accs)), "online_accuracy_std": float(np.std(accs)),
                               "clip_accuracy": float(np.mean(clip_accs)),
+                              "stream_accuracy": float(np.mean(stream_accs)),
+                              "stream_accuracy_std": float(np.std(stream_accs)),
                               "accuracy_by_step": np.mean(by_step, 0).tolist()}
-        progress("har %s: online accuracy %.3f +- %.3f, clip accuracy %.3f (%d seeds)", source,
-                 per_source[source]["online_accuracy"], per_source[source]["online_accuracy_std"],
-                 per_source[source]["clip_accuracy"], len(accs))
+        progress("har %s: online accuracy %.3f +- %.3f, clip accuracy %.3f, continuous-stream accuracy %.3f "
+                 "(%d seeds)", source, per_source[source]["online_accuracy"], per_source[source]["online_accuracy_std"],
+                 per_source[source]["clip_accuracy"], per_source[source]["stream_accuracy"], len(accs))
     return rows, per_source
 
 

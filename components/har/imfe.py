@@ -302,10 +302,18 @@ def export_onnx(net: ImfeNet, path: str | Path, opset: int = 16) -> Path:
 def onnx_session(path: str | Path, threads: int = 1):
     import onnxruntime as ort
 
+    from components.base import InputError
+
+    if not Path(path).is_file():
+        raise InputError(f"{path}: IMFE ONNX model not found; run the har imfe stage first (dvc repro har_imfe)")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's InvalidProtobuf / Fail on a corrupt file
+        raise InputError(f"{path}: not a readable ONNX model ({type(err).__name__}: {str(err)[:200]}); re-run "
+                         f"the har imfe stage") from None
 
 
 def onnx_parity(net: ImfeNet, path: str | Path, frames: torch.Tensor) -> dict[str, float]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -110,10 +111,14 @@ def run_stream(frames: Iterable[np.ndarray], step: Callable[[np.ndarray], Any], 
                clock: Clock | None = None, deadline_ms: float | None = None, queue_size: int = 2,
                max_frames: int | None = None) -> StreamReport:
     """Push ``frames`` through ``step`` as a camera at ``fps`` would; see the module docstring."""
-    if fps <= 0:
-        raise ConfigError(f"fps={fps}; expected a positive frame rate")
+    if not (math.isfinite(fps) and fps > 0):
+        raise ConfigError(f"fps={fps}; expected a positive, finite frame rate")
     if queue_size < 1:
         raise ConfigError(f"queue_size={queue_size}; expected at least 1")
+    if deadline_ms is not None and not (math.isfinite(deadline_ms) and deadline_ms > 0):
+        raise ConfigError(f"deadline_ms={deadline_ms}; expected a positive, finite deadline in ms")
+    if max_frames is not None and max_frames < 1:
+        raise ConfigError(f"max_frames={max_frames}; expected at least 1 frame")
     clock = clock or WallClock()
     period = 1.0 / fps
     deadline = (deadline_ms if deadline_ms is not None else 1000.0 * period) / 1000.0
@@ -357,6 +362,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-warmup", action="store_true",
                    help="time the cold start too (default: 2 blank chunks through the pipeline first, not counted)")
     args = p.parse_args(argv)
+    bad = [f"--fps {args.fps}: expected a positive, finite frame rate" if not (math.isfinite(args.fps) and args.fps > 0)
+           else None,
+           f"--deadline-ms {args.deadline_ms}: expected a positive, finite deadline" if args.deadline_ms is not None
+           and not (math.isfinite(args.deadline_ms) and args.deadline_ms > 0) else None,
+           f"--queue {args.queue}: expected at least 1 frame" if args.queue < 1 else None,
+           f"--max-frames {args.max_frames}: expected at least 1" if args.max_frames is not None and args.max_frames < 1
+           else None,
+           f"--generate {args.generate}: expected at least 1 clip" if args.generate is not None and args.generate < 1
+           else None,
+           f"--video {args.video}: file not found" if args.video is not None and not Path(args.video).is_file()
+           else None]
+    if any(bad):
+        print("error: " + "; ".join(b for b in bad if b), file=sys.stderr)
+        return 2
     try:
         pipe, meta = load_pipeline(args.models, args.source, args.backend, args.threads)
         truth = None
@@ -368,8 +387,6 @@ def main(argv: list[str] | None = None) -> int:
                        max_frames=pipe.clip_len, resize=args.resize)
             frames: Iterable[np.ndarray] = iter_frames(args.video, pipe.size, resize=args.resize)
         else:
-            if args.generate < 1:
-                raise ConfigError(f"--generate {args.generate}; expected at least 1 clip")
             arr, truth = synthetic_frames(args.generate, args.seed, meta)
             frames = list(arr)
         warmup_ms = None if args.no_warmup else pipe.warm_up()

@@ -91,10 +91,40 @@ def clip_windows(features: list[np.ndarray], labels: list[int], window: int):
             torch.from_numpy(np.concatenate(ys)).long(), np.concatenate(steps))
 
 
+def stream_windows(features: list[np.ndarray], labels: list[int], window: int):
+    """The windows of one continuous stream: the clips back to back, the window sliding across clip
+    boundaries as the real-time runtime's does (:class:`components.har.stream.HarPipeline` never
+    resets it). X (T, window, D), valid (T, window), y (T, window): the label of every token (the
+    clip its chunk came from; -1 where not valid). Window t ends at the stream's chunk t."""
+    seq = np.concatenate(features)
+    chunk_labels = np.concatenate([np.full(len(f), y) for f, y in zip(features, labels)])
+    x, valid = windows(seq, window)
+    T = len(seq)
+    idx = np.arange(T)[:, None] - window + 1 + np.arange(window)[None, :]       # stream chunk of each token
+    y = np.where(valid, chunk_labels[np.clip(idx, 0, T - 1)], -1)
+    return torch.from_numpy(x), torch.from_numpy(valid), torch.from_numpy(y).long()
+
+
+def training_windows(features: list[np.ndarray], labels: list[int], window: int, stream_passes: int,
+                     seed: int):
+    """What a head trains on: every clip's own windows (a stream starting with that clip) plus
+    ``stream_passes`` continuous streams of all clips in a seeded random order, whose windows span
+    clip boundaries as at run time. X (M, window, D), valid (M, window), y (M, window) per token."""
+    x, v, y, _ = clip_windows(features, labels, window)
+    xs, vs, ys = [x], [v], [torch.where(v, y[:, None].expand_as(v), -1)]
+    rng = np.random.default_rng([seed, 7])
+    for _ in range(stream_passes):
+        order = rng.permutation(len(features))
+        sx, sv, sy = stream_windows([features[i] for i in order], [labels[i] for i in order], window)
+        xs.append(sx), vs.append(sv), ys.append(sy)
+    return torch.cat(xs), torch.cat(vs), torch.cat(ys)
+
+
 def train_head(x: torch.Tensor, valid: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: TemporalConfig,
                seed: int, progress: Callable[..., None] | None = None, name: str = "head",
                progress_interval_s: float = 60.0) -> tuple[LstrHead, list[float]]:
-    """Train on every valid short-window token (LSTR supervises the whole work memory).
+    """Train on every valid short-window token (LSTR supervises the whole work memory). ``y``: one
+    label per window (M,) or per token (M, window), as :func:`training_windows` gives.
 
     Progress: one line at the end, and in between at least every ``progress_interval_s`` seconds
     (``streams.TrainingProgress``; a quick-profile head takes a few seconds, a full-profile one longer)."""
@@ -117,7 +147,7 @@ def train_head(x: torch.Tensor, valid: torch.Tensor, y: torch.Tensor, num_classe
             idx = perm[i:i + cfg.batch_size]
             logits = head(x[idx], valid[idx])
             mask = short_valid[idx]
-            target = y[idx][:, None].expand_as(mask)
+            target = y[idx][:, None].expand_as(mask) if y.dim() == 1 else y[idx][:, cfg.long_memory:]
             loss = F.cross_entropy(logits[mask], target[mask])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -43,7 +43,10 @@ def test_har_flow_end_to_end(prefect_harness, paperworks_root, capsys, monkeypat
     metrics = json.loads((root / "metrics" / "har.json").read_text())
     assert metrics["paper"] == "har" and metrics["profile"] == "quick"
     assert set(metrics["accuracy"]) == {"tvl1", "farneback", "dis", "imfe", "rgb"}
-    assert all(0 <= a["online_accuracy"] <= 1 for a in metrics["accuracy"].values())
+    assert all(0 <= a["online_accuracy"] <= 1 and 0 <= a["stream_accuracy"] <= 1 for a in metrics["accuracy"].values())
+    for source in ("imfe", "tvl1"):   # the runtime's own predictions over the streamed clips
+        if metrics["stream"][source]["frames_dropped"] == 0:
+            assert 0 <= metrics["stream"][source]["online_accuracy"] <= 1
     assert metrics["latency"]["speedup_imfe_vs_tvl1"] > 0
     assert metrics["stream"]["imfe"]["frames_in"] == 24
     assert metrics["imfe"]["onnx_max_abs_diff"] < 1e-4

@@ -26,7 +26,7 @@ claims:
     metric: quality.err
     target: "< 0.1"
   - id: info
-    claim: informational, no target
+    claim: informational, no target (|x - y| in points)
     metric: quality.count
 """
 
@@ -60,6 +60,10 @@ def test_report_tables_judge_targets(fixture_root):
     assert "## SPEEDY — A Paper About Speed" in text
     assert "| method is at least 2x faster than the baseline | 3.1x on 8 GPUs | >= 2 | 2.5 x | 40 (baseline ms/step) | yes |" in text
     assert "| error below 0.1 | — | < 0.1 | 0.2  | — | no |" in text
+    # a literal | in a claim is escaped: every row keeps the header's six cells
+    assert "| informational, no target (\\|x - y\\| in points) | — | — | 7  | — | — |" in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "SPEEDY" not in ln and "[speedy]" not in ln]
+    assert {len(ln.replace("\\|", "").split("|")) for ln in rows if "claims met" not in ln} == {8}
     assert "| [speedy](#speedy) | 1 / 2 | quick |" in text
     assert (fixture_root / "reports" / "figures" / "claims.png").stat().st_size > 1000
     assert (fixture_root / "reports" / "figures" / "speedy" / "curve.png").is_file()

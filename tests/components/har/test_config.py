@@ -1,6 +1,7 @@
 """The har section of params.yaml is the config model's defaults; bad values are named."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,10 @@ def test_full_profile_validates():
     ({"data": {"source": "ucf101", "ucf101_root": "/videos"}, "imfe": {"distill_clips_per_class": 4}},
      "imfe.distill_clips_per_class=4 renders a synthetic distillation set"),
     ({"typo": 1}, "har.typo: unknown parameter"),
+    ({"evaluate": {"seeds": [0, 0, 1]}}, "evaluate.seeds=[0, 0, 1]: expected distinct values"),
+    ({"evaluate": {"sources": ["tvl1", "tvl1", "imfe"]}}, "evaluate.sources=['tvl1', 'tvl1', 'imfe']: expected distinct"),
+    ({"temporal": {"stream_passes": -1}}, "har.temporal.stream_passes: got -1"),
 ])
 def test_bad_parameters_are_named(override, needle):
-    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
         resolve_section(HarConfig, {}, override)

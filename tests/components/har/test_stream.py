@@ -126,9 +126,51 @@ def test_warm_up_runs_every_model_then_leaves_no_trace():
 
 def test_cli_reports_missing_models_and_videos(tmp_path, capsys):
     assert main(["--video", str(tmp_path / "clip.mp4"), "--models", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--video" in err and "clip.mp4: file not found" in err        # the video is checked first
+    assert main(["--generate", "1", "--models", str(tmp_path)]) == 2
     assert "model file not found" in capsys.readouterr().err
     assert main(["--generate", "1", "--source", "raft", "--models", str(tmp_path)]) == 2
     assert "--source 'raft'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--fps", "nan"], "--fps nan: expected a positive, finite frame rate"),
+    (["--fps", "inf"], "--fps inf: expected a positive, finite frame rate"),
+    (["--fps", "0"], "--fps 0.0: expected a positive"),
+    (["--max-frames", "0"], "--max-frames 0: expected at least 1"),
+    (["--deadline-ms", "-1"], "--deadline-ms -1.0: expected a positive"),
+    (["--queue", "0"], "--queue 0: expected at least 1 frame"),
+    (["--generate", "0"], "--generate 0: expected at least 1 clip"),
+])
+def test_cli_rejects_bad_stream_arguments_before_loading_anything(tmp_path, capsys, args, message):
+    out = tmp_path / "run.json"
+    argv = ["--generate", "1", *args] if "--generate" not in args else args
+    assert main([*argv, "--models", str(tmp_path / "nowhere"), "--json", str(out)]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_run_stream_rejects_non_finite_rates_and_empty_limits():
+    clock = SimClock()
+    for kwargs, message in (({"fps": float("nan")}, "fps=nan"), ({"fps": 30.0, "deadline_ms": 0.0}, "deadline_ms=0.0"),
+                            ({"fps": 30.0, "max_frames": 0}, "max_frames=0")):
+        with pytest.raises(ConfigError, match=message):
+            run_stream(_frames(6), lambda f: None, clock=clock, **kwargs)
+
+
+def test_corrupt_model_files_are_named(tmp_path, capsys):
+    models = _tiny_rgb_models(tmp_path / "models", ["walk_left", "wave"])
+    (models / "teacher" / "rgb.pt").write_bytes(b"not a torch file")
+    assert main(["--generate", "1", "--source", "rgb", "--models", str(models)]) == 2
+    err = capsys.readouterr().err
+    assert "rgb.pt: not a readable model bundle" in err
+    from components.har.imfe import onnx_session
+
+    with pytest.raises(InputError, match="IMFE ONNX model not found"):
+        onnx_session(tmp_path / "imfe.onnx")
+    (tmp_path / "bad.onnx").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="bad.onnx: not a readable ONNX model"):
+        onnx_session(tmp_path / "bad.onnx")
 
 
 def test_threads_are_validated_and_set_for_opencv_too(tmp_path, capsys):

@@ -32,3 +32,58 @@ def test_prediction_ignores_padding_and_the_future():
         # the step-2 prediction is the same whether or not later chunks exist
         x3, v3, _, _ = clip_windows([seq[:3]], [0], 5)
         assert torch.allclose(out[2], head(x3, v3)[2, -1], atol=1e-5)
+
+
+def test_stream_windows_span_clip_boundaries_with_a_label_per_token():
+    from components.har.temporal import stream_windows
+
+    a = np.full((3, 1), 1.0, np.float32)
+    b = np.full((2, 1), 2.0, np.float32)
+    x, valid, y = stream_windows([a, b], [4, 7], 3)
+    assert x.shape == (5, 3, 1) and x[:, :, 0].tolist() == [[0, 0, 1], [0, 1, 1], [1, 1, 1], [1, 1, 2], [1, 2, 2]]
+    assert y.tolist() == [[-1, -1, 4], [-1, 4, 4], [4, 4, 4], [4, 4, 7], [4, 7, 7]]
+    assert valid.tolist() == (y >= 0).tolist()
+
+
+def test_training_windows_add_seeded_streams_and_train_head_supervises_every_token():
+    from components.har.temporal import train_head, training_windows
+
+    rng = np.random.default_rng(1)
+    feats = [rng.normal(size=(3, 8)).astype(np.float32) for _ in range(6)]
+    labels = [0, 1, 2, 0, 1, 2]
+    x0, v0, y0 = training_windows(feats, labels, 5, 0, seed=0)
+    x2, v2, y2 = training_windows(feats, labels, 5, 2, seed=0)
+    assert len(x0) == 18 and len(x2) == 18 * 3 and torch.equal(x2[:18], x0)       # clip windows first
+    assert (y2[v2.logical_not()] == -1).all() and (y2[v2] >= 0).all()
+    assert bool(v2[18:].all(1).any()) and not bool(v0.all(1).any())              # only streams fill the window
+    again = training_windows(feats, labels, 5, 2, seed=0)
+    assert torch.equal(again[0], x2) and not torch.equal(training_windows(feats, labels, 5, 2, seed=1)[0], x2)
+    cfg = TemporalConfig(d_model=16, heads=2, long_memory=3, short_window=2, latent_queries=2, dropout=0.0,
+                         epochs=2, batch_size=8)
+    head, losses = train_head(x2, v2, y2, 3, cfg, seed=0)
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_runtime_pipeline_on_a_continuous_stream_equals_the_stream_windows():
+    """What the evaluate stage scores as ``stream_accuracy`` is what HarPipeline predicts when the
+    clips arrive back to back (one window, never reset)."""
+    from components.har.stream import HarPipeline
+    from components.har.temporal import predict_last, stream_windows
+
+    torch.manual_seed(0)
+    head = LstrHead(8, 5, CFG).eval()
+    rng = np.random.default_rng(2)
+    clip_len, n_chunks = 2, [3, 3, 2]
+    frames = [rng.integers(0, 255, size=(clip_len * n, 4, 4, 3), dtype=np.uint8) for n in n_chunks]
+
+    def feat(chunk):  # a deterministic per-chunk feature (stands in for the RGB + motion streams)
+        return np.concatenate([chunk.reshape(len(chunk), -1).mean(1), np.zeros(8 - len(chunk))]).astype(np.float32)
+
+    with torch.no_grad():
+        classify = lambda x, v: int(head(torch.from_numpy(x[None]), torch.from_numpy(v[None]))[0, -1].argmax())  # noqa: E731
+        pipe = HarPipeline(clip_len, CFG.long_memory + CFG.short_window, (4, 4), rgb=lambda f: np.zeros(0, np.float32),
+                           motion=feat, head=classify)
+        live = [p for f in np.concatenate(frames) if (p := pipe(f)) is not None]
+        per_clip = [np.stack([feat(c) for c in f.reshape(-1, clip_len, 4, 4, 3)]) for f in frames]
+        x, v, _ = stream_windows(per_clip, [0, 1, 2], CFG.long_memory + CFG.short_window)
+        assert live == predict_last(head, x, v).tolist() and len(live) == sum(n_chunks)

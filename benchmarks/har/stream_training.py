@@ -1,0 +1,75 @@
+"""Ablation: does the online head need to see continuous streams in training?
+
+The real-time runtime (``components.har.stream.HarPipeline``) keeps one window over the whole
+stream and never resets it, so after ``long_memory + short_window`` chunks every window it sees is
+full and spans clip boundaries. A head trained only on each clip's own windows (left-padded from the
+clip's first chunk; a quick-profile clip has 3 chunks, the window 8) never sees such a window.
+``temporal.stream_passes`` adds that many continuous streams of all training clips (seeded random
+order) to the head's training set.
+
+For every ``--stream-passes`` value this trains the evaluate stage's heads (every source, every
+``evaluate.seeds`` seed, ``components.har.experiment.evaluate_heads``) on the committed features and
+reports the per-clip online accuracy (each test clip streamed on its own) and the continuous-stream
+accuracy (the test clips back to back, as the runtime streams them).
+
+    .venv/bin/python benchmarks/har/stream_training.py --stream-passes 0 1 \\
+        --out benchmarks/results/har_stream_training.json
+
+Needs the committed data, teacher and IMFE (``dvc repro har_imfe``); a few minutes per value on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--stream-passes", type=int, nargs="+", default=[0, 1],
+                    help="values of temporal.stream_passes to compare")
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON result here")
+    a = ap.parse_args(argv)
+    if min(a.stream_passes) < 0:
+        ap.error(f"--stream-passes {a.stream_passes}: expected values >= 0")
+    if not a.params.is_file():
+        ap.error(f"--params {a.params}: not found; expected a params.yaml with a 'har' section")
+
+    import torch
+    import yaml
+
+    from components.base import resolve_section
+    from components.har import experiment as ex
+    from components.har.config import HarConfig
+
+    base = resolve_section(HarConfig, (yaml.safe_load(a.params.read_text()) or {}).get("har"))
+    torch.set_num_threads(base.torch_threads)
+    manifest, splits, nets, flows, meta = ex.evaluation_inputs(base, ROOT / "data" / "har", ROOT / "models" / "har",
+                                                               ROOT / "results" / "har")
+    result = {"seeds": base.evaluate.seeds, "sources": base.evaluate.sources, "runs": {}}
+    for passes in a.stream_passes:
+        cfg = base.model_copy(update={"temporal": base.temporal.model_copy(update={"stream_passes": passes})})
+        t0 = time.perf_counter()
+        _, per_source = ex.evaluate_heads(cfg, manifest["classes"], splits, flows, nets, None, meta)
+        run = {s: {k: d[k] for k in ("online_accuracy", "online_accuracy_std", "clip_accuracy",
+                                      "stream_accuracy", "stream_accuracy_std")} for s, d in per_source.items()}
+        result["runs"][str(passes)] = {"per_source": run, "seconds": time.perf_counter() - t0}
+        for s, d in run.items():
+            print(f"stream_passes={passes} {s:9s} online {100 * d['online_accuracy']:5.1f} "
+                  f"+- {100 * d['online_accuracy_std']:4.1f}  stream {100 * d['stream_accuracy']:5.1f} "
+                  f"+- {100 * d['stream_accuracy_std']:4.1f}", flush=True)
+    if a.out:
+        from tasks.io import write_json
+
+        write_json(a.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
