@@ -10,9 +10,10 @@ from tests.conftest import mlflow_client
 
 TINY = {
     "zoo": {"models": ["mlp_tiny"]},
-    # the warm-up round only (2 trials x 3 tasks): the tuning algorithm is tested in tests/components
+    # the warm-up round only (2 trials x 3 tasks, so no room for foresee rounds): the tuning algorithm
+    # is tested in tests/components
     "tune": {"policies": ["familyseer", "gradient"], "seeds": [0, 1], "trials_per_task": 2,
-             "trials_per_round": 2, "foresee_trials": 1, "foresee_random": 0, "repeat": 2, "min_repeat_ms": 1,
+             "trials_per_round": 2, "foresee_trials": 0, "foresee_random": 0, "repeat": 2, "min_repeat_ms": 1,
              "search": {"population_size": 8, "init_min_unmeasured": 4, "genetic_num_iters": 1}},
     "evaluate": {"latency_repeat": 3, "latency_min_repeat_ms": 1, "ranking_min_records": 2},
 }
@@ -67,6 +68,33 @@ def test_familyseer_flow_end_to_end(prefect_harness, paperworks_root):
     familyseer(config=cfg, stages=["data", "tune"])
     timing = json.loads((root / "data/familyseer/tuning/timing.json").read_text())
     assert timing["replayed"] == timing["runs"] == 4
+
+
+def test_the_logged_curve_stops_at_the_budget():
+    """MLflow gets the best-so-far curve up to the budget: a last round's trials past it count for no
+    policy (as in the evaluation), so they are not logged either."""
+    from flows.familyseer import _curve_points
+
+    trials = [{"index": i + 1, "task": i % 2, "latency_ms": ms, "wall_s": float(i + 1)}
+              for i, ms in enumerate([4.0, 4.0, 3.0, 4.5, 2.0, 1.0])]   # trials 5 and 6 overshoot
+    run = {"trials": trials, "weights": [1.0, 1.0], "budget": 4}
+    assert _curve_points(run) == [(2, 8000.0, 2.0), (3, 7000.0, 3.0), (4, 7000.0, 4.0)]
+    assert _curve_points({**run, "budget": 6})[-1] == (6, 3000.0, 6.0)
+
+
+def test_a_malformed_timing_record_is_named(tmp_path):
+    from components.base import InputError
+    from flows.familyseer import _read_timing
+
+    path = tmp_path / "timing.json"
+    assert _read_timing("tune", path) == {}                                 # a stage that has not run
+    path.write_text('{"wall_s": 1.5, "cpu_s": 2.0, "replayed": 0}')
+    assert _read_timing("tune", path)["cpu_s"] == 2.0
+    for text, needle in (('{"wall_s": 1.5, "cp', "not valid JSON"), ('{"wall_s": 1.5}', "'wall_s' and 'cpu_s'"),
+                         ('[1, 2]', "expected the tune stage's timing record")):
+        path.write_text(text)
+        with pytest.raises(InputError, match=f"timing.json.*{needle}"):
+            _read_timing("tune", path)
 
 
 def test_bad_parameter_exits_2_before_any_work(capsys):
