@@ -23,6 +23,17 @@ def backend_config(settings: RunSettings) -> dict[str, Any]:
             "init_args": init_args}
 
 
+def hidden_gpu_warning(gpus_per_client: float, visible_gpus: int) -> str | None:
+    """The warning for GPUs the ClientApps will not see: Ray (2.x) sets ``CUDA_VISIBLE_DEVICES`` to
+    nothing for an actor that asks for no GPU, so with ``gpus_per_client = 0`` every client trains
+    on the CPU even on a GPU node. None when there is nothing to warn about."""
+    if gpus_per_client > 0 or visible_gpus < 1:
+        return None
+    return (f"{visible_gpus} GPU(s) visible, but simulation.gpus_per_client=0: Ray hides them from the "
+            f"ClientApps, which will train on the CPU; set simulation.gpus_per_client (e.g. 0.25 to share "
+            f"one GPU between 4 clients) to train on the GPU")
+
+
 def simulate(settings: RunSettings) -> dict[str, Any]:
     """Run ``settings``' federations; return the ServerApp's summary (also in ``run.json``)."""
     import json
@@ -33,6 +44,12 @@ def simulate(settings: RunSettings) -> dict[str, Any]:
     from components.vfda.data import read_manifest, training_institutes
     from components.vfda.server_app import make_server_app
 
+    import torch
+
+    hint = hidden_gpu_warning(settings.config.simulation.gpus_per_client,
+                              torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if hint:
+        log.warning("vfda simulation: %s", hint)
     n_inst = len(training_institutes(read_manifest(settings.data_dir)))
     lanes = max(1, min(settings.config.simulation.lanes, len(settings.resolved())))
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the Ray actors
