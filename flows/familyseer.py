@@ -167,8 +167,8 @@ def tune(ctx: StageContext) -> dict:
 @stage_task
 def compile(ctx: StageContext) -> dict:  # noqa: A001 (the stage's name)
     """Compile each run's best schedules; measure end-to-end latency vs the untuned build and PyTorch."""
-    from components.familyseer.latency import (applied_schedules, compile_tuned, compile_untuned, measure_torch,
-                                               measure_vm, torch_reference)
+    from components.familyseer.latency import (compile_tuned_applied, compile_untuned, measure_torch, measure_vm,
+                                               torch_reference)
     from components.familyseer.measure import lean_tensor_intrinsics
     from components.familyseer.tuning import load_run
     from components.familyseer.zoo import load_model, make_target
@@ -196,10 +196,9 @@ def compile(ctx: StageContext) -> dict:  # noqa: A001 (the stage's name)
                 ctx.progress("familyseer/compile: %s %s seed %d", name, policy, seed)
                 run_dir = _run_dir(ctx, name, policy, seed)
                 budget = load_run(run_dir)["budget"]  # the trials past it (the last round's) are not used
-                exe = compile_tuned(model.fused, run_dir, target, budget)
+                exe, applied = compile_tuned_applied(model.fused, run_dir, target, budget)
                 per_seed[str(seed)] = measure_vm(exe, model.inputs, ev.latency_repeat, ev.latency_min_repeat_ms, ref,
                                                  label=f"{name}: build tuned by {policy}, seed {seed} ({run_dir})")
-                applied = applied_schedules(model.fused, run_dir, target, budget)
                 per_seed[str(seed)]["tuned_functions"] = sorted(k for k, v in applied.items() if v)
             res[f"tvm_{policy}"] = per_seed
         results[name] = res

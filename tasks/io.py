@@ -1,58 +1,21 @@
 """Atomic writes: every output appears whole or not at all.
 
-A stage writes into a temporary sibling (``.<name>.tmp-<pid>``) and renames it into place only when
+A stage writes into a temporary sibling (``.<name>.tmp-<random>``) and renames it into place only when
 it has finished, so an exception, a bad parameter or a killed process never leaves a half-written
-file or folder where DVC or the next stage would take it for a result.
+file or folder where DVC or the next stage would take it for a result. The two primitives,
+:func:`atomic_dir` and :func:`atomic_file`, live in :mod:`components.io` (components write their own
+outputs with them and import nothing from ``tasks/``); this module re-exports them.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from components.io import atomic_dir, atomic_file
 
-def _tmp_sibling(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty temporary folder; on success it replaces ``path`` (old contents removed)."""
-    path = Path(path)
-    tmp = _tmp_sibling(path)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
-    """Open a temporary file for writing; on success it is renamed onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+__all__ = ["atomic_dir", "atomic_file", "write_json", "write_text", "read_json"]
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:

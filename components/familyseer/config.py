@@ -64,6 +64,10 @@ class CostModelConfig(BaseModel):
     early_stopping_rounds: int = Field(50, ge=1, description="XGBoost early stopping (MetaSchedule default 50)")
     threads: int = Field(1, ge=1, le=512, description="XGBoost threads (1: small training sets train fastest "
                          "single-threaded, and OpenMP spin-waits make 2 threads ~10x slower on a busy machine)")
+    feature_threads: int = Field(2, ge=1, le=512, description=(
+        "threads of the cost models' feature extraction (MetaSchedule's PerStoreFeature would take the "
+        "search's thread count; the features do not depend on it, so one search thread need not mean one "
+        "extraction thread)"))
 
 
 class TuneConfig(BaseModel):

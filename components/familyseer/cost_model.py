@@ -47,14 +47,83 @@ def _xgb_class():
     return _XGB
 
 
-def make_xgb(cfg: CostModelConfig, members: int, trials_per_round: int, threads: int):
-    """MetaSchedule's ``XGBModel`` with the warm-up rule of Ansor / the artifact."""
+_EXTRACTOR: Any = None
+
+
+def _extractor_class():
+    global _EXTRACTOR
+    if _EXTRACTOR is None:
+        from tvm.ir.utils import derived_object
+        from tvm.s_tir.meta_schedule import TuneContext
+        from tvm.s_tir.meta_schedule.feature_extractor import PerStoreFeature, PyFeatureExtractor
+        from tvm_ffi import structural_hash
+
+        @derived_object
+        class StoreFeatures(PyFeatureExtractor):
+            """MetaSchedule's ``PerStoreFeature`` (the XGBModel default, same settings) on ``threads``
+            threads, optionally with a cache.
+
+            - ``threads``: ``PerStoreFeature`` runs on the tuning context's thread count, which is also
+              the evolutionary search's; with one search thread (reproducible picks) the features
+              would be extracted on one core. They are computed per candidate and written to the
+              candidate's slot, so the thread count changes no value (tested).
+            - ``cache``: features keyed by (task name, structural hash of the candidate's scheduled
+              module), for callers that present the same candidates again (the leave-one-seed-out
+              ranking evaluation trains and scores several models on one set of records).
+            """
+
+            def __init__(self, threads: int, cache: bool = False) -> None:
+                super().__init__()
+                self.inner = PerStoreFeature()
+                self.threads = int(threads)
+                self.contexts: dict[str, tuple[Any, Any]] = {}
+                self.cache: dict[tuple[str, int], Any] | None = {} if cache else None
+                self.hits = 0
+
+            def _context(self, context: Any) -> Any:
+                name = str(context.task_name)
+                held = self.contexts.get(name)
+                if held is None or not held[0].same_as(context.mod):
+                    held = (context.mod, TuneContext(mod=context.mod, target=context.target, task_name=name,
+                                                     num_threads=self.threads))
+                    self.contexts[name] = held
+                return held[1]
+
+            def extract_from(self, context: Any, candidates: list) -> list:
+                ctx = self._context(context)
+                if self.cache is None:
+                    return list(self.inner.extract_from(ctx, candidates))
+                name = str(context.task_name)
+                keys = [(name, structural_hash(c.sch.mod)) for c in candidates]
+                todo = [i for i, k in enumerate(keys) if k not in self.cache]
+                self.hits += len(keys) - len(todo)
+                if todo:
+                    for i, feats in zip(todo, self.inner.extract_from(ctx, [candidates[i] for i in todo])):
+                        self.cache[keys[i]] = feats
+                return [self.cache[k] for k in keys]
+
+        _EXTRACTOR = StoreFeatures
+    return _EXTRACTOR
+
+
+def store_features(threads: int, cache: bool = False):
+    """A :class:`StoreFeatures` extractor (see :func:`_extractor_class`)."""
+    from components.familyseer.measure import lean_tensor_intrinsics
+
+    lean_tensor_intrinsics()
+    return _extractor_class()(threads, cache)
+
+
+def make_xgb(cfg: CostModelConfig, members: int, trials_per_round: int, threads: int, extractor: Any = None):
+    """MetaSchedule's ``XGBModel`` with the warm-up rule of Ansor / the artifact; ``extractor``: its
+    feature extractor (default: MetaSchedule's ``PerStoreFeature`` on the tuning context's threads)."""
     from components.familyseer.measure import lean_tensor_intrinsics
 
     lean_tensor_intrinsics()
     from tvm.s_tir.meta_schedule.cost_model.xgb_model import XGBConfig
 
     return _xgb_class()(
+        extractor=extractor if extractor is not None else "per-store-feature",
         config=XGBConfig(nthread=threads),
         num_warmup_samples=int(round(members * trials_per_round * cfg.warmup_rounds_per_task)),
         early_stopping_rounds=cfg.early_stopping_rounds,

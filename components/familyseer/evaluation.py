@@ -66,7 +66,7 @@ def _ranking_for_model(cfg: FamilySeerConfig, zoo_dir: Path, name: str, run_dirs
                        tasks: list[dict[str, Any]]) -> dict[str, Any]:
     from tvm.s_tir.meta_schedule import TuneContext
 
-    from components.familyseer.cost_model import make_xgb
+    from components.familyseer.cost_model import make_xgb, store_features
     from components.familyseer.zoo import extract_tasks, load_model, make_target
 
     model = load_model(zoo_dir, name)
@@ -79,10 +79,13 @@ def _ranking_for_model(cfg: FamilySeerConfig, zoo_dir: Path, name: str, run_dirs
     family_of_task = {tasks[i]["name"]: fam for i, fam in family_of(groups).items()}
     records = load_records(run_dirs, task_of_workload)
     cm = cfg.tune.cost_model.model_copy(update={"adaptive_training": False})
+    # every fold trains a global and a family model on the same records and scores the same held-out
+    # ones: their features are extracted once (cached per task and scheduled module)
+    features = store_features(cm.feature_threads, cache=True)
 
     def make_model(members: int, samples: int):
         # the same XGBModel settings as in tuning; trains once, when all its training samples are in
-        model = make_xgb(cm, members, cfg.tune.trials_per_round, cm.threads)
+        model = make_xgb(cm, members, cfg.tune.trials_per_round, cm.threads, features)
         model.num_warmup_samples = max(int(samples), 1)
         return model
 

@@ -74,13 +74,22 @@ def load_database(run_dir: Path, max_records: int | None = None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _build(fused_mod: Any, target: Any, database: Any = None):
+def _scheduled(mod: Any) -> dict[str, bool]:
+    """PrimFunc name -> whether it carries a tuned schedule (``tirx.is_scheduled``)."""
+    import tvm
+
+    return {gv.name_hint: bool(f.attrs and f.attrs.get("tirx.is_scheduled", False))
+            for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def _build(fused_mod: Any, target: Any, database: Any = None, applied: dict[str, bool] | None = None):
     """Build the *fused* module as it was tuned: (apply the database,) lower, finalize.
 
     ``relax_integration.compile_relax`` and the default ``tvm.compile`` pipeline re-run legalization and
     fusion, which on an already fused module produces PrimFuncs that no longer match the tuned
     workloads (checked: every lookup missed). Both builds here start from the same fused functions that
-    were extracted and tuned, so the only difference between them is the schedules.
+    were extracted and tuned, so the only difference between them is the schedules. ``applied``: filled
+    with :func:`_scheduled` of the module right after the database was applied.
     """
     lean_tensor_intrinsics()
     import tvm
@@ -92,6 +101,8 @@ def _build(fused_mod: Any, target: Any, database: Any = None):
     def _pipeline(mod: Any, _ctx: Any) -> Any:
         if database is not None:
             mod = MetaScheduleApplyDatabase(enable_warning=False)(mod)
+            if applied is not None:
+                applied.update(_scheduled(mod))
         return tvm.transform.Sequential(cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
 
     if database is None:
@@ -109,15 +120,21 @@ def applied_schedules(fused_mod: Any, run_dir: Path, target: Any, max_records: i
     from tvm.relax.transform import MetaScheduleApplyDatabase
 
     with target, load_database(run_dir, max_records), tvm.transform.PassContext(opt_level=3):
-        applied = MetaScheduleApplyDatabase(enable_warning=False)(fused_mod)
-    return {gv.name_hint: bool(f.attrs and f.attrs.get("tirx.is_scheduled", False))
-            for gv, f in applied.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+        return _scheduled(MetaScheduleApplyDatabase(enable_warning=False)(fused_mod))
 
 
 def compile_tuned(fused_mod: Any, run_dir: Path, target: Any, max_records: int | None = None):
     """The model with the best schedule of every tuned task from a run's database (its first
     ``max_records`` records: pass the run's trial budget to compare policies at equal budgets)."""
-    return _build(fused_mod, target, load_database(run_dir, max_records))
+    return compile_tuned_applied(fused_mod, run_dir, target, max_records)[0]
+
+
+def compile_tuned_applied(fused_mod: Any, run_dir: Path, target: Any,
+                          max_records: int | None = None) -> tuple[Any, dict[str, bool]]:
+    """:func:`compile_tuned` and, from the same application of the database, what
+    :func:`applied_schedules` returns (the database is read and applied once)."""
+    applied: dict[str, bool] = {}
+    return _build(fused_mod, target, load_database(run_dir, max_records), applied), applied
 
 
 def compile_untuned(fused_mod: Any, target: Any):

@@ -20,7 +20,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import random
 import shutil
 import tempfile
@@ -34,6 +33,7 @@ import numpy as np
 from components.base import ConfigError, InputError
 from components.familyseer.config import TuneConfig
 from components.familyseer.family import Grouping, family_of, make_family_group
+from components.io import atomic_dir
 
 RUN_FILES = ("database_workload.json", "database_tuning_record.json", "ledger.json", "run.json")
 #: what the evaluation reads from a run's run.json (load_run checks them)
@@ -177,9 +177,7 @@ def tune_model(model: Any, policy: str, seed: int, cfg: TuneConfig, run_dir: Pat
             f"(fingerprint {fp})")
         stored["replayed"] = True
         return stored
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
-    try:
+    with atomic_dir(run_dir) as tmp:  # a killed or failed run leaves the stored one (or nothing) in place
         if measurer is None:
             from components.familyseer.measure import Measurer
 
@@ -187,17 +185,6 @@ def tune_model(model: Any, policy: str, seed: int, cfg: TuneConfig, run_dir: Pat
                 summary = _measure(model, policy, seed, cfg, tmp, fp, say, own)
         else:
             summary = _measure(model, policy, seed, cfg, tmp, fp, say, measurer)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    # the swap of tasks.io.atomic_dir (components do not import tasks/): the old run is renamed aside
-    # before the new one is renamed in, so run_dir never holds a partly deleted run
-    old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}") if run_dir.exists() else None
-    if old is not None:
-        os.replace(run_dir, old)
-    os.replace(tmp, run_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     summary["replayed"] = False
     return summary
 
@@ -212,7 +199,7 @@ def _measure(model: Any, policy: str, seed: int, cfg: TuneConfig, out: Path, fp:
         lean_tensor_intrinsics()
     from tvm.s_tir import meta_schedule as ms
 
-    from components.familyseer.cost_model import FamilyCostModel, make_xgb
+    from components.familyseer.cost_model import FamilyCostModel, make_xgb, store_features
     from components.familyseer.scheduler import (FAILED_MS, FamilySeerScheduler, ForeseeAwareSearch, TrialLedger,
                                                  trajectory, weighted_latency)
 
@@ -271,13 +258,14 @@ def _measure(model: Any, policy: str, seed: int, cfg: TuneConfig, out: Path, fp:
         ledger = TrialLedger(n, report, every=max(cfg.trials_per_round * 4, 1), task_names=[t.name for t in infos])
         ledger.measured = measured
         families: dict[str, list[int]] = {}
+        features = store_features(cfg.cost_model.feature_threads)  # the same extractor for every policy
         if spec.grouping is None:
-            cost_model = make_xgb(cfg.cost_model, n, cfg.trials_per_round, cfg.cost_model.threads)
+            cost_model = make_xgb(cfg.cost_model, n, cfg.trials_per_round, cfg.cost_model.threads, features)
         else:
             families = make_family_group(task_dicts, spec.grouping)
             cost_model = FamilyCostModel(
                 {infos[i].name: key for i, key in family_of(families).items()},
-                {key: make_xgb(cfg.cost_model, len(members), cfg.trials_per_round, cfg.cost_model.threads)
+                {key: make_xgb(cfg.cost_model, len(members), cfg.trials_per_round, cfg.cost_model.threads, features)
                  for key, members in families.items()})
         if spec.scheduler == "gradient":
             scheduler = ms.task_scheduler.GradientBased(alpha=cfg.alpha, window_size=cfg.window_size, seed=seed)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -243,6 +243,13 @@ def _inputs(kind: str, split: Split, flows: list[np.ndarray] | None):
     return xt, torch.from_numpy(y).long()
 
 
+def _parallel(cfg: HarConfig, jobs: int) -> tuple[int, int]:
+    """(processes, torch threads per process) for ``jobs`` independent trainings: up to
+    ``torch_threads`` processes of one thread each (the thread budget of the stage is unchanged)."""
+    workers = max(1, min(jobs, cfg.torch_threads))
+    return workers, max(1, cfg.torch_threads // workers)
+
+
 # ------------------------------------------------------------------------------------ stages
 def run_teacher(cfg: HarConfig, data_dir: Path, models_dir: Path, results_dir: Path,
                 progress: Progress = _noop) -> dict[str, Any]:
@@ -351,17 +358,27 @@ def run_imfe(cfg: HarConfig, data_dir: Path, teacher_models: Path, flows_dir: Pa
 
 
 # ------------------------------------------------------------------------------------ evaluate
+def rgb_features(split: Split, nets: dict[str, Any], flip: bool = False) -> list[Any]:
+    """Per clip (n_chunks, D_rgb) RGB-stream features (the same for every source)."""
+    import torch
+
+    with torch.no_grad():
+        return [nets["rgb"].features(rgb_tensor(centre_frames(flip_frames(c) if flip else c))) for c in split.chunks]
+
+
 def source_features(source: str, split: Split, flows: dict[str, list[np.ndarray]], nets: dict[str, Any],
-                    flip: bool = False) -> list[np.ndarray]:
+                    flip: bool = False, rgb: list[Any] | None = None) -> list[np.ndarray]:
     """Per clip (n_chunks, D) head inputs of ``source``: the RGB feature, concatenated with the
-    motion feature unless ``source == "rgb"``. ``flip`` mirrors every input first."""
+    motion feature unless ``source == "rgb"``. ``flip`` mirrors every input first. ``rgb``: the
+    split's ``rgb_features`` (same ``flip``), computed once for every source."""
     import torch
 
     out = []
     with torch.no_grad():
         for k, chunks in enumerate(split.chunks):
-            c = flip_frames(chunks) if flip else chunks
-            feats = [nets["rgb"].features(rgb_tensor(centre_frames(c)))]
+            c = flip_frames(chunks) if flip and source == "imfe" else chunks
+            feats = [rgb[k] if rgb is not None else
+                     nets["rgb"].features(rgb_tensor(centre_frames(flip_frames(chunks) if flip else chunks)))]
             if source == "imfe":
                 feats.append(nets["imfe"](rgb_tensor(c)))
             elif source in FLOW_METHODS:
@@ -396,42 +413,46 @@ def evaluate_heads(cfg: HarConfig, classes: list[str], splits: dict[str, Split],
     the clip's first chunk); ``clip_accuracy``: the last chunk of every clip; ``stream_accuracy``:
     every test chunk with the test clips back to back in one continuous stream, the window sliding
     across clip boundaries as the real-time runtime's does."""
-    from components.har.temporal import clip_windows, predict_last, stream_windows, train_head, training_windows
-
     tcfg = cfg.temporal
-    window = tcfg.long_memory + tcfg.short_window
     tr, te = splits["train"], splits["test"]
-    rows, per_source = [], {}
+    rgb = {(s, f): rgb_features(sp, nets, f) for s, sp in (("train", tr), ("test", te)) for f in (False, True)
+           if not (s == "test" and f) and (f is False or cfg.streams.flip)}
+    jobs = []
     for source in cfg.evaluate.sources:
-        f_tr = source_features(source, tr, flows["train"], nets)
+        f_tr = source_features(source, tr, flows["train"], nets, rgb=rgb["train", False])
         y_tr = list(tr.labels)
         if cfg.streams.flip:
-            f_tr += source_features(source, tr, flows["train"], nets, flip=True)
+            f_tr += source_features(source, tr, flows["train"], nets, flip=True, rgb=rgb["train", True])
             y_tr += list(mirror_labels(tr.labels, classes))
-        f_te = source_features(source, te, flows["test"], nets)
-        xt, vt, yt, steps = clip_windows(f_te, list(te.labels), window)
-        xs, vs, ys = stream_windows(f_te, list(te.labels), window)
-        accs, clip_accs, stream_accs, by_step = [], [], [], []
-        for seed in cfg.evaluate.seeds:
-            t0 = time.perf_counter()
-            x, v, y = training_windows(f_tr, y_tr, window, tcfg.stream_passes, seed)
-            head, losses = train_head(x, v, y, len(classes), tcfg, seed, name=f"{source} head seed {seed}")
-            pred = predict_last(head, xt, vt).numpy()
-            hit = pred == yt.numpy()
-            last = np.r_[steps[1:] == 0, True]               # the final step of every test clip
-            acc, clip_acc = float(hit.mean()), float(hit[last].mean())
-            stream_acc = float((predict_last(head, xs, vs) == ys[:, -1]).float().mean())
-            step_acc = [float(hit[steps == s].mean()) for s in range(int(steps.max()) + 1)]
-            rows.append({"source": source, "seed": seed, "online_accuracy": acc, "clip_accuracy": clip_acc,
-                         "stream_accuracy": stream_acc, "final_loss": losses[-1],
-                         "train_seconds": time.perf_counter() - t0})
-            accs.append(acc)
-            clip_accs.append(clip_acc)
-            stream_accs.append(stream_acc)
-            by_step.append(step_acc)
-            if heads_dir is not None and seed == cfg.evaluate.seeds[0]:
-                save_bundle(heads_dir / f"{source}.pt", state_dict=head.state_dict(), in_dim=int(x.shape[-1]),
-                            config=tcfg.model_dump(), meta=meta)
+        f_te = source_features(source, te, flows["test"], nets, rgb=rgb["test", False])
+        jobs += [(source, seed, f_tr, y_tr, f_te, list(te.labels)) for seed in cfg.evaluate.seeds]
+    workers, threads = _parallel(cfg, len(jobs))
+    save = str(heads_dir) if heads_dir is not None else None
+    common = (len(classes), tcfg.model_dump(), cfg.evaluate.seeds[0], save, meta, threads)
+    progress("har heads: %d (source, seed) heads in %d process(es) of %d torch thread(s)", len(jobs), workers, threads)
+    results: list[Any] = [None] * len(jobs)
+
+    def done(i: int, result: Any) -> None:
+        results[i] = result
+        row = result[0]
+        progress("har heads: %s seed %d done (%d/%d), online accuracy %.3f, %.1f s", row["source"], row["seed"],
+                 sum(r is not None for r in results), len(jobs), row["online_accuracy"], row["train_seconds"])
+
+    if workers == 1:
+        for i, j in enumerate(jobs):
+            done(i, _head_job(*j, *common))
+    else:  # heads of ~600 tiny steps gain little from a 2nd thread: one thread per process instead
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_head_job, *j, *common): i for i, j in enumerate(jobs)}
+            for fut in as_completed(futures):
+                done(futures[fut], fut.result())
+    rows, per_source = [r for r, _ in results], {}
+    for source in cfg.evaluate.sources:
+        mine = [(r, s) for r, s in results if r["source"] == source]
+        accs = [r["online_accuracy"] for r, _ in mine]
+        clip_accs = [r["clip_accuracy"] for r, _ in mine]
+        stream_accs = [r["stream_accuracy"] for r, _ in mine]
+        by_step = [s for _, s in mine]
         per_source[source] = {"online_accuracy": float(np.mean(accs)), "online_accuracy_std": float(np.std(accs)),
                               "clip_accuracy": float(np.mean(clip_accs)),
                               "stream_accuracy": float(np.mean(stream_accs)),
@@ -441,6 +462,37 @@ def evaluate_heads(cfg: HarConfig, classes: list[str], splits: dict[str, Split],
                  "(%d seeds)", source, per_source[source]["online_accuracy"], per_source[source]["online_accuracy_std"],
                  per_source[source]["clip_accuracy"], per_source[source]["stream_accuracy"], len(accs))
     return rows, per_source
+
+
+def _head_job(source: str, seed: int, f_tr: list[np.ndarray], y_tr: list[int], f_te: list[np.ndarray],
+              y_te: list[int], num_classes: int, tcfg_json: dict, save_seed: int, heads_dir: str | None,
+              meta: dict[str, Any], threads: int) -> tuple[dict[str, Any], list[float]]:
+    """Train and score one LSTR head (``evaluate_heads``); saves ``heads_dir/<source>.pt`` for
+    ``save_seed``. Returns the row and the accuracy by step."""
+    import torch
+
+    from components.har.config import TemporalConfig
+    from components.har.temporal import clip_windows, predict_last, stream_windows, train_head, training_windows
+
+    torch.set_num_threads(threads)
+    tcfg = TemporalConfig(**tcfg_json)
+    window = tcfg.long_memory + tcfg.short_window
+    xt, vt, yt, steps = clip_windows(f_te, y_te, window)
+    xs, vs, ys = stream_windows(f_te, y_te, window)
+    t0 = time.perf_counter()
+    x, v, y = training_windows(f_tr, y_tr, window, tcfg.stream_passes, seed)
+    head, losses = train_head(x, v, y, num_classes, tcfg, seed, name=f"{source} head seed {seed}")
+    pred = predict_last(head, xt, vt).numpy()
+    hit = pred == yt.numpy()
+    last = np.r_[steps[1:] == 0, True]               # the final step of every test clip
+    stream_acc = float((predict_last(head, xs, vs) == ys[:, -1]).float().mean())
+    step_acc = [float(hit[steps == s].mean()) for s in range(int(steps.max()) + 1)]
+    row = {"source": source, "seed": seed, "online_accuracy": float(hit.mean()), "clip_accuracy": float(hit[last].mean()),
+           "stream_accuracy": stream_acc, "final_loss": losses[-1], "train_seconds": time.perf_counter() - t0}
+    if heads_dir is not None and seed == save_seed:
+        save_bundle(Path(heads_dir) / f"{source}.pt", state_dict=head.state_dict(), in_dim=int(x.shape[-1]),
+                    config=tcfg_json, meta=meta)
+    return row, step_acc
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:

@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(text, indent=1))
     print("predictions:", " ".join(out["predicted"]))
     if args.json:
-        from tasks.io import atomic_file
+        from components.io import atomic_file
 
         with atomic_file(args.json) as fh:              # parents created; no partial file on failure
             fh.write(json.dumps(out, indent=1) + "\n")

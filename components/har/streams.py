@@ -101,13 +101,31 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Translate a batch (B, ..., H, W) by one random integer offset per sample (reflect padding)."""
+def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator, kind: str = "rgb") -> torch.Tensor:
+    """Translate a batch (B, ..., H, W) by one random integer offset per sample (reflect padding).
+
+    ``kind="flow"``: ``x`` is stacked normalised flow (B, 2K, H, W; x components at even channels, as
+    ``chunks.flip_flow_tensor`` has them). A reflected strip shows the scene mirrored, so its motion is
+    mirrored too: the x component changes sign in the left and right strips, the y component in the top
+    and bottom ones (both in the corners), with ``chunks.negate_flow_code``'s sign change."""
     if max_shift <= 0:
         return x
     B, H, W = x.shape[0], x.shape[-2], x.shape[-1]
     flat = x.reshape(B, -1, H, W)
     pad = F.pad(flat, (max_shift,) * 4, mode="reflect")
+    if kind == "flow":
+        from components.har.chunks import FLOW_CENTRE, FLOW_SCALE, negate_flow_code
+
+        def neg(t: torch.Tensor) -> torch.Tensor:
+            return (negate_flow_code(t * FLOW_SCALE + FLOW_CENTRE) - FLOW_CENTRE) / FLOW_SCALE
+
+        m = max_shift
+        for sl in (np.s_[..., :m], np.s_[..., W + m:]):
+            xs = pad[:, 0::2][sl]
+            pad[:, 0::2][sl] = neg(xs)
+        for sl in (np.s_[..., :m, :], np.s_[..., H + m:, :]):
+            ys = pad[:, 1::2][sl]
+            pad[:, 1::2][sl] = neg(ys)
     out = torch.empty_like(flat)
     offs = torch.randint(0, 2 * max_shift + 1, (B, 2), generator=gen)
     for b in range(B):
@@ -141,7 +159,8 @@ def train_stream(x: torch.Tensor, y: torch.Tensor, kind: str, num_classes: int, 
     """Train a stream CNN (``kind`` "rgb" or "flow") on chunk inputs ``x`` (N, C, H, W) with clip
     labels ``y``; return the net (eval mode) and the mean training loss per epoch.
 
-    Augmentation (the same for every stream): a random translation of up to 3 px; with ``cfg.flip``
+    Augmentation (the same for every stream): a random translation of up to 3 px (reflect padding;
+    for flow the reflected strips' motion mirrored, see :func:`random_shift`); with ``cfg.flip``
     a random half of each batch mirrored (labels through ``mirror_label``); colour jitter for RGB.
     Progress: every 5 epochs, and at least every ``progress_interval_s`` seconds (``TrainingProgress``)."""
     gen = seed_everything(seed)
@@ -159,7 +178,7 @@ def train_stream(x: torch.Tensor, y: torch.Tensor, kind: str, num_classes: int, 
         total = 0.0
         for i in range(0, len(x), cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
-            xb, yb = random_shift(x[idx], 3, gen), y[idx]
+            xb, yb = random_shift(x[idx], 3, gen, kind), y[idx]
             if cfg.flip:
                 flip = torch.rand(len(idx), generator=gen) < 0.5
                 xb = torch.where(flip[:, None, None, None], mirror(xb, kind), xb)

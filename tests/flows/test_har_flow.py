@@ -108,6 +108,21 @@ def test_har_flow_end_to_end(prefect_harness, paperworks_root, capsys, monkeypat
     assert {p.name: p.read_bytes() for p in (root / "models/har/heads").iterdir()} == heads
     assert (root / "metrics" / "har.json").read_bytes() == metrics_before
 
+    # the heads trained in 2 one-thread processes are the heads trained one after another on one thread
+    monkeypatch.undo()
+    inputs = experiment.evaluation_inputs(cfg, root / "data/har", root / "models/har", root / "results/har")
+    manifest, splits, nets, flows, meta = inputs
+    lines = []
+    by_threads = {}
+    for threads in (1, 2):
+        two = cfg.model_copy(update={"torch_threads": threads})
+        rows, per_source = experiment.evaluate_heads(two, manifest["classes"], splits, flows, nets, None, meta,
+                                                     lambda msg, *a: lines.append(msg % a))
+        by_threads[threads] = ([{k: v for k, v in r.items() if k != "train_seconds"} for r in rows], per_source)
+    assert by_threads[1] == by_threads[2]
+    assert any("in 2 process(es) of 1 torch thread(s)" in line for line in lines)
+    assert sum("done (" in line for line in lines) == 2 * 5 * 2  # a line per head, both runs
+
 
 def test_bad_parameter_stops_before_writing(paperworks_root, capsys):
     from flows.__main__ import main

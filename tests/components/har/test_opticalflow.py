@@ -86,3 +86,32 @@ def test_chunking_and_short_clips():
         chunk_starts(4, 6)
     with pytest.raises(InputError, match="expected at least clip_len=6"):
         split_chunks(np.zeros((5, 8, 8, 3), np.uint8), 6)
+
+
+def test_random_shift_mirrors_the_motion_of_the_reflected_strips():
+    """Reflect padding shows the scene mirrored at the border, so its flow is mirrored too: the x
+    component changes sign in the left/right strips, y in the top/bottom ones (codes 255 - q). RGB (and
+    the interior of flow) is only translated."""
+    import torch
+
+    from components.har.streams import random_shift
+
+    q = np.zeros((1, 4, 8, 8), np.uint8)  # two flow pairs of a uniform motion, as codes (x at even channels)
+    q[:, 0::2], q[:, 1::2] = 150, 90
+    t = flow_tensor(q)
+    batch = t.repeat(64, 1, 1, 1)
+    out = random_shift(batch, 2, torch.Generator().manual_seed(0), "flow")
+    vx, vy = float(t[0, 0, 0, 0]), float(t[0, 1, 0, 0])
+    nx, ny = (float(flow_tensor(np.array([255 - c], np.uint8))[0]) for c in (150, 90))
+    assert set(out[:, 0::2].unique().tolist()) == {vx, nx} and set(out[:, 1::2].unique().tolist()) == {vy, ny}
+    for b in range(64):
+        cols = (out[b, 0] == nx).any(dim=0)  # x negated: whole columns of the left/right strips
+        rows = (out[b, 1] == ny).any(dim=1)  # y negated: whole rows of the top/bottom strips
+        assert torch.equal((out[b, 0] == nx), cols[None, :].expand(8, 8))
+        assert torch.equal((out[b, 1] == ny), rows[:, None].expand(8, 8))
+        assert int(cols.sum()) <= 2 and int(rows.sum()) <= 2
+        assert not (cols[2:6].any() or rows[2:6].any())  # the interior keeps its motion
+    assert any(bool((out[b, 0] == nx).any()) for b in range(64))  # some samples were shifted
+    rgb = torch.rand(4, 3, 8, 8)
+    shifted = random_shift(rgb, 2, torch.Generator().manual_seed(0))
+    assert set(shifted.unique().tolist()) <= set(rgb.unique().tolist())
