@@ -1,0 +1,39 @@
+"""The flow-shift ablation benchmark's command line: bad input stops before any training."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("flow_shift_ablation", ROOT / "benchmarks/har/flow_shift_ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "tvl1", "raft"], "--methods ['raft']: unknown"),
+    (["--seeds", "0", "0"], "--seeds [0, 0]: expected distinct seeds"),
+    (["--params", "nope.yaml"], "--params nope.yaml: not found"),
+])
+def test_bad_arguments_are_named(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _bench().main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_teacher_outputs_are_an_error_not_a_traceback(tmp_path, capsys, monkeypatch):
+    bench = _bench()
+    monkeypatch.setattr(bench, "ROOT", tmp_path)  # a checkout without data/har or results/har
+    params = tmp_path / "params.yaml"
+    params.write_text("har: {}\n")
+    out = tmp_path / "out.json"
+    assert bench.main(["--params", str(params), "--methods", "tvl1", "--out", str(out)]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not out.exists()
