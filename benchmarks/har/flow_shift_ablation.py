@@ -37,21 +37,28 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in a.methods if m not in METHODS]
     if bad:
         ap.error(f"--methods {bad}: unknown; expected some of {list(METHODS)}")
+    if len(set(a.methods)) != len(a.methods):
+        ap.error(f"--methods {a.methods}: expected distinct methods")
     if len(set(a.seeds)) != len(a.seeds):
         ap.error(f"--seeds {a.seeds}: expected distinct seeds")
     if not a.params.is_file():
         ap.error(f"--params {a.params}: not found; expected a params.yaml with a 'har' section")
+    if a.out is not None and a.out.is_dir():
+        ap.error(f"--out {a.out}: is a folder; expected a JSON file path")
 
     import numpy as np
     import torch
-    import yaml
 
-    from components.base import InputError, resolve_section
+    from components.base import ConfigError, InputError
     from components.har import experiment as ex
     from components.har import streams
     from components.har.config import HarConfig
+    from tasks.params import load_config
 
-    cfg = resolve_section(HarConfig, (yaml.safe_load(a.params.read_text()) or {}).get("har"))
+    try:
+        cfg = load_config(HarConfig, params_path=a.params)
+    except ConfigError as err:
+        ap.error(f"--params {a.params}: {err}")
     torch.set_num_threads(cfg.torch_threads)
     try:
         manifest, splits = ex.load_splits(ROOT / "data" / "har", cfg.opticalflow.clip_len)

@@ -444,8 +444,12 @@ def evaluate_heads(cfg: HarConfig, classes: list[str], splits: dict[str, Split],
     else:  # heads of ~600 tiny steps gain little from a 2nd thread: one thread per process instead
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(_head_job, *j, *common): i for i, j in enumerate(jobs)}
-            for fut in as_completed(futures):
-                done(futures[fut], fut.result())
+            try:
+                for fut in as_completed(futures):
+                    done(futures[fut], fut.result())
+            except BaseException:  # a failed head (or Ctrl-C) stops the queued ones instead of training them
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     rows, per_source = [r for r, _ in results], {}
     for source in cfg.evaluate.sources:
         mine = [(r, s) for r, s in results if r["source"] == source]

@@ -20,6 +20,7 @@ def _bench():
     (["--methods", "tvl1", "raft"], "--methods ['raft']: unknown"),
     (["--seeds", "0", "0"], "--seeds [0, 0]: expected distinct seeds"),
     (["--params", "nope.yaml"], "--params nope.yaml: not found"),
+    (["--methods", "dis", "dis"], "--methods ['dis', 'dis']: expected distinct methods"),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -37,3 +38,25 @@ def test_missing_teacher_outputs_are_an_error_not_a_traceback(tmp_path, capsys, 
     assert bench.main(["--params", str(params), "--methods", "tvl1", "--out", str(out)]) == 2
     assert "error:" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("har: [1, 2]\n", "har"),
+    ("har: {streams: {batch_size: -1}}\n", "batch_size"),
+    ("har: {streams: [\n", "not valid YAML"),
+    ("- 1\n", "expected a mapping"),
+])
+def test_bad_params_files_are_named_not_a_traceback(text, message, tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        _bench().main(["--params", str(params)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--params {params}" in err and message in err
+
+
+def test_out_must_not_be_a_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _bench().main(["--out", str(tmp_path)])
+    assert "is a folder" in capsys.readouterr().err
