@@ -3,12 +3,15 @@
 - ``prefect_harness`` (session): a throw-away Prefect API (temporary SQLite) for flow tests.
 - ``paperworks_root`` : an isolated checkout root (``PAPERWORKS_ROOT``) with its own MLflow store,
   so flow tests write ``data/``, ``models/``, ``metrics/`` and ``mlflow/`` under ``tmp_path``.
+- ``load_script(relative_path)``: a script of the repo (``benchmarks/...``) imported as a module.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -17,6 +20,15 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def load_script(relative_path: str) -> ModuleType:
+    """Import a script of the repo (e.g. ``benchmarks/har/flow_shift_ablation.py``) as a fresh module."""
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ Needs the committed data and teacher flows (``dvc repro har_teacher``); ~20 s pe
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -100,10 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         seeds = " ; ".join(f"{p * 100:.1f} / {q * 100:.1f}" for p, q in zip(f["chunk_accuracy"], b["chunk_accuracy"]))
         print(f"| {m} | {f['mean'] * 100:.1f} ± {f['std'] * 100:.1f} | {b['mean'] * 100:.1f} ± {b['std'] * 100:.1f} | {seeds} |")
     if a.out is not None:
-        from components.io import atomic_file
+        from tasks.io import write_json
 
-        with atomic_file(a.out) as fh:
-            fh.write(json.dumps(result, indent=1) + "\n")
+        write_json(a.out, result)
     return 0
 
 

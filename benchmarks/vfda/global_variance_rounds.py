@@ -99,10 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {r['depth'] + 1} | {r['stat']} | {r['round1_min']:.4f}-{r['round1_max']:.4f} | "
                   f"{r['later_min']:.4f}-{r['later_max']:.4f} | {r['later_factor_min']:.3f}-{r['later_factor_max']:.3f} |")
     if a.out is not None:
-        from components.io import atomic_file
+        from tasks.io import write_json
 
-        with atomic_file(a.out) as fh:
-            fh.write(json.dumps(result, indent=1) + "\n")
+        write_json(a.out, result)
     return 0
 
 

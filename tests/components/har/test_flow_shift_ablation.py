@@ -1,19 +1,13 @@
 """The flow-shift ablation benchmark's command line: bad input stops before any training."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.conftest import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("flow_shift_ablation", ROOT / "benchmarks/har/flow_shift_ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/har/flow_shift_ablation.py")
 
 
 @pytest.mark.parametrize("argv, message", [

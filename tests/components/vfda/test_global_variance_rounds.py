@@ -1,21 +1,17 @@
 """benchmarks/vfda/global_variance_rounds.py: reads federation histories, names bad input."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.conftest import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("global_variance_rounds", ROOT / "benchmarks/vfda/global_variance_rounds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/vfda/global_variance_rounds.py")
 
 
 def _history(folder: Path, name: str, values: list[float], rule: str = "product") -> None:
