@@ -132,13 +132,13 @@ def tune(ctx: StageContext) -> dict:
                 for policy in policies[k % len(policies):] + policies[:k % len(policies)]:
                     run_dir = _run_dir(ctx, name, policy, seed)
                     planned.add(run_dir)
-                    fp = fingerprint(model.manifest, policy, _run_seed(cfg, seed), cfg.tune)
-                    if measurer is None and stored_run(model, policy, _run_seed(cfg, seed), cfg.tune, run_dir,
-                                                       fp) is None:
+                    run_seed = _run_seed(cfg, seed)
+                    fp = fingerprint(model.manifest, policy, run_seed, cfg.tune)
+                    if measurer is None and stored_run(model, policy, run_seed, cfg.tune, run_dir, fp) is None:
                         from components.familyseer.measure import Measurer
 
                         measurer = Measurer.from_config(cfg.tune)
-                    run = tune_model(model, policy, _run_seed(cfg, seed), cfg.tune, run_dir,
+                    run = tune_model(model, policy, run_seed, cfg.tune, run_dir,
                                      progress=lambda msg: ctx.progress("familyseer/tune: %s", msg), measurer=measurer,
                                      fp=fp)
                     _log_run(ctx, name, policy, seed, run)
@@ -167,7 +167,7 @@ def tune(ctx: StageContext) -> dict:
 @stage_task
 def compile(ctx: StageContext) -> dict:  # noqa: A001 (the stage's name)
     """Compile each run's best schedules; measure end-to-end latency vs the untuned build and PyTorch."""
-    from components.familyseer.latency import (compile_tuned_applied, compile_untuned, measure_torch, measure_vm,
+    from components.familyseer.latency import (compile_tuned, compile_untuned, measure_torch, measure_vm,
                                                torch_reference)
     from components.familyseer.measure import lean_tensor_intrinsics
     from components.familyseer.tuning import load_run
@@ -196,7 +196,7 @@ def compile(ctx: StageContext) -> dict:  # noqa: A001 (the stage's name)
                 ctx.progress("familyseer/compile: %s %s seed %d", name, policy, seed)
                 run_dir = _run_dir(ctx, name, policy, seed)
                 budget = load_run(run_dir)["budget"]  # the trials past it (the last round's) are not used
-                exe, applied = compile_tuned_applied(model.fused, run_dir, target, budget)
+                exe, applied = compile_tuned(model.fused, run_dir, target, budget)
                 per_seed[str(seed)] = measure_vm(exe, model.inputs, ev.latency_repeat, ev.latency_min_repeat_ms, ref,
                                                  label=f"{name}: build tuned by {policy}, seed {seed} ({run_dir})")
                 per_seed[str(seed)]["tuned_functions"] = sorted(k for k, v in applied.items() if v)

@@ -56,7 +56,8 @@ def _extractor_class():
         from tvm.ir.utils import derived_object
         from tvm.s_tir.meta_schedule import TuneContext
         from tvm.s_tir.meta_schedule.feature_extractor import PerStoreFeature, PyFeatureExtractor
-        from tvm_ffi import structural_hash
+
+        from components.familyseer.scheduler import module_hash
 
         @derived_object
         class StoreFeatures(PyFeatureExtractor):
@@ -94,7 +95,7 @@ def _extractor_class():
                 if self.cache is None:
                     return list(self.inner.extract_from(ctx, candidates))
                 name = str(context.task_name)
-                keys = [(name, structural_hash(c.sch.mod)) for c in candidates]
+                keys = [(name, module_hash(c.sch.mod)) for c in candidates]
                 todo = [i for i, k in enumerate(keys) if k not in self.cache]
                 self.hits += len(keys) - len(todo)
                 if todo:

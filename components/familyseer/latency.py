@@ -123,16 +123,11 @@ def applied_schedules(fused_mod: Any, run_dir: Path, target: Any, max_records: i
         return _scheduled(MetaScheduleApplyDatabase(enable_warning=False)(fused_mod))
 
 
-def compile_tuned(fused_mod: Any, run_dir: Path, target: Any, max_records: int | None = None):
+def compile_tuned(fused_mod: Any, run_dir: Path, target: Any,
+                  max_records: int | None = None) -> tuple[Any, dict[str, bool]]:
     """The model with the best schedule of every tuned task from a run's database (its first
-    ``max_records`` records: pass the run's trial budget to compare policies at equal budgets)."""
-    return compile_tuned_applied(fused_mod, run_dir, target, max_records)[0]
-
-
-def compile_tuned_applied(fused_mod: Any, run_dir: Path, target: Any,
-                          max_records: int | None = None) -> tuple[Any, dict[str, bool]]:
-    """:func:`compile_tuned` and, from the same application of the database, what
-    :func:`applied_schedules` returns (the database is read and applied once)."""
+    ``max_records`` records: pass the run's trial budget to compare policies at equal budgets), and,
+    from the same application of the database, what :func:`applied_schedules` returns."""
     applied: dict[str, bool] = {}
     return _build(fused_mod, target, load_database(run_dir, max_records), applied), applied
 

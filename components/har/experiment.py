@@ -11,6 +11,7 @@ Inputs and outputs are files (stages run as separate processes under DVC).
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -367,18 +368,19 @@ def rgb_features(split: Split, nets: dict[str, Any], flip: bool = False) -> list
 
 
 def source_features(source: str, split: Split, flows: dict[str, list[np.ndarray]], nets: dict[str, Any],
-                    flip: bool = False, rgb: list[Any] | None = None) -> list[np.ndarray]:
+                    rgb: list[Any], flip: bool = False) -> list[np.ndarray]:
     """Per clip (n_chunks, D) head inputs of ``source``: the RGB feature, concatenated with the
     motion feature unless ``source == "rgb"``. ``flip`` mirrors every input first. ``rgb``: the
-    split's ``rgb_features`` (same ``flip``), computed once for every source."""
+    split's ``rgb_features`` (computed with the same ``flip``), shared by every source."""
     import torch
 
+    if len(rgb) != len(split.chunks):
+        raise ValueError(f"rgb: {len(rgb)} clips of RGB features for a split of {len(split.chunks)} clips")
     out = []
     with torch.no_grad():
         for k, chunks in enumerate(split.chunks):
             c = flip_frames(chunks) if flip and source == "imfe" else chunks
-            feats = [rgb[k] if rgb is not None else
-                     nets["rgb"].features(rgb_tensor(centre_frames(flip_frames(chunks) if flip else chunks)))]
+            feats = [rgb[k]]
             if source == "imfe":
                 feats.append(nets["imfe"](rgb_tensor(c)))
             elif source in FLOW_METHODS:
@@ -413,22 +415,65 @@ def evaluate_heads(cfg: HarConfig, classes: list[str], splits: dict[str, Split],
     the clip's first chunk); ``clip_accuracy``: the last chunk of every clip; ``stream_accuracy``:
     every test chunk with the test clips back to back in one continuous stream, the window sliding
     across clip boundaries as the real-time runtime's does."""
-    tcfg = cfg.temporal
     tr, te = splits["train"], splits["test"]
     rgb = {(s, f): rgb_features(sp, nets, f) for s, sp in (("train", tr), ("test", te)) for f in (False, True)
            if not (s == "test" and f) and (f is False or cfg.streams.flip)}
-    jobs = []
+    # each source's features go to one file that its seeds' jobs read, instead of being pickled into
+    # every job (a UCF101-size feature set is GBs); the parent holds one source's features at a time
+    with tempfile.TemporaryDirectory(prefix="har-heads-") as tmp:
+        jobs = []
+        for source in cfg.evaluate.sources:
+            f_tr = source_features(source, tr, flows["train"], nets, rgb["train", False])
+            y_tr = list(tr.labels)
+            if cfg.streams.flip:
+                f_tr += source_features(source, tr, flows["train"], nets, rgb["train", True], flip=True)
+                y_tr += list(mirror_labels(tr.labels, classes))
+            f_te = source_features(source, te, flows["test"], nets, rgb["test", False])
+            path = Path(tmp) / f"{source}.npz"
+            save_clip_features(path, train=f_tr, test=f_te)
+            jobs += [(source, seed, str(path), y_tr, list(te.labels)) for seed in cfg.evaluate.seeds]
+        results = _run_head_jobs(cfg, jobs, len(classes), heads_dir, meta, progress)
+    rows, per_source = [r for r, _ in results], {}
     for source in cfg.evaluate.sources:
-        f_tr = source_features(source, tr, flows["train"], nets, rgb=rgb["train", False])
-        y_tr = list(tr.labels)
-        if cfg.streams.flip:
-            f_tr += source_features(source, tr, flows["train"], nets, flip=True, rgb=rgb["train", True])
-            y_tr += list(mirror_labels(tr.labels, classes))
-        f_te = source_features(source, te, flows["test"], nets, rgb=rgb["test", False])
-        jobs += [(source, seed, f_tr, y_tr, f_te, list(te.labels)) for seed in cfg.evaluate.seeds]
+        mine = [(r, s) for r, s in results if r["source"] == source]
+        accs = [r["online_accuracy"] for r, _ in mine]
+        clip_accs = [r["clip_accuracy"] for r, _ in mine]
+        stream_accs = [r["stream_accuracy"] for r, _ in mine]
+        by_step = [s for _, s in mine]
+        per_source[source] = {"online_accuracy": float(np.mean(accs)), "online_accuracy_std": float(np.std(accs)),
+                              "clip_accuracy": float(np.mean(clip_accs)),
+                              "stream_accuracy": float(np.mean(stream_accs)),
+                              "stream_accuracy_std": float(np.std(stream_accs)),
+                              "accuracy_by_step": np.mean(by_step, 0).tolist()}
+        progress("har %s: online accuracy %.3f +- %.3f, clip accuracy %.3f, continuous-stream accuracy %.3f "
+                 "(%d seeds)", source, per_source[source]["online_accuracy"], per_source[source]["online_accuracy_std"],
+                 per_source[source]["clip_accuracy"], per_source[source]["stream_accuracy"], len(accs))
+    return rows, per_source
+
+
+def save_clip_features(path: Path, **splits: list[np.ndarray]) -> None:
+    """Per-clip (n_chunks, D) feature lists of each named split, concatenated into one array per split
+    plus the clips' chunk counts (``load_clip_features`` splits them again, values unchanged)."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, feats in splits.items():
+        arrays[name] = np.concatenate(feats)
+        arrays[f"{name}_chunks"] = np.array([len(f) for f in feats], dtype=np.int64)
+    np.savez(path, **arrays)
+
+
+def load_clip_features(path: str | Path, name: str) -> list[np.ndarray]:
+    with np.load(path) as z:
+        flat, counts = z[name], z[f"{name}_chunks"]
+    return np.split(flat, np.cumsum(counts)[:-1])
+
+
+def _run_head_jobs(cfg: HarConfig, jobs: list[tuple], num_classes: int, heads_dir: Path | None,
+                   meta: dict[str, Any], progress: Progress) -> list[Any]:
+    """``_head_job`` for every job, in ``_parallel`` processes; results in job order."""
+    tcfg = cfg.temporal
     workers, threads = _parallel(cfg, len(jobs))
     save = str(heads_dir) if heads_dir is not None else None
-    common = (len(classes), tcfg.model_dump(), cfg.evaluate.seeds[0], save, meta, threads)
+    common = (num_classes, tcfg.model_dump(), cfg.evaluate.seeds[0], save, meta, threads)
     progress("har heads: %d (source, seed) heads in %d process(es) of %d torch thread(s)", len(jobs), workers, threads)
     results: list[Any] = [None] * len(jobs)
 
@@ -450,35 +495,22 @@ def evaluate_heads(cfg: HarConfig, classes: list[str], splits: dict[str, Split],
             except BaseException:  # a failed head (or Ctrl-C) stops the queued ones instead of training them
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
-    rows, per_source = [r for r, _ in results], {}
-    for source in cfg.evaluate.sources:
-        mine = [(r, s) for r, s in results if r["source"] == source]
-        accs = [r["online_accuracy"] for r, _ in mine]
-        clip_accs = [r["clip_accuracy"] for r, _ in mine]
-        stream_accs = [r["stream_accuracy"] for r, _ in mine]
-        by_step = [s for _, s in mine]
-        per_source[source] = {"online_accuracy": float(np.mean(accs)), "online_accuracy_std": float(np.std(accs)),
-                              "clip_accuracy": float(np.mean(clip_accs)),
-                              "stream_accuracy": float(np.mean(stream_accs)),
-                              "stream_accuracy_std": float(np.std(stream_accs)),
-                              "accuracy_by_step": np.mean(by_step, 0).tolist()}
-        progress("har %s: online accuracy %.3f +- %.3f, clip accuracy %.3f, continuous-stream accuracy %.3f "
-                 "(%d seeds)", source, per_source[source]["online_accuracy"], per_source[source]["online_accuracy_std"],
-                 per_source[source]["clip_accuracy"], per_source[source]["stream_accuracy"], len(accs))
-    return rows, per_source
+    return results
 
 
-def _head_job(source: str, seed: int, f_tr: list[np.ndarray], y_tr: list[int], f_te: list[np.ndarray],
-              y_te: list[int], num_classes: int, tcfg_json: dict, save_seed: int, heads_dir: str | None,
-              meta: dict[str, Any], threads: int) -> tuple[dict[str, Any], list[float]]:
-    """Train and score one LSTR head (``evaluate_heads``); saves ``heads_dir/<source>.pt`` for
-    ``save_seed``. Returns the row and the accuracy by step."""
+def _head_job(source: str, seed: int, features: str, y_tr: list[int], y_te: list[int], num_classes: int,
+              tcfg_json: dict, save_seed: int, heads_dir: str | None, meta: dict[str, Any],
+              threads: int) -> tuple[dict[str, Any], list[float]]:
+    """Train and score one LSTR head (``evaluate_heads``) on the ``train`` / ``test`` clip features
+    saved in ``features`` (``save_clip_features``); saves ``heads_dir/<source>.pt`` for ``save_seed``.
+    Returns the row and the accuracy by step."""
     import torch
 
     from components.har.config import TemporalConfig
     from components.har.temporal import clip_windows, predict_last, stream_windows, train_head, training_windows
 
     torch.set_num_threads(threads)
+    f_tr, f_te = load_clip_features(features, "train"), load_clip_features(features, "test")
     tcfg = TemporalConfig(**tcfg_json)
     window = tcfg.long_memory + tcfg.short_window
     xt, vt, yt, steps = clip_windows(f_te, y_te, window)

@@ -17,9 +17,11 @@ flow CNN), appends them to the long/short memory and runs the LSTR head: one pre
 The clock is injectable (``WallClock`` for real runs, ``SimClock`` for tests), so the accounting
 can be checked deterministically.
 
-**Warm-up.** A freshly loaded pipeline's first chunk is slow (onnxruntime's and torch's first runs
-allocate and pick kernels: ~0.6 s for IMFE at 48 px, against ~2 ms warm), which would show up as
-dropped frames at the start of every stream. ``HarPipeline.warm_up`` runs a few chunks of blank
+**Warm-up.** A freshly loaded pipeline's first chunk is slow (0.4-0.9 s for IMFE at 48 px, against
+~2 ms warm), which would show up as dropped frames at the start of every stream. Almost all of it is
+one Python import: torch 2.13's attention with a padding mask (the LSTR head) imports
+``torch.fx.experimental.symbolic_shapes``, and with it sympy, on its first call; the models' own
+first runs (RGB CNN, IMFE in onnxruntime) cost under 10 ms each. ``HarPipeline.warm_up`` runs a few chunks of blank
 frames through the whole pipeline and then clears its window, as a deployed recogniser does before
 the camera starts; the CLI and the evaluate stage call it before timing and report its cost
 (``warmup_ms``: the first, cold chunk). ``--no-warmup`` measures the cold start instead.

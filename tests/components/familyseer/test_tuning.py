@@ -85,7 +85,7 @@ def test_family_model_receives_every_valid_measurement_of_its_members(runs):
 
 def test_database_records_every_measurement_and_compiles_to_a_correct_model(runs):
     results, model, _ = runs
-    from components.familyseer.latency import (applied_schedules, compile_tuned_applied, load_database, measure_vm,
+    from components.familyseer.latency import (applied_schedules, compile_tuned, load_database, measure_vm,
                                                torch_reference)
     from components.familyseer.zoo import build_torch_model, make_target
 
@@ -98,7 +98,7 @@ def test_database_records_every_measurement_and_compiles_to_a_correct_model(runs
     module, inputs = build_torch_model("mlp_tiny", 0)  # the data stage's weights (same seed)
     applied = applied_schedules(model.fused, run_dir, make_target(2))
     assert all(applied[t["name"]] for t in model.manifest["tasks"])
-    exe, applied_in_build = compile_tuned_applied(model.fused, run_dir, make_target(2))
+    exe, applied_in_build = compile_tuned(model.fused, run_dir, make_target(2))
     assert applied_in_build == applied  # the compile stage's record of what got a schedule
     stats = measure_vm(exe, inputs, repeat=3, min_repeat_ms=1, reference=torch_reference(module, inputs))
     assert stats["max_abs_err"] < 1e-4

@@ -6,6 +6,7 @@ import pytest
 
 from components.base import ConfigError, InputError
 from components.har.stream import HarPipeline, SimClock, main, run_stream
+from tests.components.har.conftest import tiny_rgb_models
 
 
 def _costed(clock: SimClock, costs):
@@ -159,7 +160,7 @@ def test_run_stream_rejects_non_finite_rates_and_empty_limits():
 
 
 def test_corrupt_model_files_are_named(tmp_path, capsys):
-    models = _tiny_rgb_models(tmp_path / "models", ["walk_left", "wave"])
+    models = tiny_rgb_models(tmp_path / "models", ["walk_left", "wave"])
     (models / "teacher" / "rgb.pt").write_bytes(b"not a torch file")
     assert main(["--generate", "1", "--source", "rgb", "--models", str(models)]) == 2
     err = capsys.readouterr().err
@@ -190,30 +191,8 @@ def test_threads_are_validated_and_set_for_opencv_too(tmp_path, capsys):
         cv2.setNumThreads(before)
 
 
-def _tiny_rgb_models(root, classes):
-    """models/har layout with the RGB-only pipeline's two files (tiny, untrained)."""
-    import torch
-
-    from components.har.config import StreamNetConfig, TemporalConfig
-    from components.har.streams import StreamNet
-    from components.har.temporal import LstrHead
-
-    (root / "teacher").mkdir(parents=True)
-    (root / "heads").mkdir()
-    scfg = StreamNetConfig(widths=[8])
-    net = StreamNet(3, len(classes), scfg.widths)
-    torch.save({"state_dict": net.state_dict(), "in_channels": 3, "classes": classes,
-                "config": scfg.model_dump(), "kind": "rgb"}, root / "teacher" / "rgb.pt")
-    tcfg = TemporalConfig(d_model=8, heads=2, long_memory=2, short_window=1, latent_queries=2)
-    head = LstrHead(8, len(classes), tcfg)
-    meta = {"classes": classes, "clip_len": 6, "height": 32, "width": 32, "fps": 30, "frames_per_clip": 12}
-    torch.save({"state_dict": head.state_dict(), "in_dim": 8, "config": tcfg.model_dump(), "meta": meta},
-               root / "heads" / "rgb.pt")
-    return root
-
-
 def test_generate_with_models_of_other_classes_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
-    models = _tiny_rgb_models(tmp_path / "models", ["ApplyEyeMakeup", "Basketball"])
+    models = tiny_rgb_models(tmp_path / "models", ["ApplyEyeMakeup", "Basketball"])
     out = tmp_path / "reports" / "run.json"
     assert main(["--generate", "1", "--source", "rgb", "--models", str(models), "--json", str(out)]) == 2
     err = capsys.readouterr().err
@@ -222,7 +201,7 @@ def test_generate_with_models_of_other_classes_is_a_clear_error_and_writes_nothi
 
 
 def test_json_report_goes_to_a_new_folder_atomically(tmp_path, capsys):
-    models = _tiny_rgb_models(tmp_path / "models", ["walk_left", "wave"])
+    models = tiny_rgb_models(tmp_path / "models", ["walk_left", "wave"])
     out = tmp_path / "new" / "folder" / "run.json"
     assert main(["--generate", "1", "--source", "rgb", "--models", str(models), "--json", str(out),
                  "--fps", "1000", "--queue", "100"]) == 0

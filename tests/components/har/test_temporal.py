@@ -87,3 +87,17 @@ def test_runtime_pipeline_on_a_continuous_stream_equals_the_stream_windows():
         per_clip = [np.stack([feat(c) for c in f.reshape(-1, clip_len, 4, 4, 3)]) for f in frames]
         x, v, _ = stream_windows(per_clip, [0, 1, 2], CFG.long_memory + CFG.short_window)
         assert live == predict_last(head, x, v).tolist() and len(live) == sum(n_chunks)
+
+
+def test_clip_features_file_round_trips_clips_of_any_length(tmp_path):
+    """The evaluate stage hands each head job its features through one file per source."""
+    from components.har.experiment import load_clip_features, save_clip_features
+
+    rng = np.random.default_rng(0)
+    train = [rng.normal(size=(n, 5)).astype(np.float32) for n in (3, 1, 4)]
+    test = [rng.normal(size=(2, 5)).astype(np.float32)]
+    save_clip_features(tmp_path / "f.npz", train=train, test=test)
+    for name, feats in (("train", train), ("test", test)):
+        back = load_clip_features(tmp_path / "f.npz", name)
+        assert [b.shape for b in back] == [f.shape for f in feats]
+        assert all(b.dtype == np.float32 and np.array_equal(b, f) for b, f in zip(back, feats))
