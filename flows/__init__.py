@@ -1,7 +1,7 @@
 """One Prefect flow per paper; ``python -m flows <paper> <stage>`` is the CLI that dvc.yaml calls.
 
 The registry below is static on purpose: ``python -m flows --help`` must list papers and stages
-without importing prefect, torch or any component library. ``tests/flows/test_registry.py`` checks
+without importing prefect, torch or any component library. ``tests/flows/test_cli.py`` checks
 that it matches each flow module's ``STAGES``.
 """
 from __future__ import annotations
