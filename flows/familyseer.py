@@ -169,13 +169,18 @@ def compile(ctx: StageContext) -> dict:  # noqa: A001 (the stage's name)
     """Compile each run's best schedules; measure end-to-end latency vs the untuned build and PyTorch."""
     from components.familyseer.latency import (compile_tuned, compile_untuned, measure_torch, measure_vm,
                                                torch_reference)
-    from components.familyseer.measure import lean_tensor_intrinsics
+    from components.familyseer.measure import lean_tensor_intrinsics, use_kernel_threads
     from components.familyseer.tuning import load_run
     from components.familyseer.zoo import load_model, make_target
 
     cfg = ctx.config
     ev = cfg.evaluate
     lean_tensor_intrinsics()
+    threads = use_kernel_threads(cfg.tune.target_cores)   # as the tuning runner measured the schedules
+    if threads != cfg.tune.target_cores:
+        ctx.progress("familyseer/compile: warning: TVM's kernel thread pool of this process already has %d "
+                     "thread(s), not tune.target_cores=%d; the TVM builds below run on %d (recorded as "
+                     "kernel_threads)", threads, cfg.tune.target_cores, threads)
     target = make_target(cfg.tune.target_cores)
     results: dict[str, Any] = {}
     for name in cfg.zoo.models:

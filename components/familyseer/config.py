@@ -83,7 +83,9 @@ class TuneConfig(BaseModel):
                                 "(its eps-greedy random picks: int(trials_per_round x eps_greedy), 3 at 64; paper: 3)")
     alpha: float = Field(0.2, ge=0.0, le=1.0, description="gradient scheduler alpha (MetaSchedule default)")
     window_size: int = Field(3, ge=1, description="gradient scheduler backward window (MetaSchedule default)")
-    target_cores: int = Field(2, ge=1, le=512, description="num-cores of the llvm target (kernel threads)")
+    target_cores: int = Field(2, ge=1, le=512, description=(
+        "num-cores of the llvm target, and the threads the tuning runner and the compile stage run the "
+        "kernels on (TVM_NUM_THREADS; TVM's own default is half the logical CPUs)"))
     search_threads: int = Field(1, ge=1, le=512, description=(
         "threads of the evolutionary search. 1: a seed fixes the search's picks, so every policy measures "
         "the same warm-up schedules and a repeat measures the same first rounds. >1 (the full profile): "

@@ -158,6 +158,7 @@ def measure_vm(executable: Any, inputs: tuple[Any, ...], repeat: int, min_repeat
     err = check_output(out.numpy(), reference, label) if reference is not None else None
     stats = _stats(list(vm.time_evaluator("main", dev, number=1, repeat=repeat,
                                           min_repeat_ms=min_repeat_ms)(*args).results))
+    stats["kernel_threads"] = int(tvm.get_global_func("runtime.NumThreads")())   # TVM's pool in this process
     if err is not None:
         stats["max_abs_err"] = err
     return stats

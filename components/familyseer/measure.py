@@ -69,6 +69,29 @@ def _worker_init() -> None:
     lean_tensor_intrinsics()
 
 
+def use_kernel_threads(threads: int) -> int:
+    """Size this process's TVM runtime thread pool, the threads the generated kernels run on, to
+    ``threads``; returns the pool's size.
+
+    TVM sizes the pool from ``TVM_NUM_THREADS``, else (x86) from *half* the logical CPUs, as it
+    assumes hyper-threading: one thread on a 2-vCPU machine, whatever the target's ``num-cores``
+    (MetaSchedule's search ignores the variable; it sets only the kernels' threads). The pool is
+    made once per process, at its first use, so this must run before any kernel does; a process
+    whose pool already exists keeps its size, which the returned value shows.
+    """
+    import os
+
+    os.environ["TVM_NUM_THREADS"] = str(int(threads))
+    import tvm
+
+    return int(tvm.get_global_func("runtime.NumThreads")())
+
+
+def _runner_init(threads: int) -> None:
+    lean_tensor_intrinsics()
+    use_kernel_threads(threads)
+
+
 def _worker_warmup() -> None:
     """Import what a build needs, so that the first timed build does not pay for it."""
     lean_tensor_intrinsics()
@@ -139,11 +162,19 @@ def make_builder(max_workers: int, timeout_sec: float, recycle_after: int = 256)
     return PersistentBuilder()
 
 
-def make_runner(timeout_sec: float, repeat: int, min_repeat_ms: int, cooldown_sec: float = 0.0):
-    """MetaSchedule's LocalRunner (one persistent measurement process, so measurements never overlap)."""
+def make_runner(timeout_sec: float, repeat: int, min_repeat_ms: int, kernel_threads: int,
+                cooldown_sec: float = 0.0):
+    """MetaSchedule's LocalRunner (one persistent measurement process, so measurements never overlap)
+    whose kernels run on ``kernel_threads`` threads (:func:`use_kernel_threads`; the target's
+    ``num-cores``, which the schedules are generated for)."""
+    import functools
+
+    import cloudpickle
     from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, LocalRunner
 
-    return LocalRunner(timeout_sec=timeout_sec, cooldown_sec=cooldown_sec, initializer=_worker_init,
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return LocalRunner(timeout_sec=timeout_sec, cooldown_sec=cooldown_sec,
+                       initializer=functools.partial(_runner_init, int(kernel_threads)),
                        evaluator_config=EvaluatorConfig(number=1, repeat=repeat, min_repeat_ms=min_repeat_ms,
                                                         enable_cpu_cache_flush=False))
 
@@ -156,15 +187,16 @@ class Measurer:
     """
 
     def __init__(self, builder_workers: int, build_timeout_s: float, run_timeout_s: float, repeat: int,
-                 min_repeat_ms: int) -> None:
-        self.key = (builder_workers, build_timeout_s, run_timeout_s, repeat, min_repeat_ms)
+                 min_repeat_ms: int, kernel_threads: int) -> None:
+        self.key = (builder_workers, build_timeout_s, run_timeout_s, repeat, min_repeat_ms, kernel_threads)
         self.builder = make_builder(builder_workers, build_timeout_s)
         self.builder.warm_up()
-        self.runner = make_runner(run_timeout_s, repeat, min_repeat_ms)
+        self.runner = make_runner(run_timeout_s, repeat, min_repeat_ms, kernel_threads)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Measurer":
-        return cls(cfg.builder_workers, cfg.build_timeout_s, cfg.run_timeout_s, cfg.repeat, cfg.min_repeat_ms)
+        return cls(cfg.builder_workers, cfg.build_timeout_s, cfg.run_timeout_s, cfg.repeat, cfg.min_repeat_ms,
+                   cfg.target_cores)
 
     def close(self) -> None:
         self.builder.close()

@@ -102,7 +102,21 @@ def test_database_records_every_measurement_and_compiles_to_a_correct_model(runs
     assert applied_in_build == applied  # the compile stage's record of what got a schedule
     stats = measure_vm(exe, inputs, repeat=3, min_repeat_ms=1, reference=torch_reference(module, inputs))
     assert stats["max_abs_err"] < 1e-4
-    assert stats["latency_ms_p50"] > 0
+    assert stats["latency_ms_p50"] > 0 and stats["kernel_threads"] >= 1   # the pool the build ran on
+
+
+def test_the_runner_measures_kernels_on_the_targets_cores():
+    """TVM would size the measurement process's kernel pool to half the logical CPUs (1 on a 2-vCPU
+    machine) whatever the target's num-cores; the runner's worker sets it to ``kernel_threads``."""
+    from components.familyseer.measure import make_runner
+
+    for threads in (1, 2):   # TVM caps the pool at the logical CPUs (>= 2 on the machines this runs on)
+        runner = make_runner(30.0, 1, 1, kernel_threads=threads)
+        try:
+            pool_size = runner.pool.submit(lambda: __import__("tvm").get_global_func("runtime.NumThreads")())
+            assert pool_size.result() == threads
+        finally:
+            runner.pool.shutdown()
 
 
 def test_a_stored_run_is_replayed_not_remeasured(runs):
