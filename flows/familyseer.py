@@ -178,9 +178,9 @@ def compile(ctx: StageContext) -> dict:  # noqa: A001 (the stage's name)
     lean_tensor_intrinsics()
     threads = use_kernel_threads(cfg.tune.target_cores)   # as the tuning runner measured the schedules
     if threads != cfg.tune.target_cores:
-        ctx.progress("familyseer/compile: warning: TVM's kernel thread pool of this process already has %d "
-                     "thread(s), not tune.target_cores=%d; the TVM builds below run on %d (recorded as "
-                     "kernel_threads)", threads, cfg.tune.target_cores, threads)
+        ctx.progress("familyseer/compile: warning: TVM's kernel pool has %d thread(s), not tune.target_cores=%d "
+                     "(this machine has fewer logical CPUs, or the pool was made before this stage); the TVM "
+                     "builds below run on %d (recorded as kernel_threads)", threads, cfg.tune.target_cores, threads)
     target = make_target(cfg.tune.target_cores)
     results: dict[str, Any] = {}
     for name in cfg.zoo.models:

@@ -69,15 +69,25 @@ def _worker_init() -> None:
     lean_tensor_intrinsics()
 
 
+def kernel_threads(threads: int) -> int:
+    """The size of the kernel pool :func:`use_kernel_threads` gets on this machine for ``threads``:
+    TVM caps ``TVM_NUM_THREADS`` at the logical CPUs. (Part of a tuning run's fingerprint; the
+    :class:`Measurer` checks its runner against it.)"""
+    import os
+
+    return max(1, min(int(threads), os.cpu_count() or 1))
+
+
 def use_kernel_threads(threads: int) -> int:
-    """Size this process's TVM runtime thread pool, the threads the generated kernels run on, to
+    """Size the calling thread's TVM runtime pool, the threads the generated kernels run on, to
     ``threads``; returns the pool's size.
 
-    TVM sizes the pool from ``TVM_NUM_THREADS``, else (x86) from *half* the logical CPUs, as it
-    assumes hyper-threading: one thread on a 2-vCPU machine, whatever the target's ``num-cores``
-    (MetaSchedule's search ignores the variable; it sets only the kernels' threads). The pool is
-    made once per process, at its first use, so this must run before any kernel does; a process
-    whose pool already exists keeps its size, which the returned value shows.
+    TVM sizes the pool from ``TVM_NUM_THREADS`` (capped at the logical CPUs), else (x86) from *half*
+    the logical CPUs, as it assumes hyper-threading: one thread on a 2-vCPU machine, whatever the
+    target's ``num-cores`` (MetaSchedule's search ignores the variable; it sets only the kernels'
+    threads). Each thread's pool is made once, at its first use, so this must run in the thread that
+    runs the kernels, before any kernel does; a pool that already exists keeps its size, which the
+    returned value shows.
     """
     import os
 
@@ -90,6 +100,13 @@ def use_kernel_threads(threads: int) -> int:
 def _runner_init(threads: int) -> None:
     lean_tensor_intrinsics()
     use_kernel_threads(threads)
+
+
+def _pool_threads() -> int:
+    """The calling thread's kernel pool size (asked of the runner's worker)."""
+    import tvm
+
+    return int(tvm.get_global_func("runtime.NumThreads")())
 
 
 def _worker_warmup() -> None:
@@ -187,11 +204,19 @@ class Measurer:
     """
 
     def __init__(self, builder_workers: int, build_timeout_s: float, run_timeout_s: float, repeat: int,
-                 min_repeat_ms: int, kernel_threads: int) -> None:
-        self.key = (builder_workers, build_timeout_s, run_timeout_s, repeat, min_repeat_ms, kernel_threads)
+                 min_repeat_ms: int, target_cores: int) -> None:
+        self.key = (builder_workers, build_timeout_s, run_timeout_s, repeat, min_repeat_ms, target_cores)
         self.builder = make_builder(builder_workers, build_timeout_s)
         self.builder.warm_up()
-        self.runner = make_runner(run_timeout_s, repeat, min_repeat_ms, kernel_threads)
+        self.runner = make_runner(run_timeout_s, repeat, min_repeat_ms, target_cores)
+        self.kernel_threads = int(self.runner.pool.submit(_pool_threads).result())
+        expected = kernel_threads(target_cores)
+        if self.kernel_threads != expected:   # the runs' fingerprints say ``expected``: never measure otherwise
+            self.close()
+            self.runner.pool.shutdown()
+            raise RuntimeError(f"the tuning runner's kernel pool has {self.kernel_threads} thread(s) for "
+                               f"tune.target_cores={target_cores}; expected {expected} (TVM_NUM_THREADS, "
+                               f"capped at this machine's logical CPUs)")
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Measurer":

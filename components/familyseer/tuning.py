@@ -79,10 +79,14 @@ def code_digest() -> str:
 
 def fingerprint(model_manifest: dict[str, Any], policy: str, seed: int, cfg: TuneConfig) -> str:
     """What determines a run's records: the tasks, the policy, the seed, every tuning setting
-    except the lists of policies/seeds and the replay switch, and the tuning code itself."""
+    except the lists of policies/seeds and the replay switch, the threads the kernels are measured
+    on (``target_cores`` capped at this machine's CPUs), and the tuning code itself."""
+    from components.familyseer.measure import kernel_threads
+
     settings = cfg.model_dump(mode="json")
     for key in ("policies", "seeds", "replay"):
         settings.pop(key, None)
+    settings["kernel_threads"] = kernel_threads(cfg.target_cores)   # the runner's pool on this machine
     payload = {"version": FORMAT_VERSION, "tasks": [(t["name"], t["structural_hash"], t["weight"])
                                                     for t in model_manifest["tasks"]],
                "target": model_manifest.get("target"), "policy": policy, "spec": asdict(POLICIES[policy]),
@@ -309,6 +313,7 @@ def _measure(model: Any, policy: str, seed: int, cfg: TuneConfig, out: Path, fp:
         "final_latency_ms": final if np.isfinite(final) else None,
         "per_task_best_ms": [b if b < FAILED_MS else None for b in curve.per_task_best_ms],
         "wall_s": wall, "cpu_main_s": cpu_main, "settings": cfg.model_dump(mode="json"),
+        "kernel_threads": measurer.kernel_threads,
         "foresee_log": [{"after": infos[a].name, "sibling": infos[b].name, "trials": k}
                         for a, b, k in getattr(scheduler, "foresee_log", [])],
         "cost_model_updates": dict(getattr(cost_model, "updates", {})) if families else {},

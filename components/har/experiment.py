@@ -419,7 +419,8 @@ def evaluate_heads(cfg: HarConfig, classes: list[str], splits: dict[str, Split],
     rgb = {(s, f): rgb_features(sp, nets, f) for s, sp in (("train", tr), ("test", te)) for f in (False, True)
            if not (s == "test" and f) and (f is False or cfg.streams.flip)}
     # each source's features go to one file that its seeds' jobs read, instead of being pickled into
-    # every job (a UCF101-size feature set is GBs); the parent holds one source's features at a time
+    # every job (a UCF101-size feature set is GBs); the parent holds one source's features at a time.
+    # The files of all sources stay in the system's temporary folder until every head is trained
     with tempfile.TemporaryDirectory(prefix="har-heads-") as tmp:
         jobs = []
         for source in cfg.evaluate.sources:
@@ -431,6 +432,7 @@ def evaluate_heads(cfg: HarConfig, classes: list[str], splits: dict[str, Split],
             f_te = source_features(source, te, flows["test"], nets, rgb["test", False])
             path = Path(tmp) / f"{source}.npz"
             save_clip_features(path, train=f_tr, test=f_te)
+            del f_tr, f_te
             jobs += [(source, seed, str(path), y_tr, list(te.labels)) for seed in cfg.evaluate.seeds]
         results = _run_head_jobs(cfg, jobs, len(classes), heads_dir, meta, progress)
     rows, per_source = [r for r, _ in results], {}

@@ -21,7 +21,7 @@ can be checked deterministically.
 ~2 ms warm), which would show up as dropped frames at the start of every stream. Almost all of it is
 one Python import: torch 2.13's attention with a padding mask (the LSTR head) imports
 ``torch.fx.experimental.symbolic_shapes``, and with it sympy, on its first call; the models' own
-first runs (RGB CNN, IMFE in onnxruntime) cost under 10 ms each. ``HarPipeline.warm_up`` runs a few chunks of blank
+first runs (RGB CNN, IMFE in onnxruntime) cost 5-12 ms each (``benchmarks/har/warmup_cost.py``). ``HarPipeline.warm_up`` runs a few chunks of blank
 frames through the whole pipeline and then clears its window, as a deployed recogniser does before
 the camera starts; the CLI and the evaluate stage call it before timing and report its cost
 (``warmup_ms``: the first, cold chunk). ``--no-warmup`` measures the cold start instead.

@@ -105,18 +105,23 @@ def test_database_records_every_measurement_and_compiles_to_a_correct_model(runs
     assert stats["latency_ms_p50"] > 0 and stats["kernel_threads"] >= 1   # the pool the build ran on
 
 
-def test_the_runner_measures_kernels_on_the_targets_cores():
+def test_the_runner_measures_kernels_on_the_targets_cores(runs):
     """TVM would size the measurement process's kernel pool to half the logical CPUs (1 on a 2-vCPU
-    machine) whatever the target's num-cores; the runner's worker sets it to ``kernel_threads``."""
-    from components.familyseer.measure import make_runner
+    machine) whatever the target's num-cores; the runner's worker sets it to ``target_cores``, capped
+    at the logical CPUs as the fingerprint predicts, and every run records it."""
+    import os
 
-    for threads in (1, 2):   # TVM caps the pool at the logical CPUs (>= 2 on the machines this runs on)
+    from components.familyseer.measure import kernel_threads, make_runner
+
+    for threads in (1, 2, 1024):
         runner = make_runner(30.0, 1, 1, kernel_threads=threads)
         try:
             pool_size = runner.pool.submit(lambda: __import__("tvm").get_global_func("runtime.NumThreads")())
-            assert pool_size.result() == threads
+            assert pool_size.result() == kernel_threads(threads) == min(threads, os.cpu_count())
         finally:
             runner.pool.shutdown()
+    results, _, cfg = runs
+    assert {r["kernel_threads"] for r, _ in results.values()} == {kernel_threads(cfg.target_cores)}
 
 
 def test_a_stored_run_is_replayed_not_remeasured(runs):
