@@ -178,9 +178,10 @@ def compile(ctx: StageContext) -> dict:  # noqa: A001 (the stage's name)
     lean_tensor_intrinsics()
     threads = use_kernel_threads(cfg.tune.target_cores)   # as the tuning runner measured the schedules
     if threads != cfg.tune.target_cores:
-        ctx.progress("familyseer/compile: warning: TVM's kernel pool has %d thread(s), not tune.target_cores=%d "
-                     "(this machine has fewer logical CPUs, or the pool was made before this stage); the TVM "
-                     "builds below run on %d (recorded as kernel_threads)", threads, cfg.tune.target_cores, threads)
+        ctx.progress("familyseer/compile: TVM's kernel pool has %d thread(s) for tune.target_cores=%d (TVM caps it "
+                     "at the logical CPUs and the fastest cores, or the pool was made before this stage); the "
+                     "TVM builds below run on %d (recorded as kernel_threads)", threads, cfg.tune.target_cores,
+                     threads)
     target = make_target(cfg.tune.target_cores)
     results: dict[str, Any] = {}
     for name in cfg.zoo.models:
@@ -200,7 +201,11 @@ def compile(ctx: StageContext) -> dict:  # noqa: A001 (the stage's name)
             for seed in cfg.tune.seeds:
                 ctx.progress("familyseer/compile: %s %s seed %d", name, policy, seed)
                 run_dir = _run_dir(ctx, name, policy, seed)
-                budget = load_run(run_dir)["budget"]  # the trials past it (the last round's) are not used
+                run = load_run(run_dir)
+                budget = run["budget"]  # the trials past it (the last round's) are not used
+                if run.get("kernel_threads", threads) != threads:
+                    ctx.progress("familyseer/compile: warning: %s was tuned with its kernels on %s thread(s); this "
+                                 "stage times its build on %d", run_dir, run["kernel_threads"], threads)
                 exe, applied = compile_tuned(model.fused, run_dir, target, budget)
                 per_seed[str(seed)] = measure_vm(exe, model.inputs, ev.latency_repeat, ev.latency_min_repeat_ms, ref,
                                                  label=f"{name}: build tuned by {policy}, seed {seed} ({run_dir})")

@@ -85,7 +85,8 @@ class TuneConfig(BaseModel):
     window_size: int = Field(3, ge=1, description="gradient scheduler backward window (MetaSchedule default)")
     target_cores: int = Field(2, ge=1, le=512, description=(
         "num-cores of the llvm target, and the threads the tuning runner and the compile stage run the "
-        "kernels on (TVM_NUM_THREADS; TVM's own default is half the logical CPUs)"))
+        "kernels on (TVM_NUM_THREADS, which TVM caps at the logical CPUs and the fastest cores; TVM's own "
+        "default is half the logical CPUs)"))
     search_threads: int = Field(1, ge=1, le=512, description=(
         "threads of the evolutionary search. 1: a seed fixes the search's picks, so every policy measures "
         "the same warm-up schedules and a repeat measures the same first rounds. >1 (the full profile): "

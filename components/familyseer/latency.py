@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from components.base import InputError
-from components.familyseer.measure import lean_tensor_intrinsics
+from components.familyseer.measure import lean_tensor_intrinsics, pool_threads
 
 #: a build's output may differ from PyTorch's by this share of the reference's largest magnitude
 OUTPUT_RTOL = 1e-3
@@ -158,7 +158,7 @@ def measure_vm(executable: Any, inputs: tuple[Any, ...], repeat: int, min_repeat
     err = check_output(out.numpy(), reference, label) if reference is not None else None
     stats = _stats(list(vm.time_evaluator("main", dev, number=1, repeat=repeat,
                                           min_repeat_ms=min_repeat_ms)(*args).results))
-    stats["kernel_threads"] = int(tvm.get_global_func("runtime.NumThreads")())   # TVM's pool in this process
+    stats["kernel_threads"] = pool_threads()   # TVM's pool in this thread
     if err is not None:
         stats["max_abs_err"] = err
     return stats

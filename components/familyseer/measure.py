@@ -18,7 +18,10 @@ error message: MetaSchedule records it as a failed trial (latency 1e9) and tunin
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
+import os
+import subprocess
 import sys
 import types
 from typing import Any
@@ -69,12 +72,17 @@ def _worker_init() -> None:
     lean_tensor_intrinsics()
 
 
-def kernel_threads(threads: int) -> int:
-    """The size of the kernel pool :func:`use_kernel_threads` gets on this machine for ``threads``:
-    TVM caps ``TVM_NUM_THREADS`` at the logical CPUs. (Part of a tuning run's fingerprint; the
-    :class:`Measurer` checks its runner against it.)"""
-    import os
+def pool_threads() -> int:
+    """The size of the calling thread's TVM kernel pool (made now if it does not exist yet)."""
+    import tvm
 
+    return int(tvm.get_global_func("runtime.NumThreads")())
+
+
+def _request(threads: int) -> int:
+    """``threads`` capped at the logical CPUs. TVM caps the pool there anyway, but it would still start
+    the surplus threads and never join them (measured: a request of 64 on 2 CPUs leaves 64 threads per
+    pool behind)."""
     return max(1, min(int(threads), os.cpu_count() or 1))
 
 
@@ -82,31 +90,53 @@ def use_kernel_threads(threads: int) -> int:
     """Size the calling thread's TVM runtime pool, the threads the generated kernels run on, to
     ``threads``; returns the pool's size.
 
-    TVM sizes the pool from ``TVM_NUM_THREADS`` (capped at the logical CPUs), else (x86) from *half*
-    the logical CPUs, as it assumes hyper-threading: one thread on a 2-vCPU machine, whatever the
-    target's ``num-cores`` (MetaSchedule's search ignores the variable; it sets only the kernels'
-    threads). Each thread's pool is made once, at its first use, so this must run in the thread that
-    runs the kernels, before any kernel does; a pool that already exists keeps its size, which the
-    returned value shows.
+    TVM sizes the pool from ``TVM_NUM_THREADS``, else (x86) from *half* the logical CPUs, as it assumes
+    hyper-threading: one thread on a 2-vCPU machine, whatever the target's ``num-cores``
+    (MetaSchedule's search ignores the variable; it sets only the kernels' threads). It caps the
+    request at the logical CPUs and, where cores differ in maximum clock (hybrid P/E-core CPUs,
+    favoured cores), at the fastest ones; :func:`kernel_threads` says what this machine gives. Each
+    thread's pool is made once, at its first use, so this must run in the thread that runs the
+    kernels, before any kernel does; a pool that already exists keeps its size, which the returned
+    value shows.
     """
-    import os
+    os.environ["TVM_NUM_THREADS"] = str(_request(threads))
+    return pool_threads()
 
-    os.environ["TVM_NUM_THREADS"] = str(int(threads))
-    import tvm
 
-    return int(tvm.get_global_func("runtime.NumThreads")())
+#: run in a fresh interpreter by :func:`kernel_threads`. ``torch`` is blocked because ``tvm_ffi`` imports
+#: it when it can (2-3 s of the ~5 s a TVM import takes here) and the pool needs none of it.
+_PROBE = ("import sys\n"
+          "sys.modules['torch'] = None\n"
+          "import tvm\n"
+          "print(int(tvm.get_global_func('runtime.NumThreads')()))\n")
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_threads(threads: int) -> int:
+    """The size of the kernel pool :func:`use_kernel_threads` gets on this machine for ``threads``
+    (part of a tuning run's fingerprint; the :class:`Measurer` checks its runner against it).
+
+    Asked of TVM, not predicted, because the cap at the fastest cores depends on the CPU. Asked in a
+    fresh interpreter (~2 s, once per process and value): a pool made in a short-lived thread of this
+    process would leave threads behind that keep spinning on a core (measured), next to the
+    measurements.
+    """
+    env = {**os.environ, "TVM_NUM_THREADS": str(_request(threads))}
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
+                              timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise RuntimeError(f"could not ask TVM for its kernel pool size for {threads} thread(s): {err}") from None
+    lines = proc.stdout.split()
+    if proc.returncode != 0 or not lines or not lines[-1].isdigit():
+        raise RuntimeError(f"could not ask TVM for its kernel pool size for {threads} thread(s) (exit status "
+                           f"{proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return int(lines[-1])
 
 
 def _runner_init(threads: int) -> None:
     lean_tensor_intrinsics()
     use_kernel_threads(threads)
-
-
-def _pool_threads() -> int:
-    """The calling thread's kernel pool size (asked of the runner's worker)."""
-    import tvm
-
-    return int(tvm.get_global_func("runtime.NumThreads")())
 
 
 def _worker_warmup() -> None:
@@ -184,8 +214,6 @@ def make_runner(timeout_sec: float, repeat: int, min_repeat_ms: int, kernel_thre
     """MetaSchedule's LocalRunner (one persistent measurement process, so measurements never overlap)
     whose kernels run on ``kernel_threads`` threads (:func:`use_kernel_threads`; the target's
     ``num-cores``, which the schedules are generated for)."""
-    import functools
-
     import cloudpickle
     from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, LocalRunner
 
@@ -209,14 +237,13 @@ class Measurer:
         self.builder = make_builder(builder_workers, build_timeout_s)
         self.builder.warm_up()
         self.runner = make_runner(run_timeout_s, repeat, min_repeat_ms, target_cores)
-        self.kernel_threads = int(self.runner.pool.submit(_pool_threads).result())
+        self.kernel_threads = int(self.runner.pool.submit(pool_threads).result())
         expected = kernel_threads(target_cores)
         if self.kernel_threads != expected:   # the runs' fingerprints say ``expected``: never measure otherwise
             self.close()
-            self.runner.pool.shutdown()
             raise RuntimeError(f"the tuning runner's kernel pool has {self.kernel_threads} thread(s) for "
-                               f"tune.target_cores={target_cores}; expected {expected} (TVM_NUM_THREADS, "
-                               f"capped at this machine's logical CPUs)")
+                               f"tune.target_cores={target_cores}; expected {expected}, the pool a fresh thread "
+                               f"gets on this machine (TVM_NUM_THREADS, capped by TVM)")
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Measurer":
@@ -224,7 +251,9 @@ class Measurer:
                    cfg.target_cores)
 
     def close(self) -> None:
+        """Stop the build processes and the measurement process."""
         self.builder.close()
+        self.runner.pool.shutdown()
 
     def __enter__(self) -> "Measurer":
         return self

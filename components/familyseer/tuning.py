@@ -80,7 +80,8 @@ def code_digest() -> str:
 def fingerprint(model_manifest: dict[str, Any], policy: str, seed: int, cfg: TuneConfig) -> str:
     """What determines a run's records: the tasks, the policy, the seed, every tuning setting
     except the lists of policies/seeds and the replay switch, the threads the kernels are measured
-    on (``target_cores`` capped at this machine's CPUs), and the tuning code itself."""
+    on (:func:`measure.kernel_threads`: what TVM gives ``target_cores`` on this machine), and the tuning
+    code itself."""
     from components.familyseer.measure import kernel_threads
 
     settings = cfg.model_dump(mode="json")

@@ -107,21 +107,56 @@ def test_database_records_every_measurement_and_compiles_to_a_correct_model(runs
 
 def test_the_runner_measures_kernels_on_the_targets_cores(runs):
     """TVM would size the measurement process's kernel pool to half the logical CPUs (1 on a 2-vCPU
-    machine) whatever the target's num-cores; the runner's worker sets it to ``target_cores``, capped
-    at the logical CPUs as the fingerprint predicts, and every run records it."""
+    machine) whatever the target's num-cores; the runner's worker sets it to ``target_cores``, which
+    TVM caps (at the logical CPUs, and at the fastest cores where they differ), as the fingerprint's
+    probe says, and every run records it."""
     import os
 
-    from components.familyseer.measure import kernel_threads, make_runner
+    from components.familyseer.measure import kernel_threads, make_runner, pool_threads
 
-    for threads in (1, 2, os.cpu_count() + 1):   # the last: capped (TVM starts that many threads, so keep it small)
+    for threads in (1, 2, os.cpu_count() + 1):   # the last: capped
         runner = make_runner(30.0, 1, 1, kernel_threads=threads)
         try:
-            pool_size = runner.pool.submit(lambda: __import__("tvm").get_global_func("runtime.NumThreads")())
-            assert pool_size.result() == kernel_threads(threads) == min(threads, os.cpu_count())
+            assert runner.pool.submit(pool_threads).result() == kernel_threads(threads) <= min(threads,
+                                                                                              os.cpu_count())
         finally:
             runner.pool.shutdown()
     results, _, cfg = runs
     assert {r["kernel_threads"] for r, _ in results.values()} == {kernel_threads(cfg.target_cores)}
+
+
+def test_the_kernel_pool_probe_leaves_this_process_as_it_was():
+    """The probe asks a fresh interpreter: this process gains no thread (a pool made in a thread of
+    its own would leave spinning ones behind), and its ``TVM_NUM_THREADS`` and pool are untouched."""
+    import os
+
+    from components.familyseer.measure import kernel_threads, pool_threads
+
+    def threads_now() -> int:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+
+    pool = pool_threads()
+    saved = os.environ.get("TVM_NUM_THREADS")
+    before = threads_now()
+    kernel_threads.cache_clear()
+    assert kernel_threads(1) == 1
+    assert 1 <= kernel_threads(os.cpu_count() + 4) <= os.cpu_count()
+    assert threads_now() == before
+    assert os.environ.get("TVM_NUM_THREADS") == saved
+    assert pool_threads() == pool
+
+
+def test_the_measurer_checks_its_runner_and_stops_every_process_on_close():
+    from components.familyseer.measure import Measurer, kernel_threads, pool_threads
+
+    with Measurer(builder_workers=1, build_timeout_s=30.0, run_timeout_s=30.0, repeat=1, min_repeat_ms=1,
+                  target_cores=2) as measurer:
+        assert measurer.kernel_threads == kernel_threads(2)
+    for pool in (measurer.runner.pool, measurer.builder._pool):
+        if pool is not None:   # the builder drops its pool on close
+            with pytest.raises(RuntimeError):
+                pool.submit(pool_threads)
 
 
 def test_a_stored_run_is_replayed_not_remeasured(runs):
