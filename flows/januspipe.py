@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,53 @@ def _read_results(ctx: StageContext, stage: str, name: str) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: not found; run `python -m flows januspipe {stage}` (or `dvc repro "
                          f"januspipe_{stage}`) first")
-    return read_json(path)
+    try:
+        out = read_json(path)
+    except (ValueError, OSError) as err:
+        raise InputError(f"{path}: unreadable or malformed JSON ({err}); expected the complete output of "
+                         f"`python -m flows januspipe {stage}`: re-run that stage") from None
+    if not isinstance(out, dict):
+        raise InputError(f"{path}: expected a JSON object (the output of `python -m flows januspipe {stage}`), "
+                         f"got {type(out).__name__}; re-run that stage")
+    missing = [k for k in _REQUIRED.get(name, ()) if k not in out]
+    if name == "costs.json" and not missing:
+        cm = out["cost_model"]
+        missing = [f"cost_model.{k}" for k in _COST_MODEL_KEYS if not isinstance(cm, dict) or k not in cm]
+    if missing:
+        raise InputError(f"{path}: missing keys {missing}; expected the complete output of "
+                         f"`python -m flows januspipe {stage}`: re-run that stage")
+    return out
+
+
+#: keys the later stages read from each stage output (checked by :func:`_read_results`)
+_REQUIRED = {
+    "costs.json": ("cost_model", "latency_s", "bandwidth_Bps", "phase_ratio_vs_P1", "force_graph_over_forward_bytes"),
+    "runs.json": ("runs", "exactness_rel_error"),
+    "timelines.json": (),
+    "metrics.json": ("model", "per_element_mean", "force_mae_ratio_baseline_over_model", "finite_difference"),
+}
+
+_COST_MODEL_KEYS = ("block_s", "stage_overhead_s", "first_extra_s", "last_extra_s", "block_act_forward_bytes",
+                    "block_act_force_bytes", "stage_act_forward_bytes", "stage_act_force_bytes", "state_bytes",
+                    "geo_bytes", "structures_per_microbatch")
+
+
+def _finite_json(obj: Any, what: str) -> str:
+    """``obj`` as indented JSON, refusing NaN/inf (raised before any output of the stage is written)."""
+    try:
+        return json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    except ValueError:
+        bad = [k for k, v in _flat(obj) if isinstance(v, float) and not math.isfinite(v)]
+        raise InputError(f"{what}: non-finite values at {bad[:8]}; expected finite numbers (a diverged "
+                         f"training or a broken measurement; nothing was written)") from None
+
+
+def _flat(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(obj, dict):
+        return [kv for k, v in obj.items() for kv in _flat(v, f"{prefix}{k}.")]
+    if isinstance(obj, (list, tuple)):
+        return [kv for i, v in enumerate(obj) for kv in _flat(v, f"{prefix}{i}.")]
+    return [(prefix.rstrip("."), obj)]
 
 
 def _cpu_seconds() -> float:
@@ -108,11 +155,14 @@ def train(ctx: StageContext) -> dict:
         "train_seconds": res.seconds, "test_structures": test["structures"],
         "stage_seconds": time.perf_counter() - t0, "stage_cpu_seconds": _cpu_seconds() - c0,
     }
+    # a diverged training (NaN/inf loss or metric) fails here, before any output is written
+    history_json = _finite_json(res.history, "train stage: training history (losses)")
+    metrics_json = _finite_json(out, "train stage: results/januspipe/train/metrics.json")
     with atomic_dir(ctx.paths.models / "train") as tmp:
         torch.save(model.state_dict(), tmp / "model.pt")
-        (tmp / "history.json").write_text(json.dumps(res.history, indent=2) + "\n")
+        (tmp / "history.json").write_text(history_json)
     with atomic_dir(_results(ctx, "train")) as tmp:
-        (tmp / "metrics.json").write_text(json.dumps(out, indent=2) + "\n")
+        (tmp / "metrics.json").write_text(metrics_json)
     with ctx.child("reference_mlip", params={"seed": cfg.seed}) as run:
         run.log_metrics({"test_" + k: v for k, v in out["model"].items()})
         for row in res.history:
@@ -332,56 +382,59 @@ def simulate(ctx: StageContext) -> dict:
         ctx.log_figure(f, "real_vs_sim.png")
         _write_csv(tmp / "throughput.csv", table)
         _write_csv(tmp / "real_runs.csv", [{k: v for k, v in r.items() if not isinstance(v, list)} for r in runs])
+        seconds = {s: _stage_seconds(ctx, s) for s in ("data", "train", "profile", "pipeline")}
+        seconds["simulate"] = time.perf_counter() - t0
+        cpu = {s: _stage_seconds(ctx, s, "stage_cpu_seconds") for s in ("data", "train", "profile", "pipeline")}
+        cpu["simulate"] = _cpu_seconds() - c0
+        metrics = {
+            "paper": PAPER, "profile": cfg.profile,
+            "accuracy": {
+                "force_mae_eV_per_A": train_metrics["model"]["force_mae_eV_per_A"],
+                "energy_mae_eV_per_atom": train_metrics["model"]["energy_mae_eV_per_atom"],
+                "baseline_force_mae_eV_per_A": train_metrics["per_element_mean"]["force_mae_eV_per_A"],
+                "baseline_energy_mae_eV_per_atom": train_metrics["per_element_mean"]["energy_mae_eV_per_atom"],
+                "force_mae_ratio_baseline_over_model": train_metrics["force_mae_ratio_baseline_over_model"],
+                "fd_force_max_abs_err_eV_per_A": train_metrics["finite_difference"]["force_max_abs_err_eV_per_A"],
+                "fd_stress_max_abs_err_eV_per_A3": train_metrics["finite_difference"]["stress_max_abs_err_eV_per_A3"],
+            },
+            "exactness": {"max_rel_grad_error": max(real["exactness_rel_error"].values()),
+                          "per_schedule": real["exactness_rel_error"]},
+            "phase_costs": {"ratio_vs_P1": dict(zip(("P1", "P2", "P3", "P4"), raw_costs["phase_ratio_vs_P1"])),
+                            "force_graph_over_forward_bytes": raw_costs["force_graph_over_forward_bytes"],
+                            "p2p_latency_us": raw_costs["latency_s"] * 1e6},
+            "headline": {"devices": sc.headline_devices, "microbatches": sc.microbatches_per_device * sc.headline_devices,
+                         "memory_budget_MiB": headline["budget"] / 2**20, **speed},
+            "throughput": {f"{name}": {"throughput_structures_per_s": r["throughput_structures_per_s"],
+                                       "bubble_ratio": r["bubble_ratio"], "peak_activation_MiB": r["peak_activation_MiB"]}
+                           for name, r in by_sched.items()},
+            "simulator": {**_max_abs_errors(runs, "sim_error", "max_abs_error"),
+                          **_max_abs_errors(runs, "sim_load_model_error", "max_abs_error_load_model"),
+                          "max_abs_error_idle_machine": max(abs(r["sim_idle_machine_error"]) for r in runs),
+                          "max_abs_error_profile_costs": max(abs(r["sim_profile_costs_error"]) for r in runs),
+                          "min_cpu_share_while_busy": min(r["cpu_share_while_busy"] for r in runs),
+                          "external_load_min": min(r["external_load"] for r in runs),
+                          "external_load_max": max(r["external_load"] for r in runs)},
+            "real_runs": {f"{r['schedule']}_{r['processes']}p": {
+                "measured_makespan_s": r["measured_makespan_s"], "sim_makespan_s": r["sim_makespan_s"],
+                "sim_error": r["sim_error"], "sim_load_model_makespan_s": r["sim_load_model_makespan_s"],
+                "sim_load_model_error": r["sim_load_model_error"], "sim_idle_machine_error": r["sim_idle_machine_error"],
+                "external_load": r["external_load"], "message_delay_ms": 1e3 * (r.get("message_delay_s") or 0.0),
+                "throughput_structures_per_s": r["throughput_structures_per_s"],
+                "measured_peak_saved_MiB": r["measured_peak_saved_MiB"]} for r in runs},
+            "stage_seconds": seconds,
+            "stage_cpu_seconds": cpu,
+            "quick_profile_seconds": sum(seconds.values()),
+            "quick_profile_cpu_seconds": sum(cpu.values()),
+        }
+        # the metrics are checked (finite, JSON) before the plots folder is committed: a failure
+        # leaves the previous outputs in place
+        _finite_json(metrics, "simulate stage: metrics/januspipe.json")
     ctx.log_artifact(ctx.paths.plots, "plots")
     ctx.log_table(table, "simulated_throughput")
     ctx.log_table([{k: v for k, v in r.items() if not isinstance(v, list)} for r in runs], "real_vs_simulated")
     if extra_rows:
         ctx.log_table(extra_rows, "simulated_microbatch_sweep")
 
-    seconds = {s: _stage_seconds(ctx, s) for s in ("data", "train", "profile", "pipeline")}
-    seconds["simulate"] = time.perf_counter() - t0
-    cpu = {s: _stage_seconds(ctx, s, "stage_cpu_seconds") for s in ("data", "train", "profile", "pipeline")}
-    cpu["simulate"] = _cpu_seconds() - c0
-    metrics = {
-        "paper": PAPER, "profile": cfg.profile,
-        "accuracy": {
-            "force_mae_eV_per_A": train_metrics["model"]["force_mae_eV_per_A"],
-            "energy_mae_eV_per_atom": train_metrics["model"]["energy_mae_eV_per_atom"],
-            "baseline_force_mae_eV_per_A": train_metrics["per_element_mean"]["force_mae_eV_per_A"],
-            "baseline_energy_mae_eV_per_atom": train_metrics["per_element_mean"]["energy_mae_eV_per_atom"],
-            "force_mae_ratio_baseline_over_model": train_metrics["force_mae_ratio_baseline_over_model"],
-            "fd_force_max_abs_err_eV_per_A": train_metrics["finite_difference"]["force_max_abs_err_eV_per_A"],
-            "fd_stress_max_abs_err_eV_per_A3": train_metrics["finite_difference"]["stress_max_abs_err_eV_per_A3"],
-        },
-        "exactness": {"max_rel_grad_error": max(real["exactness_rel_error"].values()),
-                      "per_schedule": real["exactness_rel_error"]},
-        "phase_costs": {"ratio_vs_P1": dict(zip(("P1", "P2", "P3", "P4"), raw_costs["phase_ratio_vs_P1"])),
-                        "force_graph_over_forward_bytes": raw_costs["force_graph_over_forward_bytes"],
-                        "p2p_latency_us": raw_costs["latency_s"] * 1e6},
-        "headline": {"devices": sc.headline_devices, "microbatches": sc.microbatches_per_device * sc.headline_devices,
-                     "memory_budget_MiB": headline["budget"] / 2**20, **speed},
-        "throughput": {f"{name}": {"throughput_structures_per_s": r["throughput_structures_per_s"],
-                                   "bubble_ratio": r["bubble_ratio"], "peak_activation_MiB": r["peak_activation_MiB"]}
-                       for name, r in by_sched.items()},
-        "simulator": {**_max_abs_errors(runs, "sim_error", "max_abs_error"),
-                      **_max_abs_errors(runs, "sim_load_model_error", "max_abs_error_load_model"),
-                      "max_abs_error_idle_machine": max(abs(r["sim_idle_machine_error"]) for r in runs),
-                      "max_abs_error_profile_costs": max(abs(r["sim_profile_costs_error"]) for r in runs),
-                      "min_cpu_share_while_busy": min(r["cpu_share_while_busy"] for r in runs),
-                      "external_load_min": min(r["external_load"] for r in runs),
-                      "external_load_max": max(r["external_load"] for r in runs)},
-        "real_runs": {f"{r['schedule']}_{r['processes']}p": {
-            "measured_makespan_s": r["measured_makespan_s"], "sim_makespan_s": r["sim_makespan_s"],
-            "sim_error": r["sim_error"], "sim_load_model_makespan_s": r["sim_load_model_makespan_s"],
-            "sim_load_model_error": r["sim_load_model_error"], "sim_idle_machine_error": r["sim_idle_machine_error"],
-            "external_load": r["external_load"], "message_delay_ms": 1e3 * (r.get("message_delay_s") or 0.0),
-            "throughput_structures_per_s": r["throughput_structures_per_s"],
-            "measured_peak_saved_MiB": r["measured_peak_saved_MiB"]} for r in runs},
-        "stage_seconds": seconds,
-        "stage_cpu_seconds": cpu,
-        "quick_profile_seconds": sum(seconds.values()),
-        "quick_profile_cpu_seconds": sum(cpu.values()),
-    }
     write_json(ctx.paths.metrics, metrics)
     ctx.log_metrics({k: v for k, v in speed.items()})
     ctx.log_metrics({"simulator_max_abs_error": metrics["simulator"]["max_abs_error"],

@@ -45,7 +45,7 @@ def _cost_model(ctx: StageContext):
     path = ctx.paths.results / "profile" / "cost_model.json"
     if not path.is_file():
         raise InputError(f"{path}: missing; expected the output of `python -m flows skrull profile`")
-    return CostModel.from_dict(read_json(path))
+    return CostModel.from_dict(read_json(path), source=str(path))
 
 
 @stage_task
@@ -98,11 +98,13 @@ def profile(ctx: StageContext) -> dict:
     sizes = [kb * 1024 for kb in p.comm_sizes_kb]
     ctx.progress("profile comm: gloo collectives on %d processes, %d sizes", p.cp, len(sizes))
     if p.cp > 1:
-        comm_raw = spawn(pr.comm_worker, p.cp, sizes, p.comm_repeats, timeout=cfg.train.timeout_s)[0]
+        comm_raw = spawn(pr.comm_worker, p.cp, sizes, p.comm_repeats, cfg.seed, timeout=cfg.train.timeout_s)[0]
         comm = {k: CommModel.fit(sizes, comm_raw[k]) for k in ("all_gather", "reduce_scatter")}
+        comm_fit = pr.comm_fit_report(sizes, comm_raw, comm)
     else:
         comm_raw = {"all_gather": [0.0] * len(sizes), "reduce_scatter": [0.0] * len(sizes)}
         comm = {k: CommModel(0.0) for k in comm_raw}
+        comm_fit = {k: {**v.__dict__, "points": [], "max_abs_rel_error": 0.0} for k, v in comm.items()}
     from components.skrull.model import build_model
 
     params = sum(x.numel() for x in build_model(m, cfg.data.corpus.vocab_size, 16, cfg.seed).parameters())
@@ -110,8 +112,7 @@ def profile(ctx: StageContext) -> dict:
                                p.activation_budget_mb * 2**20, grad_bytes=4.0 * params)
     with atomic_dir(ctx.paths.results / "profile") as tmp:
         write_json(tmp / "cost_model.json", cost.to_dict())
-        write_json(tmp / "fit.json", {"compute": compute, "memory": memory,
-                                      "comm": {k: v.__dict__ for k, v in comm.items()}})
+        write_json(tmp / "fit.json", {"compute": compute, "memory": memory, "comm": comm_fit})
         (tmp / "compute_points.csv").write_text(rows_to_csv(rows))
         (tmp / "comm_points.csv").write_text(rows_to_csv(
             [{"bytes": s, "all_gather_s": a, "reduce_scatter_s": r}
@@ -124,6 +125,8 @@ def profile(ctx: StageContext) -> dict:
            "c_tok_sd_us": compute["c_tok_sd"] * 1e6, "c_seq_sd_ms": compute["c_seq_sd"] * 1e3,
            "fit_condition_number": compute["condition_number"],
            "allgather_latency_us": comm["all_gather"].latency_s * 1e6,
+           "allgather_fit_max_rel_error": comm_fit["all_gather"]["max_abs_rel_error"],
+           "reducescatter_fit_max_rel_error": comm_fit["reduce_scatter"]["max_abs_rel_error"],
            "zero2_reduce_ms": cost.meta["c_mb_zero2_reduce"] * 1e3, "model_params": params}
     ctx.log_metrics({f"profile.{k}": v for k, v in out.items()})
     ctx.log_table(rows, "profile_compute_points")
@@ -135,12 +138,14 @@ def profile(ctx: StageContext) -> dict:
 @stage_task
 def simulate(ctx: StageContext) -> dict:
     """Every scheduler on the same global batches at paper scale (H100 presets, 4 DP × 8 CP) and at
-    local scale (profiled CPU model); sensitivity; exact-ILP optimality gap."""
+    local scale (profiled CPU model); sensitivity; exact-ILP optimality gap with the paper-scale preset
+    (the claimed figure) and with the profiled CPU model at local scale (reported)."""
     import numpy as np
 
     from components.skrull import simulate as sim
     from components.skrull.cost_model import paper_preset
     from components.skrull.lengths import scale_lengths
+    from components.skrull.report import ilp_summary
 
     cfg = ctx.config
     pools = _length_pools(ctx)
@@ -173,17 +178,26 @@ def simulate(ctx: StageContext) -> dict:
     sens = sim.sensitivity(pools["chatqa2"], paper_preset("qwen2.5-0.5b", achieved_tflops=ps.achieved_tflops), 8,
                            se.batch_sizes, [k * 1024 for k in se.bucket_k_tokens], se.num_batches, cfg.seed)
     il = cfg.ilp
+    # The claimed gap: the paper-scale preset (no per-sequence / per-micro-batch costs, a roomy C) ...
     ilp_rows = sim.ilp_study(pools, paper_preset(il.model, achieved_tflops=ps.achieved_tflops), il.dp, il.cp,
                              il.sequences, il.instances, il.time_limit_s, cfg.seed, ctx.progress)
+    # ... and, reported next to it, the profiled CPU model at the local scale of the real run (the
+    # local_sim datasets, lengths and parallel degrees, which the config ties to train's dp and cp)
+    ilp_local = sim.ilp_study({name: scale_lengths(pools[name], ls.length_scale) for name in ls.datasets}, cpu,
+                              ls.setting.dp, ls.setting.cp, il.sequences, il.instances, il.time_limit_s, cfg.seed,
+                              lambda fmt, *a: ctx.progress("local-scale " + fmt, *a))
     with atomic_dir(ctx.paths.results / "simulate") as tmp:
         write_json(tmp / "paper.json", paper)
         write_json(tmp / "local.json", local)
         write_json(tmp / "sensitivity.json", sens)
         write_json(tmp / "ilp.json", ilp_rows)
+        write_json(tmp / "ilp_local.json", ilp_local)
         write_json(tmp / "timing.json", {"stage": "simulate", **stage_cost()})
     out = {"paper_avg_speedup": float(np.mean([paper[k]["speedup_vs_deepspeed"] for k in paper
                                                if k.split("/")[1] in SYNTHETIC] or [0.0])),
-           "local_corpus_speedup": local.get("corpus", {}).get("speedup_vs_deepspeed", 0.0)}
+           "local_corpus_speedup": local.get("corpus", {}).get("speedup_vs_deepspeed", 0.0),
+           "ilp_max_gap_paper_preset": ilp_summary(ilp_rows)["max_gap"],
+           "ilp_max_gap_local": ilp_summary(ilp_local)["max_gap"]}
     ctx.log_metrics({f"simulate.{k}": v for k, v in out.items()})
     return out
 
@@ -217,12 +231,14 @@ def train(ctx: StageContext) -> dict:
     records = results[0]["records"]
     summary = tr.summarize_training(records, t.warmup_steps, cost, plan, t.cp)
     max_tokens = max(x for r in results for rec in r["records"] for x in rec["tokens_per_microbatch"])
+    for name, mem in tr.activation_summary(results, cost.mem_budget_bytes, t.variants).items():
+        summary["variants"][name].update(mem)
     summary.update({"bucket_size": cost.bucket_size, "max_rank_tokens": int(max_tokens),
-                    "budget_violations": int(sum(x > cost.bucket_size for r in results for rec in r["records"]
-                                                 for x in rec["tokens_per_microbatch"])),
+                    "activation_budget_bytes": float(cost.mem_budget_bytes),
                     "processes": t.dp * t.cp, "dp": t.dp, "cp": t.cp, "global_batch": t.global_batch,
                     "length_scale": t.length_scale, "timed_steps": t.steps})
-    rows = [{k: v for k, v in r.items() if k not in ("compute_s_per_rank", "cpu_s_per_rank", "tokens_per_microbatch")}
+    rows = [{k: v for k, v in r.items() if k not in ("compute_s_per_rank", "cpu_s_per_rank", "tokens_per_microbatch",
+                                                     "saved_bytes_per_microbatch")}
             | {f"cpu_s_rank{i}": c for i, c in enumerate(r["cpu_s_per_rank"])} for r in records]
     with atomic_dir(ctx.paths.results / "train") as tmp:
         write_json(tmp / "summary.json", summary)
@@ -239,9 +255,11 @@ def train(ctx: StageContext) -> dict:
     ctx.log_metrics({f"train.{k}": x for k, x in summary.items() if k.startswith(("speedup_vs_", "cpu_speedup",
                                                                                  "predicted_speedup")) and not isinstance(x, list)})
     ctx.log_metrics({"train.loss_rel_diff_max": summary["loss_rel_diff_max"]})
-    ctx.progress("train: Skrull %.2fx vs DeepSpeed (measured, median step), %.2fx predicted; loss rel. diff %.1e",
+    ctx.progress("train: Skrull %.2fx vs DeepSpeed (measured, median step), %.2fx predicted; loss rel. diff %.1e; "
+                 "saved activations up to %.1f MB per micro-batch (budget %.1f MB, %d micro-batches over)",
                  summary["speedup_vs_deepspeed"], summary["predicted_speedup_vs_deepspeed"],
-                 summary["loss_rel_diff_max"])
+                 summary["loss_rel_diff_max"], summary["variants"]["skrull"]["activation_bytes_max"] / 2**20,
+                 cost.mem_budget_bytes / 2**20, summary["variants"]["skrull"]["activation_budget_violations"])
     return {"speedup_vs_deepspeed": summary["speedup_vs_deepspeed"]}
 
 
@@ -252,7 +270,8 @@ def evaluate(ctx: StageContext) -> dict:
     from components.skrull.report import headline_metrics, tables
 
     res = ctx.paths.results
-    inputs = {name: read_json(res / "simulate" / f"{name}.json") for name in ("paper", "local", "sensitivity", "ilp")}
+    inputs = {name: read_json(res / "simulate" / f"{name}.json")
+              for name in ("paper", "local", "sensitivity", "ilp", "ilp_local")}
     inputs["train"] = read_json(res / "train" / "summary.json")
     inputs["table1"] = read_json(ctx.paths.data / "table1.json")
     inputs["fit"] = read_json(res / "profile" / "fit.json")

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from prefect import flow
 
+from components.base import InputError
 from components.vfda.config import VfdaConfig
-from tasks.io import atomic_dir, read_json, write_json
+from tasks.io import atomic_dir, write_json
 from tasks.pipeline import StageContext, flow_config, run_paper, stage_task
 
 PAPER = "vfda"
@@ -73,19 +74,25 @@ def data(ctx: StageContext) -> dict:
 
 @stage_task
 def federate(ctx: StageContext) -> dict:
-    from components.vfda.data import validate_dataset
+    from components.vfda.data import check_federation, validate_dataset
     from components.vfda.federation import RunSettings, plan
+    from components.vfda.server_app import FederationError
     from components.vfda.simulation import simulate
 
     cfg: VfdaConfig = ctx.config
-    validate_dataset(ctx.paths.data, cfg.data)  # bad datalists stop here with a clear error
+    manifest = validate_dataset(ctx.paths.data, cfg.data)  # bad datalists stop here with a clear error
+    check_federation(manifest, ctx.paths.data, cfg)  # min_train_clients, fault_partition vs the real institutes
     feds = plan(cfg)
     ctx.progress("vfda federate: %d federations (%s x %s x seeds %s) in one Flower simulation",
                  len(feds), cfg.federation.strategies, cfg.federation.variants, cfg.federation.seeds)
     t0, c0 = time.perf_counter(), time.process_time()
     models_dir = ctx.paths.models / "federate"
     with atomic_dir(models_dir) as mtmp, atomic_dir(_results(ctx, "federate")) as rtmp, _component_progress(ctx):
-        summary = simulate(RunSettings(config=cfg, data_dir=ctx.paths.data, out_dir=rtmp, federations=tuple(feds)))
+        try:
+            summary = simulate(RunSettings(config=cfg, data_dir=ctx.paths.data, out_dir=rtmp,
+                                           federations=tuple(feds)))
+        except FederationError as err:  # every round lacked replies: the clients' data or the parameters
+            raise InputError(f"vfda federate: {err}") from err
         for fed in feds:  # weights to models/, records stay in results/
             src = rtmp / "federations" / fed.id
             (mtmp / fed.id).mkdir(parents=True)
@@ -161,6 +168,10 @@ def evaluate(ctx: StageContext) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     results_dir = _results(ctx, "federate")
     feds = plan(cfg)
+    # every input is read and checked before anything is written or logged: a missing or bad file
+    # must not leave new plots beside an old metrics/vfda.json
+    data_rec = _read_record(_results(ctx, "data") / "summary.json", ("wall_s",), "vfda data")
+    run = _read_record(results_dir / "run.json", ("federate_wall_s",), "vfda federate")
     results, histories = [], {}
     for i, fed in enumerate(feds):
         hist = load_history(results_dir, fed.id)
@@ -168,12 +179,13 @@ def evaluate(ctx: StageContext) -> dict:
         res = evaluate_federation(ctx.paths.models / "federate" / fed.id, hist, ctx.paths.data, cfg)
         res.update(strategy=fed.strategy, variant=fed.variant, seed=fed.seed, vfda_rule=fed.vfda_rule(cfg))
         results.append(res)
-        params = {"strategy": fed.strategy, "variant": fed.variant, "seed": fed.seed, "vfda_rule": res["vfda_rule"]}
-        with ctx.child(f"eval:{fed.id}", params=params, tags={"stage": "evaluate", **params}) as run:
-            run.log_metrics({"dice.held_in": res["held_in_mean"], "dice.held_out": res["held_out_mean"],
-                             **{f"dice.{k}": v["dice"] for k, v in {**res["held_in"], **res["held_out"]}.items()}})
         ctx.progress("vfda evaluate %d/%d %s: held-in %.3f held-out %.3f", i + 1, len(feds), fed.id,
                      res["held_in_mean"], res["held_out_mean"])
+    for fed, res in zip(feds, results):  # MLflow only once every federation has been evaluated
+        params = {"strategy": fed.strategy, "variant": fed.variant, "seed": fed.seed, "vfda_rule": res["vfda_rule"]}
+        with ctx.child(f"eval:{fed.id}", params=params, tags={"stage": "evaluate", **params}) as run_log:
+            run_log.log_metrics({"dice.held_in": res["held_in_mean"], "dice.held_out": res["held_out_mean"],
+                                 **{f"dice.{k}": v["dice"] for k, v in {**res["held_in"], **res["held_out"]}.items()}})
     summary = summarize(results)
     rules = {(f.strategy, f.variant): f.vfda_rule(cfg) for f in feds}
     table = paper_table(summary, rules)
@@ -190,8 +202,6 @@ def evaluate(ctx: StageContext) -> dict:
     # stage time (inside the stage) and the wall time of the stage processes from their start
     # (imports, Prefect, MLflow included): pipeline_s is what `dvc repro vfda_evaluate` costs minus DVC
     timing: dict[str, float] = {"evaluate_s": time.perf_counter() - t0, "evaluate_cpu_s": time.process_time() - c0}
-    data_rec = read_json(_results(ctx, "data") / "summary.json")
-    run = read_json(_results(ctx, "federate") / "run.json")
     timing["data_s"] = float(data_rec["wall_s"])
     timing["data_cpu_s"] = float(data_rec.get("cpu_s", 0.0))
     timing["federate_s"] = float(run["federate_wall_s"])
@@ -210,6 +220,29 @@ def evaluate(ctx: StageContext) -> dict:
     ctx.log_metrics({**flat, **{f"timing.{k}": v for k, v in timing.items()}})
     ctx.log_artifact(ctx.paths.metrics)
     return metrics
+
+
+def _read_record(path: Path, required: tuple[str, ...], stage: str) -> dict:
+    """A stage's JSON record, with the numeric fields ``required``; InputError naming the file and
+    what is expected when it is missing, not JSON, or lacks a field."""
+    expected = f"expected the JSON object the {stage} stage writes, with numeric {sorted(required)}"
+    if not path.is_file():
+        raise InputError(f"{path}: not found; {expected} (run `python -m flows {stage}` first)")
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not readable as JSON ({err}); {expected}") from None
+    if not isinstance(rec, dict):
+        raise InputError(f"{path}: a JSON {type(rec).__name__}; {expected}")
+    for key in required:
+        value = rec.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{path}: {key}={value!r}; {expected}")
+    for key in ("cpu_s", "process_start", "process_end", "federate_process_cpu_s", "server_process_cpu_s",
+                "client_cpu_s"):
+        if key in rec and (isinstance(rec[key], bool) or not isinstance(rec[key], (int, float))):
+            raise InputError(f"{path}: {key}={rec[key]!r}; expected a number")
+    return rec
 
 
 def _plots(out: Path, summary: dict, histories: dict, feds: list, rules: dict) -> None:

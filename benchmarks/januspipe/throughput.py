@@ -1,6 +1,7 @@
 """JanusPipe's throughput table: every four-phase schedule simulated at 2..32 devices from phase
-costs measured on this machine, at the same memory budget (1F1B-4's peak with cap = D), plus an
-ablation that gives the baselines the same memory-budget admission as the WaveK reconstruction.
+costs measured on this machine, at the same memory budget (1F1B-4's peak with cap = D); every
+list-scheduled family is tuned over its fixed in-flight caps *and* the byte-level budget admission
+(``admission=budget``, as the flow does), plus an ablation row per budget-admitted baseline placement.
 
 Costs come from ``results/januspipe/profile/costs.json`` (``python -m flows januspipe profile``);
 ``--measure`` re-measures them here (one process, one thread). Writes
@@ -45,6 +46,11 @@ def main() -> int:
     p.add_argument("--measure", action="store_true", help="measure phase costs instead of reading them")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "januspipe_throughput.json"))
     args = p.parse_args()
+    if min(args.devices) < 1 or min(args.factors) < 1:
+        p.error(f"--devices {args.devices} --factors {args.factors}: expected every value >= 1")
+    if args.blocks < 2 * max(args.devices):
+        p.error(f"--blocks {args.blocks}: the V-fold schedules need 2 x devices stages (one block each); "
+                f"expected --blocks >= {2 * max(args.devices)} for --devices {max(args.devices)}")
 
     from components.januspipe.schedules import SCHEDULE_NAMES, depth_first, linear, wave
     from components.januspipe.simulator import budget_admission, canonical_1f1b_budget, simulate, tune

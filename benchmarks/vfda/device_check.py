@@ -20,6 +20,7 @@ generated into a temporary folder first.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -53,7 +54,7 @@ class InProcessGrid(Grid):
         self.client_app = client_app
         self.contexts = {i: Context(run_id=1, node_id=i, node_config={"partition-id": i - 1},
                                     state=RecordDict(), run_config={}) for i in range(1, num_nodes + 1)}
-        self._sent = 0
+        self._ids = itertools.count(1)  # next() is atomic: lanes call send_and_receive from their own threads
 
     def set_run(self, run: Any) -> None:
         pass
@@ -78,8 +79,8 @@ class InProcessGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         replies = []
         for msg in messages:
-            self._sent += 1  # a reply needs the id of the message it answers
-            msg.metadata.__dict__["_message_id"] = f"inprocess-{self._sent}"
+            # a reply needs the id of the message it answers
+            msg.metadata.__dict__["_message_id"] = f"inprocess-{next(self._ids)}"
             msg.metadata.__dict__["_src_node_id"] = 0
             try:
                 replies.append(self.client_app(msg, self.contexts[msg.metadata.dst_node_id]))

@@ -13,8 +13,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from components.vfda.evaluation import variant_label  # noqa: E402
 
 
-def main() -> int:
-    m = json.load(open(sys.argv[1] if len(sys.argv) > 1 else "metrics/vfda.json"))
+def load_metrics(path: Path) -> dict:
+    """metrics/vfda.json as the vfda_evaluate stage writes it; ValueError with the file and what is
+    expected when it is missing, not JSON or lacks the table's sections."""
+    expected = "expected the metrics/vfda.json that `python -m flows vfda evaluate` writes"
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found; {expected}")
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not readable as JSON ({err}); {expected}") from None
+    missing = [k for k in ("vfda_rule", "seeds", "rounds", "profile", "dice", "gain", "timing")
+               if not isinstance(m, dict) or k not in m]
+    if missing:
+        raise ValueError(f"{path}: lacks {missing}; {expected}")
+    if not m["dice"] or not all(isinstance(v, dict) and v for v in m["dice"].values()):
+        raise ValueError(f"{path}: 'dice' has no strategy with variants; {expected}")
+    return m
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        m = load_metrics(Path(args[0] if args else "metrics/vfda.json"))
+    except ValueError as err:
+        print(f"results_table: {err}", file=sys.stderr)
+        return 2
     rule = m["vfda_rule"]
     insts = list(next(iter(next(iter(m["dice"].values())).values()))["per_institute"])
     print(f"Dice (%), mean over {m['seeds']} seeds; held-in = macro mean of the institutes' local test sets; "

@@ -39,7 +39,7 @@ class PipelineConfig(BaseModel):
     warmup: int = Field(1, ge=1, le=10, description="untimed steps (the first also measures saved-tensor memory)")
     steps: int = Field(1, ge=1, le=100, description="timed steps per schedule")
     dtype: Literal["float32", "float64"] = Field("float32", description="dtype of the timed runs")
-    backend: Literal["gloo", "nccl"] = Field("gloo", description="torch.distributed backend (nccl needs GPUs)")
+    backend: Literal["gloo", "nccl"] = Field("gloo", description="torch.distributed backend; nccl only with one process (multi-rank nccl is refused, see the README)")
     timeout_s: float = Field(900.0, gt=0, description="kill a launch that runs longer")
 
     @field_validator("process_counts")
@@ -48,6 +48,16 @@ class PipelineConfig(BaseModel):
         if any(p < 1 for p in v):
             raise ValueError(f"process_counts {v}: every entry must be >= 1")
         return v
+
+    @model_validator(mode="after")
+    def _backend(self) -> "PipelineConfig":
+        if self.backend == "nccl" and max(self.process_counts) > 1:
+            raise ValueError(
+                f"pipeline.backend='nccl' with process_counts={self.process_counts}: not supported; the runtime "
+                f"posts every receive of a step before its sends, which NCCL (per-pair in-order matching, "
+                f"rendezvous sends) may deadlock on, and it was never verified on GPUs; expected "
+                f"backend='gloo' (the ranks then run on the CPU)")
+        return self
 
 
 class SimulateConfig(BaseModel):

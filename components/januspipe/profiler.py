@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from components.base import InputError
 from components.januspipe.runtime import SavedTensorMeter
 from components.januspipe.simulator import CostModel
 from components.januspipe.stage import FourPhaseStage
@@ -41,7 +42,11 @@ def measure_costs(model_cfg: MlipModelConfig, structures: Sequence[Structure], w
     model = MatrisLikeMLIP(cfg).to(dtype)
     prepare_model(model, structures)
     ds = GraphDataset(structures, cfg.cutoff, cfg.three_body_cutoff)
-    n_mb = max(1, len(structures) // structures_per_microbatch)
+    if structures_per_microbatch < 1 or len(structures) < structures_per_microbatch:
+        raise InputError(f"pipeline.structures_per_microbatch={structures_per_microbatch}: the profile has "
+                         f"{len(structures)} training structures; expected 1 <= structures_per_microbatch <= "
+                         f"{len(structures)} (profiling.microbatches x structures_per_microbatch structures are timed)")
+    n_mb = len(structures) // structures_per_microbatch
     graphs = [ds.batch(list(range(k * structures_per_microbatch, (k + 1) * structures_per_microbatch)), dtype)
               for k in range(n_mb)]
     stages = [FourPhaseStage(ModelStage(model, a, b), weights, 1.0 / n_mb) for a, b in PROFILE_SPLIT]
@@ -165,6 +170,12 @@ def profile_machine(cfg, structures: Sequence[Structure], progress: Callable[...
     say = progress or (lambda *a: None)
     torch.set_num_threads(1)
     spm = cfg.pipeline.structures_per_microbatch
+    need = cfg.profiling.microbatches * spm
+    if len(structures) < need:
+        raise InputError(f"pipeline.structures_per_microbatch={spm}, profiling.microbatches="
+                         f"{cfg.profiling.microbatches}: the profile needs {need} training structures "
+                         f"(microbatches x structures_per_microbatch), the data has {len(structures)}; expected "
+                         f"profiling.microbatches x pipeline.structures_per_microbatch <= {len(structures)}")
     measured = measure_costs(cfg.model, list(structures[: cfg.profiling.microbatches * spm]),
                              LossWeights.from_config(cfg.train), spm, reps=cfg.profiling.reps,
                              dtype=getattr(torch, cfg.pipeline.dtype), seed=cfg.seed, progress=progress)

@@ -1,4 +1,9 @@
-"""The four-phase pipeline runtime over ``torch.distributed`` (gloo on CPU, nccl on GPU).
+"""The four-phase pipeline runtime over ``torch.distributed`` (gloo on CPU).
+
+Multi-rank ``nccl`` is refused (:func:`check_backend`): every receive of a step is posted before
+the first send, which gloo (matching by source and tag) serves, but NCCL matches each pair's
+messages in posting order on one stream and its sends rendezvous with the receiver, so a rank
+blocked in a receive posted ahead of its own sends can deadlock; this was never run on a GPU here.
 
 Process grid ``world = DP x PP x GP`` (GP fastest): rank ``(dp * PP + pp) * GP + gp``. The PP ranks
 of one pipeline run the per-device action lists of a :class:`Schedule`; every GP rank of a stage
@@ -25,7 +30,8 @@ from typing import Any, Sequence
 
 import torch
 
-from components.januspipe.schedules import Action, Schedule, predecessor, successor
+from components.base import ConfigError
+from components.januspipe.schedules import Action, Schedule, predecessor, receive_order, successor
 from components.januspipe.stage import FourPhaseStage
 from components.mlip.config import MlipModelConfig
 from components.mlip.data import Structure
@@ -264,9 +270,10 @@ def pipeline_worker(rank: int, world_size: int, spec: RunSpec) -> dict[str, Any]
     for step in range(total_steps):
         for p in params:
             p.grad = None
-        # post every remote receive of this step
+        # post every remote receive of this step, each pair's in the sender's send order (what a
+        # backend that ignores tags, e.g. NCCL, matches them by; gloo matches by tag as well)
         recvs: dict[Action, tuple[torch.Tensor, Any, list]] = {}
-        for a in actions:
+        for a in receive_order(sched, grid.pp_i):
             pred = predecessor(a, V)
             if pred is not None and dev[pred.stage] != grid.pp_i:
                 shapes = message_shapes(a.phase, graphs[a.microbatch], hidden, strain)
@@ -476,6 +483,17 @@ class _WithCPU:
         return out, ru.ru_utime + ru.ru_stime
 
 
+def check_backend(backend: str | None, world_size: int) -> None:
+    """Refuse ``backend="nccl"`` with more than one rank (see the module doc): the step posts all its
+    receives up front, which NCCL's in-order, rendezvous point-to-point matching can deadlock on."""
+    if backend == "nccl" and world_size > 1:
+        raise ConfigError(
+            f"backend='nccl' with {world_size} ranks: not supported; the runtime posts every receive of a "
+            f"step before its sends, which NCCL (per-pair in-order matching, rendezvous sends on one "
+            f"stream) may deadlock on and which was never verified on GPUs; expected backend='gloo' "
+            f"(CPU tensors) or a single rank")
+
+
 def launch(fn, world_size: int, *args: Any, backend: str | None = "gloo", threads_per_rank: int = 1,
            timeout: float = 600.0) -> tuple[list[Any], float]:
     """:func:`tasks.launch.spawn` (same rank set-up: environment, one thread, process group, errors,
@@ -484,6 +502,7 @@ def launch(fn, world_size: int, *args: Any, backend: str | None = "gloo", thread
     ranks' CPU seconds (the ranks are the server's children, not ours: ``RUSAGE_CHILDREN`` misses them)."""
     from tasks.launch import spawn
 
+    check_backend(backend, world_size)
     out = spawn(_WithCPU(fn), world_size, *args, backend=backend, threads_per_rank=threads_per_rank,
                 timeout=timeout, start_method="forkserver")
     return [r for r, _ in out], sum(cpu for _, cpu in out)

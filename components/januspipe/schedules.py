@@ -135,7 +135,7 @@ def wave(num_devices: int, waves: int) -> Placement:
 def vfold(num_devices: int) -> Placement:
     """SymFold-like symmetric V: device d holds virtual stages d and 2D-1-d. A four-phase step keeps
     stage v's activations for about 4(V-1)-2v hops, so the pair's lifetimes sum to a constant and
-    per-device memory is balanced; all four turnarounds happen on device 0."""
+    per-device memory is balanced; all three turnarounds (P1→P2, P2→P3, P3→P4) happen on device 0."""
     return Placement("vfold", num_devices, wave(num_devices, 1).stage_device)
 
 
@@ -182,6 +182,24 @@ class Schedule:
         if len(seen) != 4 * V * M:
             raise ScheduleError(f"{self.label}: {len(seen)} actions; expected 4·V·M = {4 * V * M}")
         return self
+
+
+def receive_order(schedule: Schedule, device: int) -> list[Action]:
+    """The actions of ``device`` that take their input from another device, in the order their
+    receives must be posted: grouped by sending device, each group in that sender's send order
+    (its action list). NCCL (and any backend that ignores tags) matches the messages of one pair of
+    ranks in posting order, so a receiver that posted in its own action order could read e.g. a P4
+    cotangent into the buffer of a same-sized P1 activation."""
+    V, dev = schedule.num_stages, schedule.placement.stage_device
+    out: list[Action] = []
+    for src in range(schedule.num_devices):
+        if src == device:
+            continue
+        for a in schedule.actions[src]:
+            nxt = successor(a, V)
+            if nxt is not None and dev[nxt.stage] == device:
+                out.append(nxt)
+    return out
 
 
 def check_stages(num_stages: int, num_blocks: int, what: str = "schedule") -> None:
@@ -351,12 +369,16 @@ def family_grid(name: str, num_devices: int, num_microbatches: int, max_stages: 
     fits = (lambda V: max_stages is None or V <= max_stages)
     if name == "gpipe4":
         return [{}] if fits(D) else []
+    # every list-scheduled family is also tried with the byte-level memory-budget admission that
+    # WaveK uses (``admission=budget``; built only when a budget is given): the same admission rule
+    # under the same budget for every family of the comparison
     if name == "1f1b4":
-        return [{"cap": c} for c in caps] if fits(D) else []
+        return [{"cap": c} for c in caps] + [{"admission": "budget"}] if fits(D) else []
     if name == "hanayo4":
-        return [{"waves": w, "cap": c} for w in (1, 2) if fits(2 * w * D) for c in caps]
+        return [p for w in (1, 2) if fits(2 * w * D)
+                for p in [{"waves": w, "cap": c} for c in caps] + [{"waves": w, "admission": "budget"}]]
     if name == "symfold":
-        return [{"cap": c} for c in caps] if fits(2 * D) else []
+        return [{"cap": c} for c in caps] + [{"admission": "budget"}] if fits(2 * D) else []
     if name == "wavek":  # wave size K and the order inside the admitted window (sweep interleave or phase-major)
         return [{"K": k, "order": o} for o in ("sweeps", "phase")
                 for k in sorted({max(1, D // 8), max(1, D // 4), max(1, D // 2)}) if k <= M] \

@@ -14,11 +14,11 @@ device, and the timeline (for the schedule pictures).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from components.januspipe.schedules import (Action, Placement, Priority, Schedule, ScheduleError, build_schedule,
-                                            family_grid, janus_sweeps, list_schedule, phase_major,
-                                            predecessor, successor, vfold)
+                                            depth_first, family_grid, janus_sweeps, linear, list_schedule,
+                                            phase_major, predecessor, successor, vfold, wave)
 from components.mlip.model import split_blocks
 
 
@@ -312,20 +312,29 @@ def budget_admission(name: str, placement: Placement, num_microbatches: int, cos
                 results[i] = trial(entry + [candidates[i]] * size)[1]
             return fits_budget(results[i], memory_budget_bytes)
 
-        # earliest fitting candidate: gallop + bisection (memory falls as entry is delayed), then
-        # verified; a linear scan upwards covers the rare non-monotone case
+        # earliest fitting candidate: gallop over 1, 2, 4, ... and finally the last candidate, then
+        # bisection between the last failing and the first fitting index (memory falls as entry is
+        # delayed); if the found index is not preceded by a failing one in the non-monotone case the
+        # result still fits (every accepted index was simulated and checked)
         i = 0
+        n_c = len(candidates)
         if not fits(0):
-            step, hi = 1, None
-            while step < len(candidates):
-                if fits(min(step, len(candidates) - 1)):
-                    hi = min(step, len(candidates) - 1)
+            step, hi, lo_i = 1, None, 0
+            while True:
+                j = min(step, n_c - 1)
+                if j > lo_i and fits(j):
+                    hi = j
+                    break
+                lo_i = max(lo_i, j)
+                if j >= n_c - 1:
                     break
                 step *= 2
+            if hi is None:  # no gallop point fits: scan the skipped candidates linearly
+                hi = next((j for j in range(1, n_c) if fits(j)), None)
+                lo_i = 0 if hi is None else hi - 1
             if hi is None:
                 raise ScheduleError(f"{name}: micro-batch {m} never fits the memory budget "
                                     f"{memory_budget_bytes / 2**20:.1f} MiB")
-            lo_i = hi // 2 if hi > 1 else 0
             while hi - lo_i > 1:
                 mid = (lo_i + hi) // 2
                 if fits(mid):
@@ -346,10 +355,29 @@ def budget_admission(name: str, placement: Placement, num_microbatches: int, cos
 WAVEK_ORDERS: dict[str, Priority] = {"sweeps": janus_sweeps, "phase": phase_major}
 
 
+#: the fixed-cap families that are also built with the byte-level budget admission (``admission=budget``
+#: in :func:`components.januspipe.schedules.family_grid`): placement and the family's own priority rule
+BUDGET_FAMILIES: dict[str, tuple[Callable[[int, dict], Placement], Priority]] = {
+    "1f1b4": (lambda D, p: linear(D), depth_first),
+    "hanayo4": (lambda D, p: wave(D, p["waves"]), depth_first),
+    "symfold": (lambda D, p: vfold(D), phase_major),
+}
+
+
 def build(name: str, num_devices: int, num_microbatches: int, costs: CostModel, num_blocks: int,
           memory_budget_bytes: float | None = None, **params: Any) -> Schedule:
     """Any named schedule with ``params``; ``wavek`` uses the memory-budget admission (all
     micro-batches at once when no budget is given)."""
+    if params.get("admission") == "budget" and name in BUDGET_FAMILIES:
+        placement_of, prio = BUDGET_FAMILIES[name]
+        pl = placement_of(num_devices, params)
+        rest = {k: v for k, v in params.items() if k != "admission"}
+        if memory_budget_bytes is None:  # no budget: every micro-batch admitted at once (as wavek)
+            return list_schedule(name, pl, num_microbatches, costs.stage_costs(pl.num_stages, num_blocks), prio,
+                                 num_microbatches, comm_s=costs.message_s(1), params={**rest, "admission": "all"},
+                                 entry_times=[0.0] * num_microbatches)
+        return budget_admission(name, pl, num_microbatches, costs, num_blocks, prio, memory_budget_bytes,
+                                params=rest)
     if name == "wavek":
         K = params["K"]
         order = params.get("order", "sweeps")
@@ -375,10 +403,12 @@ CandidateCache = dict
 
 def candidate_key(name: str, num_devices: int, num_microbatches: int, costs: CostModel, num_blocks: int,
                   memory_budget_bytes: float | None, params: dict[str, Any]) -> tuple:
-    """Everything :func:`build` + :func:`simulate` depend on (the budget only matters to ``wavek``,
-    whose admission uses it; the other families build the same lists with or without it)."""
+    """Everything :func:`build` + :func:`simulate` depend on (the budget only matters to the
+    budget-admitted candidates, ``wavek`` and ``admission=budget``; the fixed-cap candidates build the
+    same lists with or without it)."""
+    uses_budget = name == "wavek" or params.get("admission") == "budget"
     return (name, num_devices, num_microbatches, costs, num_blocks,
-            memory_budget_bytes if name == "wavek" else None, tuple(sorted(params.items())))
+            memory_budget_bytes if uses_budget else None, tuple(sorted(params.items())))
 
 
 def candidate(name: str, num_devices: int, num_microbatches: int, costs: CostModel, num_blocks: int,

@@ -292,6 +292,13 @@ def fit_atom_ref(model: MatrisLikeMLIP, numbers: Sequence, energies: Sequence[fl
     import numpy as np
 
     zs = sorted({int(z) for nums in numbers for z in nums})
+    max_z = model.atom_ref.shape[0] - 1
+    if zs and (zs[-1] > max_z or zs[0] < 1):
+        from components.base import InputError
+
+        bad = [z for z in zs if z > max_z or z < 1]
+        raise InputError(f"model.max_z={max_z}: the data has atomic numbers {bad}; expected every Z in "
+                         f"1..model.max_z (raise model.max_z to >= {max(zs)})")
     A = np.array([[np.sum(np.asarray(nums) == z) for z in zs] for nums in numbers], dtype=float)
     coef, *_ = np.linalg.lstsq(A, np.asarray(energies, dtype=float), rcond=None)
     ref = torch.zeros_like(model.atom_ref)

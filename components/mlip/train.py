@@ -190,6 +190,13 @@ def train_reference(model: MatrisLikeMLIP, train: GraphDataset, val: GraphDatase
     return TrainResult(history, step, epochs_done, time.perf_counter() - t0, stopped)
 
 
+def _max_err(err: float, diff: float) -> float:
+    """``max(err, |diff|)`` where a non-finite difference (NaN, inf) makes the error ``inf``: a plain
+    ``max(err, nan)`` returns ``err`` and would report a broken model as exact."""
+    e = abs(diff)
+    return math.inf if not math.isfinite(e) else max(err, e)
+
+
 def finite_difference_check(model: MatrisLikeMLIP, data: GraphDataset, index: int = 0, atoms: Sequence[int] = (0, 1),
                             h: float = 1e-4) -> dict[str, float]:
     """Compare autograd forces/stress with central differences of the energy (float64 copy of the
@@ -209,13 +216,13 @@ def finite_difference_check(model: MatrisLikeMLIP, data: GraphDataset, index: in
                 pos[i, a] -= 2 * h
                 e_minus = m(g, pos)
                 fd = -(e_plus - e_minus).sum() / (2 * h)
-                err_f = max(err_f, abs(float(fd - forces[i, a])))
+                err_f = _max_err(err_f, float(fd - forces[i, a]))
         err_s = 0.0
         volume = float(torch.linalg.det(g.cell).abs()[0])
         for a, b in ((0, 0), (0, 1), (2, 2)):
             eps = torch.zeros_like(g.cell)
             eps[0, a, b] = eps[0, b, a] = h / (2 if a != b else 1)
             fd = (m(g, g.positions, eps) - m(g, g.positions, -eps)).sum() / (2 * h) / volume
-            err_s = max(err_s, abs(float(fd - sigma[0, a, b])))
+            err_s = _max_err(err_s, float(fd - sigma[0, a, b]))
     return {"force_max_abs_err_eV_per_A": err_f, "stress_max_abs_err_eV_per_A3": err_s,
             "force_scale_eV_per_A": float(forces[list(atoms)].abs().max())}

@@ -21,10 +21,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from components.base import InputError
 from components.skrull.cost_model import CostModel, shard_sizes
 from components.skrull.dacp import DACPInfeasible, all_sharded, dacp_place, round_robin_place
 from components.skrull.gds import skrull_schedule
-from components.skrull.schedule import MicroBatch, Schedule, check_batch, price
+from components.skrull.schedule import MicroBatch, Schedule, check_batch, check_degree, price
 
 
 def _fixed(rank_indices: Sequence[Sequence[int]], b: int, arr: np.ndarray, cp: int, cost: CostModel,
@@ -40,8 +41,10 @@ def _fixed(rank_indices: Sequence[Sequence[int]], b: int, arr: np.ndarray, cp: i
 def deepspeed_schedule(lengths: Sequence[int], dp: int, cp: int, cost: CostModel, micro_batch_size: int,
                        placer=all_sharded, name: str = "deepspeed") -> Schedule:
     """Fixed micro-batches of ``micro_batch_size`` sequences in DistributedSampler order.
-    Raises :class:`DACPInfeasible` when a micro-batch exceeds the bucket (out of memory)."""
+    Raises :class:`DACPInfeasible` when a micro-batch exceeds the bucket (out of memory), and
+    :class:`ConfigError` unless ``micro_batch_size`` is an integer >= 1."""
     arr = check_batch(lengths, dp, cp, cost.bucket_size)
+    micro_batch_size = check_degree("micro_batch_size", micro_batch_size, "expected an integer >= 1 sequences")
     return _fixed([list(range(i, len(arr), dp)) for i in range(dp)], micro_batch_size, arr, cp, cost, placer, name, dp)
 
 
@@ -53,6 +56,7 @@ def sorted_schedule(lengths: Sequence[int], dp: int, cp: int, cost: CostModel, m
                     seed: int = 0) -> Schedule:
     """LongAlign sorted batching inside the global batch (see the module docstring)."""
     arr = check_batch(lengths, dp, cp, cost.bucket_size)
+    micro_batch_size = check_degree("micro_batch_size", micro_batch_size, "expected an integer >= 1 sequences")
     order = sorted(range(len(arr)), key=lambda k: (arr[k], k))
     groups = [order[j:j + micro_batch_size] for j in range(0, len(order), micro_batch_size)]
     perm = np.random.default_rng(seed).permutation(len(groups))
@@ -101,6 +105,9 @@ def best_fixed_micro_batch(batches: Sequence[Sequence[int]], dp: int, cp: int, c
     ``build(lengths, b)`` makes one batch's schedule. Every ``b`` from 1 to the per-rank batch size is
     tried (the baseline's tuning budget); a ``b`` that overflows C on any batch is out.
     """
+    dp = check_degree("parallel degree dp", dp)
+    if not len(batches):
+        raise InputError("best fixed micro-batch size: no batches; expected at least one global batch")
     per_rank = max(-(-len(b) // dp) for b in batches)
     tried, best = [], None
     for b in range(1, per_rank + 1):

@@ -1,7 +1,7 @@
 """Parameters of the Skrull component (the ``skrull`` section of params.yaml). Defaults = quick profile."""
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -9,6 +9,7 @@ from components.base import ComponentConfig
 
 Dataset = Literal["wikipedia", "lmsyschat1m", "chatqa2", "corpus"]
 PaperModel = Literal["qwen2.5-0.5b", "qwen2.5-7b"]
+PositiveInt = Annotated[int, Field(ge=1)]
 
 
 class _Strict(BaseModel):
@@ -20,7 +21,8 @@ class CorpusConfig(_Strict):
     max_files: int = Field(800, ge=1, description="documents sampled (seeded) from the sorted list of .py files")
     min_bytes: int = Field(64, ge=1, description="skip files shorter than this (empty __init__.py etc.)")
     vocab_size: int = Field(2048, ge=260, le=65536, description="byte-level BPE vocabulary (also the model's)")
-    bpe_train_mb: float = Field(3.0, gt=0, description="MB of the selected documents the BPE is trained on")
+    bpe_train_mb: float = Field(3.0, gt=0, description="MB (10^6 bytes of UTF-8) of the selected documents the "
+                                                        "BPE is trained on, whole documents in selection order")
 
 
 class DataConfig(_Strict):
@@ -57,7 +59,8 @@ class ProfilingConfig(_Strict):
                                                       "is the fastest of them")
     activation_budget_mb: float = Field(24.0, gt=0, description="activation memory per rank → BucketSize C")
     comm_sizes_kb: list[int] = Field([4, 64, 256, 1024, 4096], min_length=3, description="collective sizes")
-    comm_repeats: int = Field(10, ge=1, description="repetitions per collective size (median)")
+    comm_repeats: int = Field(10, ge=1, description="timed passes over every (size, collective), interleaved in a "
+                                                    "seeded order; a size's time is the fastest of them")
 
     @field_validator("lengths", "comm_sizes_kb")
     @classmethod
@@ -97,9 +100,25 @@ class PaperSimConfig(_Strict):
     def _keys(cls, v: dict[str, ParallelSetting]) -> dict[str, ParallelSetting]:
         for key in v:
             model, _, data = key.partition("/")
-            if model not in ("qwen2.5-0.5b", "qwen2.5-7b") or data not in ("wikipedia", "lmsyschat1m", "chatqa2", "corpus"):
-                raise ValueError(f"override key {key!r}: expected '<model>/<dataset>'")
+            if model not in get_args(PaperModel) or data not in get_args(Dataset):
+                raise ValueError(f"override key {key!r}: expected '<model>/<dataset>' with a model in "
+                                 f"{list(get_args(PaperModel))} and a dataset in {list(get_args(Dataset))}")
         return v
+
+    @model_validator(mode="after")
+    def _overrides_apply(self):
+        # An override for a model or dataset that is not simulated would be silently ignored. Checked
+        # when overrides are given (params.yaml always gives them); the default one, for the paper's
+        # 7B + ChatQA2 run, simply does not apply to a run without that model or dataset.
+        if "overrides" not in self.model_fields_set:
+            return self
+        for key in self.overrides:
+            model, _, data = key.partition("/")
+            if model not in self.models or data not in self.datasets:
+                raise ValueError(f"override key {key!r} names a model or dataset that is not simulated; expected "
+                                 f"'<model>/<dataset>' with the model in models={self.models} and the dataset in "
+                                 f"datasets={self.datasets} (remove the override or add them)")
+        return self
 
 
 class LocalSimConfig(_Strict):
@@ -112,18 +131,30 @@ class LocalSimConfig(_Strict):
 
 class SensitivityConfig(_Strict):
     """Paper's sensitivity study (Qwen2.5-0.5B, ChatQA2, DP=1, CP=8)."""
-    batch_sizes: list[int] = Field([8, 16, 32, 64], min_length=1)
-    bucket_k_tokens: list[int] = Field([8, 16, 26, 32], min_length=1)
+    batch_sizes: list[PositiveInt] = Field([8, 16, 32, 64], min_length=1, description="sequences per batch (>= 1)")
+    bucket_k_tokens: list[PositiveInt] = Field([8, 16, 26, 32], min_length=1,
+                                               description="BucketSize C in K tokens (>= 1); every row's batches "
+                                                           "are truncated to what the smallest C can hold")
     num_batches: int = Field(4, ge=1)
 
 
 class ILPConfig(_Strict):
-    instances: int = Field(6, ge=0, description="small instances solved exactly (0 = skip)")
+    """Exact optimum vs the heuristic on small instances, twice: with the paper preset ``model`` at
+    ``dp`` × ``cp`` (the claimed gap), and with the profiled CPU model at local scale (``local_sim``'s
+    datasets, length scale and parallel degrees; reported); ``instances``, ``sequences`` and
+    ``time_limit_s`` apply to both."""
+    instances: int = Field(6, ge=0, description="small instances solved exactly per cost model (0 = skip)")
     sequences: int = Field(8, ge=2, le=16, description="sequences per instance")
-    dp: int = Field(2, ge=1, le=8, description="DP degree of the small instances")
-    cp: int = Field(4, ge=1, le=8, description="CP degree of the small instances")
-    model: PaperModel = "qwen2.5-0.5b"
+    dp: int = Field(2, ge=1, le=8, description="DP degree of the paper-preset instances")
+    cp: int = Field(4, ge=1, le=8, description="CP degree of the paper-preset instances")
+    model: PaperModel = Field("qwen2.5-0.5b", description="paper preset of the claimed gap")
     time_limit_s: float = Field(10.0, gt=0, description="HiGHS time limit per instance")
+
+    @model_validator(mode="after")
+    def _enough_sequences(self):
+        if self.instances and self.sequences < self.dp:
+            raise ValueError(f"sequences={self.sequences} < dp={self.dp}: every DP rank needs a sequence")
+        return self
 
 
 class TrainConfig(_Strict):
@@ -172,4 +203,7 @@ class SkrullConfig(ComponentConfig):
             raise ValueError(f"local_sim.setting (dp={self.local_sim.setting.dp}, cp={self.local_sim.setting.cp}) "
                              f"differs from train (dp={self.train.dp}, cp={self.train.cp}); expected the same "
                              f"parallel degrees")
+        if self.ilp.instances and self.ilp.sequences < self.local_sim.setting.dp:
+            raise ValueError(f"ilp.sequences={self.ilp.sequences} < local_sim.setting.dp={self.local_sim.setting.dp}: "
+                             f"the local-scale ILP instances need a sequence per DP rank")
         return self

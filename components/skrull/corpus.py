@@ -76,12 +76,12 @@ def build_corpus(out_dir: Path, *, root: Path | None, max_files: int, min_bytes:
     chosen = select_files(files, max_files, seed)
     say("corpus: %d of %d source files under %s", len(chosen), len(files), root)
     texts = [p.read_text(encoding="utf-8", errors="replace") for p in chosen]
-    budget, train_texts = bpe_train_mb * 1e6, []
+    budget, train_texts = bpe_train_mb * 1e6, []        # bytes (UTF-8), not characters
     for t in texts:
         if budget <= 0:
             break
         train_texts.append(t)
-        budget -= len(t)
+        budget -= len(t.encode("utf-8"))
     tok = train_bpe(train_texts, vocab_size)
     say("corpus: byte-level BPE with %d tokens trained on %d files", tok.get_vocab_size(), len(train_texts))
     ids = [e.ids for e in tok.encode_batch(texts)]

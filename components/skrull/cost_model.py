@@ -62,21 +62,40 @@ class CommModel:
 
     @classmethod
     def fit(cls, sizes: Sequence[float], times: Sequence[float]) -> "CommModel":
-        """Fit to a micro-benchmark: latency = the median time of the smallest messages; the linear
-        regime by least squares on the larger half of the sizes (slope clamped positive)."""
+        """Fit to a micro-benchmark: latency = the median time of the smallest third of the sizes; the
+        linear regime by least squares on the larger half (where its slope is not positive, the line
+        through the origin and the latency at the largest size: every measured size costs the latency).
+
+        The regression's intercept ``base`` is clamped into ``[0, latency]``: above the measured
+        small-message latency the floor ``max(latency, base + bytes/bw)`` would never bind and the
+        model would over-predict every small message (the line's intercept is an extrapolation from
+        the large sizes, the latency a measurement). When clamped, the slope is refitted through the
+        clamped intercept, so the large sizes stay fitted by least squares."""
         sizes, times = np.asarray(sizes, float), np.asarray(times, float)
-        if len(sizes) < 3 or len(sizes) != len(times) or np.any(sizes <= 0) or np.any(times <= 0):
+        if (sizes.ndim != 1 or len(sizes) < 3 or sizes.shape != times.shape or not np.all(np.isfinite(sizes))
+                or not np.all(np.isfinite(times)) or np.any(sizes <= 0) or np.any(times <= 0)):
             raise InputError(f"comm benchmark: expected >= 3 positive (size, time) points, got sizes={sizes.tolist()} "
                              f"times={times.tolist()}")
         order = np.argsort(sizes)
         sizes, times = sizes[order], times[order]
         latency = float(np.median(times[: max(1, len(sizes) // 3)]))
         big = slice(len(sizes) // 2, None)
-        slope, base = np.polyfit(sizes[big], times[big], 1)
+        xs, ys = sizes[big], times[big]
+        slope, base = (float(v) for v in np.polyfit(xs, ys, 1))
+        if not 0.0 <= base <= latency:
+            base = min(max(base, 0.0), latency)
+            slope = float(np.dot(xs, ys - base) / np.dot(xs, xs))     # least squares through (0, base)
         if not slope > 0:
-            slope = float(np.max(times[big] / sizes[big]))
+            # no bandwidth term visible in the measured range (all latency-bound, or noise): the line
+            # from the origin that reaches the latency floor at the largest measured size
             base = 0.0
-        return cls(latency_s=latency, base_s=max(float(base), 0.0), bandwidth_Bps=1.0 / float(slope))
+            slope = latency / float(sizes[-1])
+        return cls(latency_s=latency, base_s=base, bandwidth_Bps=1.0 / slope)
+
+    def relative_errors(self, sizes: Sequence[float], times: Sequence[float]) -> list[dict[str, float]]:
+        """Per measured size: the measured and the modelled time and (model - measured) / measured."""
+        return [{"bytes": float(s), "measured_s": float(t), "model_s": self.time(s),
+                 "rel_error": (self.time(s) - float(t)) / float(t)} for s, t in zip(sizes, times)]
 
 
 @dataclass(frozen=True)
@@ -155,24 +174,59 @@ class CostModel:
         d["bucket_size"] = self.bucket_size
         return d
 
+    #: numeric fields of a record and their lower bound: ``(">=", 0)`` for costs, ``(">", 0)`` where
+    #: zero is meaningless (a divisor, a count)
+    _NUMERIC = {"layers": (">", 0), "kv_bytes_per_token": (">=", 0), "c_tok": (">=", 0), "c_quad": (">=", 0),
+                "mem_bytes_per_token": (">", 0), "mem_budget_bytes": (">", 0), "c_seq": (">=", 0),
+                "c_seq_shard": (">=", 0), "c_mb": (">=", 0)}
+    _COMM_NUMERIC = {"latency_s": (">=", 0), "base_s": (">=", 0), "bandwidth_Bps": (">", 0)}
+
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CostModel":
+    def from_dict(cls, d: Mapping[str, Any], source: str | None = None) -> "CostModel":
+        """The model of a :meth:`to_dict` record. Every numeric field must be a finite number, >= 0 for
+        the costs and > 0 for ``layers`` (an integer), ``mem_bytes_per_token``, ``mem_budget_bytes``
+        and the collectives' ``bandwidth_Bps``; otherwise :class:`InputError` names the field, the
+        value and ``source`` (the file the record came from, when given)."""
+        where = f"cost model {source}" if source else "cost model"
+        if not isinstance(d, Mapping):
+            raise InputError(f"{where}: a {type(d).__name__} record; expected a mapping of the fields of CostModel")
         d = dict(d)
         d.pop("bucket_size", None)
         try:
-            d["all_gather"] = CommModel(**d["all_gather"])
-            d["reduce_scatter"] = CommModel(**d["reduce_scatter"])
+            for kind in ("all_gather", "reduce_scatter"):
+                if not isinstance(d[kind], Mapping):
+                    raise TypeError(f"{kind}={d[kind]!r} is not a mapping")
+                for key, bound in cls._COMM_NUMERIC.items():
+                    if key in d[kind]:
+                        _check_number(where, f"{kind}.{key}", d[kind][key], bound)
+                d[kind] = CommModel(**d[kind])
+            for key, bound in cls._NUMERIC.items():
+                if key in d:
+                    _check_number(where, key, d[key], bound, integer=key == "layers")
+            if "overlap" in d and not isinstance(d["overlap"], bool):
+                raise InputError(f"{where}: overlap={d['overlap']!r}; expected true or false")
             model = cls(**d)
         except (KeyError, TypeError) as err:
-            raise InputError(f"cost model: malformed record ({err}); expected the fields of CostModel") from None
+            raise InputError(f"{where}: malformed record ({err}); expected the fields of CostModel") from None
         if model.bucket_size < 1:
-            raise InputError(f"cost model {model.name}: bucket size {model.bucket_size} tokens; expected >= 1 "
+            raise InputError(f"{where} {model.name}: bucket size {model.bucket_size} tokens; expected >= 1 "
                              f"(mem_budget_bytes={model.mem_budget_bytes}, mem_bytes_per_token={model.mem_bytes_per_token})")
         return model
 
     def with_bucket(self, tokens: int) -> "CostModel":
         """The same model with the activation budget set to ``tokens`` tokens per rank."""
         return replace(self, mem_budget_bytes=float(tokens) * self.mem_bytes_per_token)
+
+
+def _check_number(where: str, key: str, value: Any, bound: tuple[str, float], integer: bool = False) -> None:
+    """Raise :class:`InputError` unless ``value`` is a finite number (an integer if ``integer``) within ``bound``."""
+    op, limit = bound
+    expected = f"a finite {'integer' if integer else 'number'} {op} {limit:g}"
+    ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+          and math.isfinite(value) and (value > limit if op == ">" else value >= limit)
+          and (not integer or float(value).is_integer()))
+    if not ok:
+        raise InputError(f"{where}: {key}={value!r}; expected {expected}")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -18,7 +18,9 @@
   excluded), measured with ``saved_tensors_hooks``; a linear fit gives α of ``Mem(S) = α·S + β`` and
   the BucketSize ``C = budget / α``.
 * **Communication**: a gloo micro-benchmark of all-gather and reduce-scatter versus message size
-  on the CP group (:func:`comm_worker`, run under ``tasks.launch.spawn``), fitted to Eq. 16.
+  on the CP group (:func:`comm_worker`, run under ``tasks.launch.spawn``; interleaved passes, the
+  fastest per size, as for compute), fitted to Eq. 16 (:meth:`CommModel.fit`); :func:`comm_fit_report`
+  gives the fit's relative error at every measured size.
 """
 from __future__ import annotations
 
@@ -218,25 +220,48 @@ def fit_memory(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return {"alpha_bytes_per_token": float(max(alpha, 1.0)), "beta_bytes": float(beta)}
 
 
-def comm_worker(rank: int, world_size: int, sizes_bytes: Sequence[int], reps: int) -> dict[str, list[float]]:
-    """Median seconds of all-gather and reduce-scatter (float32) per total message size."""
+def comm_worker(rank: int, world_size: int, sizes_bytes: Sequence[int], reps: int,
+                seed: int = 0) -> dict[str, list[float]]:
+    """Seconds of all-gather and reduce-scatter (float32) per total message size: the fastest of
+    ``reps`` timed passes. As for the compute profile, the passes are interleaved: every pass times each
+    (size, collective) once, in a seeded shuffled order that is the same on every rank (collectives
+    must match), after one untimed warm-up of each; a slow spell of the shared machine then hits one
+    pass of many points instead of every repetition of one size, and the minimum discards it."""
     import torch
     import torch.distributed as dist
 
-    out: dict[str, list[float]] = {"all_gather": [], "reduce_scatter": []}
+    if reps < 1:
+        raise InputError(f"comm benchmark: repeats={reps}; expected at least 1")
+    points = []
     for nbytes in sizes_bytes:
         per_rank = max(1, int(nbytes) // 4 // world_size)
         small, big = torch.ones(per_rank), torch.ones(per_rank * world_size)
-        for name, fn in (("all_gather", lambda: dist.all_gather_single(big, small)),
-                         ("reduce_scatter", lambda: dist.reduce_scatter_single(small, big))):
-            fn()
-            ts = []
-            for _ in range(reps):
-                dist.barrier()
-                t0 = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t0)
-            out[name].append(statistics.median(ts))
+        points.append(("all_gather", lambda big=big, small=small: dist.all_gather_single(big, small)))
+        points.append(("reduce_scatter", lambda big=big, small=small: dist.reduce_scatter_single(small, big)))
+    for _, fn in points:                                      # warm-up
+        fn()
+    times: list[list[float]] = [[] for _ in points]
+    rng = np.random.default_rng(seed)                         # same order on every rank
+    for _ in range(reps):
+        for i in rng.permutation(len(points)):
+            dist.barrier()
+            t0 = time.perf_counter()
+            points[i][1]()
+            times[i].append(time.perf_counter() - t0)
+    out: dict[str, list[float]] = {"all_gather": [], "reduce_scatter": []}
+    for (name, _), ts in zip(points, times):
+        out[name].append(min(ts))
+    return out
+
+
+def comm_fit_report(sizes: Sequence[float], times: Mapping[str, Sequence[float]],
+                    comm: Mapping[str, CommModel]) -> dict[str, Any]:
+    """Eq. 16 fits with their relative error at every measured size (what fit.json records)."""
+    out: dict[str, Any] = {}
+    for name, model in comm.items():
+        errors = model.relative_errors(sizes, times[name])
+        out[name] = {"latency_s": model.latency_s, "base_s": model.base_s, "bandwidth_Bps": model.bandwidth_Bps,
+                     "points": errors, "max_abs_rel_error": max(abs(e["rel_error"]) for e in errors)}
     return out
 
 

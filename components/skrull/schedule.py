@@ -53,21 +53,57 @@ class Schedule:
         return [len(m) for m in self.ranks]
 
 
+def check_degree(name: str, value, what: str = "expected an integer >= 1") -> int:
+    """``value`` as an int if it is an integer >= 1 (not a bool, not a float), else :class:`ConfigError`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name}={value!r}: {what}")
+    return int(value)
+
+
 def check_batch(lengths: Sequence[int], dp: int, cp: int, bucket: int) -> np.ndarray:
     """Validate a global batch against the parallel setting; return the lengths as int64.
 
-    Raises :class:`InputError` for an empty batch or a sequence that cannot fit even when sharded
-    over the whole CP group, :class:`ConfigError` for inconsistent parallel degrees.
+    Raises :class:`ConfigError` for parallel degrees that are not integers >= 1 or a data-parallel
+    degree above the number of sequences (a DP rank without a sequence has nothing to train on), and
+    :class:`InputError` for a batch that is not a non-empty 1-D sequence of positive whole numbers
+    (bools, NaN, fractional lengths and strings are refused, not truncated) or holds a sequence that
+    cannot fit even when sharded over the whole CP group.
     """
-    if dp < 1 or cp < 1:
-        raise ConfigError(f"parallel degrees dp={dp}, cp={cp}: expected integers >= 1")
-    if bucket < 1:
-        raise ConfigError(f"bucket size C={bucket} tokens: expected >= 1")
-    arr = np.asarray(lengths, dtype=np.int64)
-    if arr.ndim != 1 or arr.size == 0:
-        raise InputError(f"global batch: empty (got {arr.size} sequences); expected at least one sequence")
+    dp = check_degree("parallel degree dp", dp)
+    cp = check_degree("parallel degree cp", cp)
+    bucket = check_degree("bucket size C", bucket, "expected an integer >= 1 tokens")
+    try:
+        raw = np.asarray(lengths)
+    except ValueError as err:                      # ragged nesting
+        raise InputError(f"global batch: {err}; expected a 1-D sequence of sequence lengths") from None
+    if raw.ndim != 1:
+        raise InputError(f"global batch: an array of shape {raw.shape}; expected a 1-D sequence of sequence lengths")
+    if raw.size == 0:
+        raise InputError("global batch: empty (got 0 sequences); expected at least one sequence")
+    if raw.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(raw) | (raw != np.floor(raw)))
+        if bad.size:
+            k = int(bad[0])
+            raise InputError(f"global batch: sequence {k} has length {raw[k].item()!r}; expected a positive "
+                             f"integer (lengths are token counts; fractional and non-finite ones are refused)")
+    mixed_bool = not isinstance(lengths, np.ndarray) and any(isinstance(x, (bool, np.bool_)) for x in lengths)
+    if raw.dtype.kind not in "iuf" or mixed_bool:
+        k, x = next(((k, x) for k, x in enumerate(raw.tolist() if raw.dtype.kind not in "iuf" else lengths)
+                     if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating))),
+                    (None, None))
+        if k is not None:
+            raise InputError(f"global batch: sequence {k} has length {x!r} ({type(x).__name__}); "
+                             f"expected a positive integer")
+    try:
+        arr = raw.astype(np.int64)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise InputError(f"global batch: lengths not representable as int64 ({err}); expected positive integers "
+                         f"below 2**63") from None
     if np.any(arr < 1):
         raise InputError(f"global batch: sequence lengths {arr[arr < 1][:5].tolist()} < 1; expected positive lengths")
+    if dp > arr.size:
+        raise ConfigError(f"parallel degree dp={dp} > the {arr.size} sequences of the global batch; expected "
+                          f"at least one sequence per DP rank (dp <= {arr.size})")
     worst = max(shard_sizes(int(arr.max()), cp))
     if worst > bucket:
         k = int(arr.argmax())

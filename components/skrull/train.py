@@ -148,13 +148,18 @@ def _init_deepspeed():
 
 
 def run_step(engine, sched: Schedule, tokens, dp_rank: int, cp_rank: int, exchange, world_size: int,
-             layouts=None, step: bool = True) -> tuple[float, int]:
+             layouts=None, step: bool = True, saved_bytes: list[int] | None = None) -> tuple[float, int]:
     """Forward + backward of every micro-batch of this rank (then ``engine.step()`` if ``step``).
 
     ZeRO-2 reduce-scatters gradients inside every backward, so every rank of the DP world runs the
     same number of backwards — the most micro-batches of any DP rank; a rank with nothing to do in a
-    micro-batch runs a zero-gradient backward. Returns (this rank's scaled loss sum, backwards)."""
+    micro-batch runs a zero-gradient backward. Returns (this rank's scaled loss sum, backwards).
+
+    ``saved_bytes``: if a list, the bytes of the tensors autograd saves for the backward in each of
+    this rank's micro-batches (parameters excluded; the profile's activation-memory measure, through
+    :func:`components.skrull.profiling._saved_bytes_counter`) are appended to it."""
     from components.skrull.context_parallel import microbatch_loss
+    from components.skrull.profiling import _saved_bytes_counter
 
     if layouts is None:
         layouts = _layouts(sched, tokens, dp_rank, cp_rank, exchange)
@@ -164,7 +169,13 @@ def run_step(engine, sched: Schedule, tokens, dp_rank: int, cp_rank: int, exchan
     for j in range(n_backward):
         lay = layouts[j] if j < len(layouts) else None
         if lay is not None and lay.num_tokens > 0:
-            loss = microbatch_loss(engine, lay) * scale
+            if saved_bytes is None:
+                loss = microbatch_loss(engine, lay) * scale
+            else:
+                hooks, seen = _saved_bytes_counter(engine.module)
+                with hooks:
+                    loss = microbatch_loss(engine, lay) * scale
+                saved_bytes.append(int(sum(seen.values())))
             loss_sum += float(loss.detach())
         else:
             loss = sum(p.sum() for p in engine.module.parameters()) * 0.0
@@ -201,10 +212,11 @@ def train_worker(rank: int, world_size: int, spec: dict[str, Any]) -> dict[str, 
         for name in order:
             engine, sched = engines[name], batch["schedules"][name]
             layouts = _layouts(sched, tokens, dp_rank, cp_rank, exchange)     # the data loader's job
-            dist.barrier()
+            saved: list[int] = []     # saved-activation bytes per micro-batch: counted by a pack hook inside
+            dist.barrier()              # the timed step (a few Python calls per saved tensor; below the noise)
             t0, c0 = time.perf_counter(), time.thread_time()
             loss_sum, n_backward = run_step(engine, sched, tokens, dp_rank, cp_rank, exchange, world_size,
-                                            layouts=layouts, step=False)
+                                            layouts=layouts, step=False, saved_bytes=saved)
             t_compute = time.perf_counter() - t0
             cpu_compute = time.thread_time() - c0       # CPU time of the compute thread (waits excluded)
             engine.step()
@@ -220,6 +232,7 @@ def train_worker(rank: int, world_size: int, spec: dict[str, Any]) -> dict[str, 
                 "cpu_s_per_rank": [float(g[2]) for g in gathered],
                 "microbatches": len(layouts), "backwards": n_backward,
                 "tokens_per_microbatch": [lay.num_tokens for lay in layouts],
+                "saved_bytes_per_microbatch": saved,
             })
     return {"rank": rank, "records": records}
 
@@ -273,6 +286,23 @@ def plan_training(corpus, cost, dp: int, cp: int, global_batch: int, steps: int,
         steps_out.append({"tokens": toks, "lengths": ls, "schedules": schedules})
     return {"steps": steps_out, "micro_batch_size": choice.micro_batch_size, "sched_ms": sched_ms,
             "max_len": max_len, "documents": [d.tolist() for d in docs], "variants": list(variants)}
+
+
+def activation_summary(results: Sequence[dict[str, Any]], budget_bytes: float,
+                       variants: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per variant, over every rank, step and micro-batch of the real run (``results``: what every
+    :func:`train_worker` returned): the largest measured saved-activation bytes of a micro-batch, and
+    how many micro-batches exceeded ``budget_bytes`` — the activation memory per rank from which the
+    profile derived the bucket size C. Unlike the tokens per rank, which every schedule is validated
+    against before the run, this is measured inside the real step."""
+    out = {}
+    for name in variants:
+        sizes = [b for r in results for rec in r["records"] if rec["variant"] == name
+                 for b in rec["saved_bytes_per_microbatch"]]
+        out[name] = {"activation_bytes_max": int(max(sizes, default=0)),
+                     "activation_budget_violations": int(sum(b > budget_bytes for b in sizes)),
+                     "microbatches_measured": len(sizes)}
+    return out
 
 
 def summarize_training(records: Sequence[dict[str, Any]], warmup: int, cost, plan: dict[str, Any],

@@ -34,7 +34,9 @@ OWNER, NORMS, RUNNING = "vfda-owner", "local-norms", "vfda-running"
 
 
 class InjectedClientFault(RuntimeError):
-    """Raised on purpose (``simulation.fault_round``) to exercise failure-tolerant aggregation."""
+    """Raised on purpose (``simulation.fault_round``) to exercise failure-tolerant aggregation: the
+    server names the institute (``simulation.fault_partition``-th training institute) in the train
+    config, so the same institute crashes in every lane, whichever node serves it."""
 
 
 def client_seed(fed: Federation, server_round: int, institute: str) -> int:
@@ -103,7 +105,7 @@ def train(msg: Message, context: Context) -> Message:
     t0, c0 = time.perf_counter(), time.process_time()
     cfg, conf, fed, name, datalist, pid, state, model = _prepare(msg, context)
     server_round = int(conf.get("server-round", 0))
-    if int(conf.get("fault-round", 0)) == server_round and int(conf.get("fault-partition", -1)) == pid:
+    if int(conf.get("fault-round", 0)) == server_round and str(conf.get("fault-institute", "")) == name:
         raise InjectedClientFault(f"institute {name} (partition {pid}) crashes in round {server_round} on purpose")
     if fed.uses_vfda and VFDA_GLOBAL in msg.content:  # Eq. 4 variance from the server
         load_global_variance(model, msg.content[VFDA_GLOBAL].to_torch_state_dict())
@@ -145,12 +147,15 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Which institute this node holds (the server groups nodes into lanes with it)."""
-    from components.vfda.data import read_datalist
+    """Which institute this node holds (the server groups nodes into lanes with it). The node checks
+    its own datalist and volumes here (missing file, shape mismatch, labels out of range: an
+    :class:`~components.base.InputError` whose message the server reports), since on a deployment
+    with per-site data the server cannot read them."""
+    from components.vfda.data import read_datalist, validate_site
 
     conf = msg.content["config"]
     name, datalist, pid = resolve_institute(context.node_config, str(conf["data-dir"]))
-    dl = read_datalist(datalist)
+    dl = validate_site(datalist, int(conf["num-classes"])) if "num-classes" in conf else read_datalist(datalist)
     info = _info(name, pid)
     return Message(content=RecordDict({CLIENT_INFO: info, "metrics": MetricRecord(
         {"num-training": len(dl["training"]), "num-validation": len(dl["validation"])})}), reply_to=msg)

@@ -7,9 +7,10 @@ a 3D U-Net with 8-64 channels on 24^3 volumes (``data.spatial_size``), 3 strateg
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from components.base import ComponentConfig
 
@@ -17,6 +18,8 @@ Strategy = Literal["fedavg", "fedprox", "fedbn"]
 #: "vfda" uses ``vfda.rule``; "vfda-product" / "vfda-fedfa" force a rule; "vfda-local" fixes the
 #: global variance at 1 (the local-only ablation of the notes, section 2.5)
 Variant = Literal["base", "mixup", "vfda", "vfda-product", "vfda-fedfa", "vfda-local"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+VARIANTS: tuple[str, ...] = get_args(Variant)
 
 
 class _Strict(BaseModel):
@@ -92,7 +95,10 @@ class ModelConfig(_Strict):
     channels: list[int] = Field([8, 16, 32, 64], min_length=3, max_length=6,
                                 description="MONAI UNet channels per stage (last = bottleneck)")
     num_res_units: int = Field(1, ge=0, le=4, description="residual units per MONAI UNet block")
-    norm: Literal["batch", "instance"] = Field("batch", description="normalisation layers (FedBN keeps them local)")
+    norm: Literal["batch", "instance"] = Field(
+        "batch", description="normalisation layers: batch = BatchNorm3d (FedBN keeps its affine weights and "
+                             "running statistics local); instance = InstanceNorm3d with affine weights (statistics "
+                             "per volume, none kept; FedBN keeps the affine weights local)")
 
 
 class VfdaLayerConfig(_Strict):
@@ -125,7 +131,18 @@ class FederationConfig(_Strict):
     proximal_mu: float = Field(0.01, gt=0.0, le=10.0, description="FedProx proximal weight mu")
     mixup_alpha: float = Field(0.4, gt=0.0, le=10.0, description="local MixUp Beta(alpha, alpha)")
     min_train_clients: int = Field(2, ge=1, description="a round aggregates only with at least this many replies")
-    round_timeout_s: float = Field(600.0, gt=0.0, description="how long the server waits for replies")
+    round_timeout_s: float = Field(600.0, gt=0.0, description="how long the server waits for replies; a client "
+                                                                "that has not replied by then is logged as failed")
+
+    @field_validator("strategies", "variants", "seeds", "ablation_strategies", "ablation_variants")
+    @classmethod
+    def _no_duplicates(cls, value: list) -> list:
+        # a repeated entry would run the same federation twice (two lanes writing one folder) and
+        # count its seeds twice in the summary
+        dups = sorted({v for v in value if value.count(v) > 1}, key=str)
+        if dups:
+            raise PydanticCustomError("duplicate_entries", "each entry once; {dups} repeated", {"dups": str(dups)})
+        return value
 
 
 class SimulationConfig(_Strict):
@@ -136,7 +153,10 @@ class SimulationConfig(_Strict):
     lanes: int = Field(2, ge=1, le=64,
                        description="federations run concurrently; each lane has its own SuperNodes")
     fault_round: int = Field(0, ge=0, description="fault injection: crash a client in this round (0 = never)")
-    fault_partition: int = Field(0, ge=0, description="fault injection: the partition id that crashes")
+    fault_partition: int = Field(
+        0, ge=0, description="fault injection: index of the training institute (in institutes.json order) whose "
+                             "client crashes in fault_round, in every lane; must be below the number of "
+                             "training institutes")
 
 
 class VfdaConfig(ComponentConfig):
@@ -150,10 +170,15 @@ class VfdaConfig(ComponentConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> "VfdaConfig":
+        # with data.root the training institutes come from that dataset's institutes.json: checked
+        # against it when the data is read (data.check_federation)
         n_train = sum(not i.held_out for i in self.data.institutes)
-        if self.federation.min_train_clients > n_train:
+        if self.data.root is None and self.federation.min_train_clients > n_train:
             raise ValueError(f"federation.min_train_clients={self.federation.min_train_clients}: expected "
                              f"at most the {n_train} training institutes")
+        if self.data.root is None and self.simulation.fault_partition >= n_train:
+            raise ValueError(f"simulation.fault_partition={self.simulation.fault_partition}: expected the index "
+                             f"of a training institute, 0 to {n_train - 1} ({n_train} training institutes)")
         levels = len(self.model.channels) - 1
         if self.data.spatial_size % (2 ** levels):
             raise ValueError(f"data.spatial_size={self.data.spatial_size}: expected a multiple of "

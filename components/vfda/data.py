@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from components.base import InputError
-from components.vfda.config import DataConfig, InstituteConfig
+from components.vfda.config import DataConfig, InstituteConfig, VfdaConfig
 
 MANIFEST = "institutes.json"
 DATALIST = "datalist.json"
@@ -288,8 +288,26 @@ def load_split(datalist_path: str | Path, split: str, cfg: DataConfig) -> list[t
     return out
 
 
-def validate_dataset(data_dir: str | Path, cfg: DataConfig) -> dict[str, Any]:
-    """Check the manifest and every datalist before any federation starts (fail fast, clearly)."""
+def validate_site(datalist_path: str | Path, num_classes: int, role: str = "train") -> dict[str, Any]:
+    """Check one institute's datalist and volumes (what a SuperNode can check on its own data):
+    a training institute needs training items, every institute test items, and every item must pass
+    :func:`validate_items`. Returns the parsed datalist."""
+    path = Path(datalist_path)
+    datalist = read_datalist(path)
+    if role == "train" and len(datalist["training"]) < 1:
+        raise InputError(f"{path}: no 'training' items; a training institute needs at least 1")
+    if len(datalist["validation"]) < 1:
+        raise InputError(f"{path}: no 'validation' items; every institute needs a test split")
+    validate_items(datalist["training"] + datalist["validation"], num_classes, path)
+    return datalist
+
+
+def validate_dataset(data_dir: str | Path, cfg: DataConfig,
+                     roles: tuple[str, ...] = ("train", "held_out")) -> dict[str, Any]:
+    """Check the manifest and the datalists of the institutes with a role in ``roles`` (default:
+    every institute) before any federation starts (fail fast, clearly). The ServerApp checks only
+    the held-out institutes (the data it evaluates itself): on a deployment with per-site data the
+    training institutes' volumes are on their SuperNodes, which check them (:func:`validate_site`)."""
     manifest = read_manifest(data_dir)
     if int(manifest.get("num_classes", cfg.num_classes)) != cfg.num_classes:
         raise InputError(f"{Path(data_dir) / MANIFEST}: num_classes={manifest.get('num_classes')}; expected "
@@ -298,13 +316,10 @@ def validate_dataset(data_dir: str | Path, cfg: DataConfig) -> dict[str, Any]:
         raise InputError(f"{Path(data_dir) / MANIFEST}: fewer than 2 training institutes")
     seen: dict[str, str] = {}  # image -> "<datalist> <split>" where it was first listed
     for entry in manifest["institutes"]:
+        if entry["role"] not in roles:
+            continue
         path = Path(data_dir) / entry["datalist"]
-        datalist = read_datalist(path)
-        if entry["role"] == "train" and len(datalist["training"]) < 1:
-            raise InputError(f"{path}: no 'training' items; a training institute needs at least 1")
-        if len(datalist["validation"]) < 1:
-            raise InputError(f"{path}: no 'validation' items; every institute needs a test split")
-        validate_items(datalist["training"] + datalist["validation"], cfg.num_classes, path)
+        datalist = validate_site(path, cfg.num_classes, entry["role"])
         for split in ("training", "validation"):
             for item in datalist[split]:
                 where = f"{path} '{split}'"
@@ -314,6 +329,22 @@ def validate_dataset(data_dir: str | Path, cfg: DataConfig) -> dict[str, Any]:
                                      f"between training and test volumes or between institutes)")
                 seen[item["image"]] = where
     return manifest
+
+
+def check_federation(manifest: dict[str, Any], data_dir: str | Path, cfg: VfdaConfig) -> None:
+    """The federation parameters against the training institutes the dataset really has (with
+    ``data.root`` they come from its manifest, not from ``data.institutes``)."""
+    from components.base import ConfigError
+
+    n_train = len(training_institutes(manifest))
+    where = Path(data_dir) / MANIFEST
+    if cfg.federation.min_train_clients > n_train:
+        raise InputError(f"federation.min_train_clients={cfg.federation.min_train_clients}: {where} lists "
+                         f"{n_train} training institutes; expected min_train_clients <= {n_train} (no round "
+                         f"could aggregate)")
+    if cfg.simulation.fault_partition >= n_train:
+        raise ConfigError(f"simulation.fault_partition={cfg.simulation.fault_partition}: expected the index of a "
+                          f"training institute, 0 to {n_train - 1} ({n_train} training institutes in {where})")
 
 
 def import_dataset(src: str | Path, out_dir: str | Path, cfg: DataConfig) -> dict[str, Any]:

@@ -132,4 +132,12 @@ def load_history(results_dir: Path, fed_id: str) -> dict[str, Any]:
     path = results_dir / "federations" / fed_id / "history.json"
     if not path.is_file():
         raise InputError(f"{path}: federation record not found; run the vfda federate stage first")
-    return json.loads(path.read_text())
+    try:
+        hist = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err}); expected the federation record the vfda federate "
+                         f"stage writes") from None
+    if not isinstance(hist, dict) or not isinstance(hist.get("rounds"), list) or not hist["rounds"]:
+        raise InputError(f"{path}: expected a JSON object with a non-empty 'rounds' list (the vfda federate "
+                         f"stage's federation record)")
+    return hist

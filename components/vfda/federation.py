@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from components.base import ConfigError
-from components.vfda.config import VfdaConfig
+from components.vfda.config import STRATEGIES, VARIANTS, VfdaConfig
 
 
 #: ablation variants whose VFDA layers use a fixed variance-combination rule, whatever ``vfda.rule`` says
@@ -24,11 +24,21 @@ def effective_rule(variant: str, configured_rule: str) -> str:
     return FORCED_RULE_VARIANTS.get(variant, configured_rule)
 
 
+#: the variants whose VFDA layers are enabled
+VFDA_VARIANTS = frozenset(v for v in VARIANTS if v.startswith("vfda"))
+
+
 @dataclass(frozen=True)
 class Federation:
     strategy: str
     variant: str
     seed: int
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"federation strategy={self.strategy!r}: expected one of {list(STRATEGIES)}")
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"federation variant={self.variant!r}: expected one of {list(VARIANTS)}")
 
     @property
     def id(self) -> str:
@@ -36,7 +46,7 @@ class Federation:
 
     @property
     def uses_vfda(self) -> bool:
-        return self.variant.startswith("vfda")
+        return self.variant in VFDA_VARIANTS
 
     def vfda_rule(self, cfg: VfdaConfig) -> str:
         """The variance-combination rule this federation's VFDA layers use ("-" without VFDA)."""
@@ -57,12 +67,23 @@ def plan(cfg: VfdaConfig) -> list[Federation]:
 
 
 def parse_federation_id(fed_id: str) -> Federation:
+    """``<strategy>-<variant>-s<seed>`` -> :class:`Federation`; the strategy and the variant must be
+    exactly one of the config's ``Strategy`` / ``Variant`` values (a typo such as ``vfdaa`` must not
+    run as another variant), the seed a non-negative integer."""
+    form = f"expected '<strategy>-<variant>-s<seed>' with strategy in {list(STRATEGIES)}, variant in {list(VARIANTS)}"
     try:
         strategy, rest = fed_id.split("-", 1)
-        variant, seed = rest.rsplit("-s", 1)
-        return Federation(strategy, variant, int(seed))
+        variant, seed_text = rest.rsplit("-s", 1)
+        seed = int(seed_text)
     except ValueError:
-        raise ConfigError(f"federation id {fed_id!r}: expected '<strategy>-<variant>-s<seed>'") from None
+        raise ConfigError(f"federation id {fed_id!r}: {form} and an integer seed") from None
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"federation id {fed_id!r}: unknown strategy {strategy!r}; {form}")
+    if variant not in VARIANTS:
+        raise ConfigError(f"federation id {fed_id!r}: unknown variant {variant!r}; {form}")
+    if seed < 0 or not seed_text.isdigit():
+        raise ConfigError(f"federation id {fed_id!r}: seed {seed_text!r}; expected a non-negative integer")
+    return Federation(strategy, variant, seed)
 
 
 @dataclass(frozen=True)
@@ -106,6 +127,10 @@ def settings_from_run_config(run_config: Mapping[str, Any], cwd: Path | None = N
     cfg = resolve_section(VfdaConfig, section, overrides)
     feds = tuple(parse_federation_id(f.strip()) for f in str(run_config.get("federations", "") or "").split(",")
                  if f.strip())
+    repeated = sorted({f.id for f in feds if feds.count(f) > 1})
+    if repeated:
+        raise ConfigError(f"run config federations={run_config.get('federations')!r}: {repeated} listed more than "
+                          f"once; expected each federation once")
     return RunSettings(config=cfg, data_dir=(cwd / str(run_config.get("data-dir", "data/vfda"))).resolve(),
                        out_dir=(cwd / str(run_config.get("out-dir", "results/vfda/flwr-run"))).resolve(),
                        federations=feds)

@@ -8,6 +8,7 @@ the same network: for base / MixUp the VFDA layers stay disabled, i.e. exactly t
 """
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -35,10 +36,29 @@ class VfdaUNet(UNet):
         return nn.Sequential(stage, VicinalStatistics(out_channels, **self._vfda_kwargs))
 
 
-def build_model(model: ModelConfig, num_classes: int, vfda: VfdaLayerConfig | None = None) -> VfdaUNet:
-    return VfdaUNet(vfda=vfda, spatial_dims=3, in_channels=1, out_channels=num_classes,
-                    channels=tuple(model.channels), strides=(2,) * (len(model.channels) - 1),
-                    num_res_units=model.num_res_units, norm=model.norm)
+#: ``nn.Module`` initialisation draws from torch's global RNG: every model of this component is built
+#: under this lock, so a seeded build (:func:`build_model` with ``seed``) is not disturbed by another
+#: thread building a model at the same time (in-process lanes, ``benchmarks/vfda/device_check.py``).
+#: Training and VFDA draw from their own generators (:func:`components.vfda.training.train_local`).
+BUILD_LOCK = threading.Lock()
+
+
+def norm_layer(norm: str) -> str | tuple[str, dict[str, Any]]:
+    """MONAI ``norm`` argument: BatchNorm3d as MONAI builds it; InstanceNorm3d *with affine weights*
+    (MONAI's plain "instance" has no parameters or buffers at all, which would leave FedBN nothing to
+    keep local, i.e. make it FedAvg). Instance statistics stay per volume (no running statistics)."""
+    return ("instance", {"affine": True}) if norm == "instance" else norm
+
+
+def build_model(model: ModelConfig, num_classes: int, vfda: VfdaLayerConfig | None = None,
+                seed: int | None = None) -> VfdaUNet:
+    """The network; with ``seed`` its initial weights are ``torch.manual_seed(seed)``'s."""
+    with BUILD_LOCK:
+        if seed is not None:
+            torch.manual_seed(seed)
+        return VfdaUNet(vfda=vfda, spatial_dims=3, in_channels=1, out_channels=num_classes,
+                        channels=tuple(model.channels), strides=(2,) * (len(model.channels) - 1),
+                        num_res_units=model.num_res_units, norm=norm_layer(model.norm))
 
 
 def norm_keys(model: nn.Module) -> list[str]:

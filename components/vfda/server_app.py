@@ -2,7 +2,10 @@
 
 Starting a Flower simulation costs seconds (Ray start-up), so one run executes the whole plan:
 
-1. a ``query`` round asks every SuperNode which institute it holds;
+1. the server checks ``institutes.json``, the federation parameters against it and the held-out
+   institutes' data (it evaluates them; on a deployment with per-site data that is all it has);
+   a ``query`` round asks every SuperNode which institute it holds, and each node checks its own
+   datalist and volumes (a node that fails is named, with its reason, if no complete lane is left);
 2. the nodes are grouped into *lanes*, each holding one node per training institute (simulation:
    ``num_supernodes = lanes x institutes``; a deployment with one SuperNode per institute is one lane);
 3. each lane runs its share of the federations one after another (lanes run concurrently, so one
@@ -37,7 +40,6 @@ from components.vfda.federation import Federation, RunSettings, settings_from_ru
 from components.vfda.strategy import CLIENT_INFO, make_strategy
 
 log = logging.getLogger("paperworks.vfda.server")
-_INIT_LOCK = threading.Lock()
 
 
 class FederationError(RuntimeError):
@@ -91,10 +93,11 @@ def _atomic_torch_save(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def discover_lanes(grid: Grid, data_dir: Path, timeout: float = 120.0,
-                   wait_s: float = 60.0) -> tuple[list[dict[int, str]], dict[int, str]]:
+def discover_lanes(grid: Grid, data_dir: Path, timeout: float = 120.0, wait_s: float = 60.0,
+                   num_classes: int | None = None) -> tuple[list[dict[int, str]], dict[int, str]]:
     """Ask every node for its institute; return lanes (``{node_id: institute}``, one node per
-    training institute each) and all nodes."""
+    training institute each) and all nodes. With ``num_classes`` each node also checks its own
+    datalist and volumes; the InputError for an incomplete set of nodes gives every node's failure."""
     from components.vfda.data import read_manifest, training_institutes
 
     institutes = [e["name"] for e in training_institutes(read_manifest(data_dir))]
@@ -102,17 +105,26 @@ def discover_lanes(grid: Grid, data_dir: Path, timeout: float = 120.0,
     while len(list(grid.get_node_ids())) < len(institutes) and time.monotonic() < deadline:
         time.sleep(0.5)  # deployment: SuperNodes may still be connecting
     node_ids = sorted(grid.get_node_ids())
-    msgs = [Message(RecordDict({"config": ConfigRecord({"data-dir": str(data_dir)})}), nid, MessageType.QUERY)
-            for nid in node_ids]
+    query = {"data-dir": str(data_dir)}
+    if num_classes is not None:
+        query["num-classes"] = num_classes
+    msgs = [Message(RecordDict({"config": ConfigRecord(dict(query))}), nid, MessageType.QUERY) for nid in node_ids]
     replies = list(grid.send_and_receive(msgs, timeout=timeout))
     nodes: dict[int, tuple[str, int]] = {}
+    problems: dict[int, str] = {}
     for r in replies:
+        nid = int(r.metadata.src_node_id)
         if r.has_error():
-            log.warning("node %d did not answer the institute query: %s", r.metadata.src_node_id,
-                        r.error.reason if r.error else "?")
+            reason = (r.error.reason if r.error else "") or "?"
+            problems[nid] = reason.strip().splitlines()[-1] if reason.strip() else "?"
+            log.warning("node %d did not answer the institute query: %s", nid, problems[nid])
             continue
         info = r.content[CLIENT_INFO]
-        nodes[int(r.metadata.src_node_id)] = (str(info["institute"]), int(info["partition-id"]))
+        nodes[nid] = (str(info["institute"]), int(info["partition-id"]))
+    for nid in node_ids:
+        if nid not in nodes and nid not in problems:
+            problems[nid] = f"no reply within {timeout:g} s"
+            log.warning("node %d did not answer the institute query within %g s", nid, timeout)
     pool = [(nid, inst) for nid, (inst, _) in sorted(nodes.items(), key=lambda kv: kv[1][1])]
     lanes: list[dict[int, str]] = []
     while True:  # fill lanes in partition-id order with one node per training institute
@@ -125,35 +137,38 @@ def discover_lanes(grid: Grid, data_dir: Path, timeout: float = 120.0,
             break
         lanes.append(lane)
     if not lanes:
-        raise InputError(f"no complete set of SuperNodes: found {sorted(v[0] for v in nodes.values())}, "
-                         f"expected one node per training institute {institutes}")
+        failed = "; ".join(f"node {nid}: {why}" for nid, why in sorted(problems.items()))
+        raise InputError(f"no complete set of SuperNodes: {len(node_ids)} node(s) connected, institutes found "
+                         f"{sorted(v[0] for v in nodes.values())}, expected one node per training institute "
+                         f"{institutes} of {Path(data_dir) / 'institutes.json'}"
+                         + (f"; failed nodes: {failed}" if failed else ""))
     return lanes, {nid: inst for nid, (inst, _) in nodes.items()}
 
 
 def _initial_model(settings: RunSettings, fed: Federation):
     from components.vfda.model import build_model
 
-    cfg = settings.config
-    with _INIT_LOCK:  # nn.Module init draws from the global RNG: seed it without races between lanes
-        torch.manual_seed(fed.seed)
-        return build_model(cfg.model, cfg.data.num_classes, cfg.vfda)
+    cfg = settings.config  # seeded under model.BUILD_LOCK: no other lane's build runs in between
+    return build_model(cfg.model, cfg.data.num_classes, cfg.vfda, seed=fed.seed)
 
 
 def _scratch_model(settings: RunSettings):
     """A model whose weights are overwritten before use (the held-out evaluator). Its construction
-    still draws from the global RNG, so it takes the same lock: otherwise it could run inside another
-    lane's seeded ``_initial_model`` and change that federation's initial weights (seen as one
-    federation of 27 differing between two runs of the same code)."""
+    still draws from the global RNG, so it is built under ``model.BUILD_LOCK`` like every model:
+    otherwise it could run inside another lane's seeded ``_initial_model`` and change that
+    federation's initial weights (seen as one federation of 27 differing between two runs of the
+    same code)."""
     from components.vfda.model import build_model
 
     cfg = settings.config
-    with _INIT_LOCK:
-        return build_model(cfg.model, cfg.data.num_classes, cfg.vfda)
+    return build_model(cfg.model, cfg.data.num_classes, cfg.vfda)
 
 
 def run_federation(grid: Grid, fed: Federation, settings: RunSettings, num_clients: int,
-                   heldout: dict[str, list]) -> dict[str, Any]:
-    """One federation with Flower's ``Strategy.start``; writes and returns its record."""
+                   heldout: dict[str, list], fault_institute: str = "") -> dict[str, Any]:
+    """One federation with Flower's ``Strategy.start``; writes and returns its record.
+    ``fault_institute``: the institute whose client crashes in ``simulation.fault_round`` (fault
+    injection; "" = none)."""
     from components.vfda.model import norm_keys, weights
     from components.vfda.training import evaluate_dice
 
@@ -161,10 +176,11 @@ def run_federation(grid: Grid, fed: Federation, settings: RunSettings, num_clien
     t0 = time.perf_counter()
     model = _initial_model(settings, fed)
     strategy = make_strategy(fed, num_clients=num_clients, min_train_clients=cfg.federation.min_train_clients,
-                             proximal_mu=cfg.federation.proximal_mu, norm_keys=norm_keys(model))
+                             proximal_mu=cfg.federation.proximal_mu, norm_keys=norm_keys(model),
+                             round_timeout_s=cfg.federation.round_timeout_s)
     common = {"federation": fed.id, "settings": cfg.model_dump_json(), "data-dir": str(settings.data_dir)}
-    train_config = ConfigRecord({**common, "fault-round": cfg.simulation.fault_round,
-                                 "fault-partition": cfg.simulation.fault_partition})
+    train_config = ConfigRecord({**common, "fault-round": cfg.simulation.fault_round if fault_institute else 0,
+                                 "fault-institute": fault_institute})
     heldout_record: dict[int, dict[str, dict[str, float]]] = {}
     net = _scratch_model(settings)  # reused for every round
 
@@ -216,15 +232,21 @@ def _no_aggregation_message(fed: Federation, rounds: dict[int, dict[str, Any]], 
 
 def run_plan(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     """Discover lanes, run every federation of the plan, write ``<out-dir>/run.json``."""
-    from components.vfda.data import held_out_institutes, load_split, validate_dataset
+    from components.vfda.data import (check_federation, held_out_institutes, load_split, training_institutes,
+                                      validate_dataset)
 
     t0, c0 = time.perf_counter(), time.process_time()
     torch.set_num_threads(1)
     cfg = settings.config
-    manifest = validate_dataset(settings.data_dir, cfg.data)
+    # the server reads the manifest and the held-out institutes (it evaluates them); each SuperNode
+    # checks its own institute's data when it answers the query (per-site data on a deployment)
+    manifest = validate_dataset(settings.data_dir, cfg.data, roles=("held_out",))
+    check_federation(manifest, settings.data_dir, cfg)
+    fault_institute = (training_institutes(manifest)[cfg.simulation.fault_partition]["name"]
+                       if cfg.simulation.fault_round > 0 else "")
     heldout = {e["name"]: load_split(settings.data_dir / e["datalist"], "validation", cfg.data)
                for e in held_out_institutes(manifest)}
-    lanes, nodes = discover_lanes(grid, settings.data_dir)
+    lanes, nodes = discover_lanes(grid, settings.data_dir, num_classes=cfg.data.num_classes)
     lanes = lanes[: max(1, cfg.simulation.lanes)]
     feds = settings.resolved()
     log.info("vfda: %d federations on %d lane(s) of %d SuperNodes", len(feds), len(lanes), len(lanes[0]))
@@ -241,7 +263,7 @@ def run_plan(grid: Grid, settings: RunSettings) -> dict[str, Any]:
                     return
                 fed = queue.pop(0)
             try:
-                rec = run_federation(lane_grid, fed, settings, len(lane), heldout)
+                rec = run_federation(lane_grid, fed, settings, len(lane), heldout, fault_institute)
                 last = rec["rounds"][-1]
                 log.info("vfda: %s done in %.1f s (held-in dice %s, held-out %s)", fed.id, rec["wall_s"],
                          {k: round(v.get("dice", 0.0), 3) for k, v in last["evaluate"].items()},

@@ -10,9 +10,10 @@
   uploaded momentum statistics out of the reply *before* weight averaging (they are statistics, not
   weights), computes the global variance (Eq. 4, :func:`~components.vfda.vfda.global_variance`) and
   sends it with the next round's train messages.
-- :class:`RoundRecorder` (mixed into all) records per-client metrics per round, logs failed clients,
-  and skips aggregation of a round with fewer than ``min_train_clients`` replies (the previous
-  global model is kept), so one crashed client does not stop a federation.
+- :class:`RoundRecorder` (mixed into all) records per-client metrics per round, logs failed clients
+  (an error reply, or no reply at all within ``round_timeout_s``: a client that hangs or a lost
+  SuperNode), and skips aggregation of a round with fewer than ``min_train_clients`` replies (the
+  previous global model is kept), so one crashed client does not stop a federation.
 """
 from __future__ import annotations
 
@@ -69,31 +70,43 @@ class RoundRecorder:
     """Per-round, per-client record; failure-tolerant aggregation (mixin before a Flower strategy)."""
 
     def __init__(self, *args: Any, min_train_clients: int = 1, norm_keys: Iterable[str] = (),
-                 federation: str = "", **kwargs: Any) -> None:
+                 federation: str = "", round_timeout_s: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.min_train_clients = min_train_clients
         self.norm_keys = list(norm_keys)
         self.federation = federation
+        self.round_timeout_s = round_timeout_s
         self.rounds: dict[int, dict[str, Any]] = {}
         self.client_norms: dict[str, dict[str, np.ndarray]] = {}
+        self._sent: dict[tuple[int, str], list[int]] = {}  # (round, phase) -> destination node ids
 
     def _round(self, server_round: int) -> dict[str, Any]:
         return self.rounds.setdefault(server_round, {"round": server_round, "train": {}, "evaluate": {},
                                                      "failures": [], "aggregated": False})
 
+    def _sending(self, server_round: int, phase: str, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        self._sent[(server_round, phase)] = sorted(int(m.metadata.dst_node_id) for m in messages)
+        self._round(server_round)[f"t_{phase}_sent"] = time.time()
+        return messages
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self._round(server_round)["t_train_sent"] = time.time()
-        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+        return self._sending(server_round, "train",
+                             super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        self._round(server_round)["t_evaluate_sent"] = time.time()
-        return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
+        return self._sending(server_round, "evaluate",
+                             super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
 
     def _split(self, server_round: int, replies: Iterable[Message], phase: str) -> list[Message]:
-        ok, rec = [], self._round(server_round)
+        """The successful replies, in institute order; every failure is recorded and logged: an
+        error reply, and a node that was sent a message but did not reply at all (the grid returns
+        without it after ``round_timeout_s``: a client still running or hung, a lost SuperNode)."""
+        ok, rec, replied = [], self._round(server_round), set()
         for msg in replies:
+            replied.add(int(msg.metadata.src_node_id))
             if msg.has_error():
                 reason = _last_lines(msg.error.reason if msg.error else "unknown")
                 rec["failures"].append({"phase": phase, "node": int(msg.metadata.src_node_id), "reason": reason})
@@ -101,6 +114,13 @@ class RoundRecorder:
                             msg.metadata.src_node_id, reason.splitlines()[-1] if reason else "?")
             else:
                 ok.append(msg)
+        timeout = f"{self.round_timeout_s:g}" if self.round_timeout_s is not None else "?"
+        for node in self._sent.pop((server_round, phase), []):
+            if node not in replied:
+                reason = f"no reply within round_timeout_s={timeout}"
+                rec["failures"].append({"phase": phase, "node": node, "reason": reason})
+                log.warning("%s round %d: %s failed on node %d: %s", self.federation, server_round, phase,
+                            node, reason)
         return sorted(ok, key=_institute)  # a fixed order: aggregation is independent of arrival order
 
     def on_statistics(self, server_round: int, replies: list[Message]) -> None:
@@ -168,7 +188,7 @@ _BASE = {"fedavg": FedAvg, "fedprox": FedProx, "fedbn": FedBN}
 
 
 def make_strategy(fed: Federation, *, num_clients: int, min_train_clients: int, proximal_mu: float,
-                  norm_keys: Iterable[str] = ()) -> FedAvg:
+                  norm_keys: Iterable[str] = (), round_timeout_s: float | None = None) -> FedAvg:
     """The Flower strategy of one federation: base strategy + recorder (+ VFDA exchange)."""
     if fed.strategy not in _BASE:
         raise ValueError(f"strategy={fed.strategy!r}: expected one of {sorted(_BASE)}")
@@ -179,5 +199,5 @@ def make_strategy(fed: Federation, *, num_clients: int, min_train_clients: int, 
                                   min_evaluate_nodes=num_clients, min_available_nodes=num_clients)
     if fed.strategy == "fedprox":
         kwargs["proximal_mu"] = proximal_mu
-    return cls(min_train_clients=min_train_clients, federation=fed.id,
+    return cls(min_train_clients=min_train_clients, federation=fed.id, round_timeout_s=round_timeout_s,
                norm_keys=list(norm_keys) if fed.strategy == "fedbn" else [], **kwargs)

@@ -77,9 +77,12 @@ def train_local(model: nn.Module, data: Sequence[tuple[torch.Tensor, torch.Tenso
     volumes than ``batch_size`` a batch holds repeats (every volume at least once)."""
     from monai.losses import DiceCELoss
 
+    from components.vfda.vfda import seeded_draws
+
     if not data:
         raise ValueError("train_local: empty training set")
-    torch.manual_seed(seed)
+    # every random draw comes from generators seeded here (numpy: batches, flips, MixUp; torch: VFDA's
+    # Eq. 6 via seeded_draws), never from torch's global RNG, which concurrent lanes would share
     rng = np.random.default_rng(seed)
     device = next(model.parameters()).device
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -88,26 +91,27 @@ def train_local(model: nn.Module, data: Sequence[tuple[torch.Tensor, torch.Tenso
     model.train()
     total, n = 0.0, len(data)
     order = [int(i) for i in rng.permutation(n)]
-    for step in range(steps):
-        while len(order) < batch_size:  # reshuffle every epoch; a batch never repeats a volume (n >= batch_size)
-            order += next_epoch(n, order, batch_size, rng)
-        idx, order = order[:batch_size], order[batch_size:]
-        x, y = _batch(data, idx, rng)
-        x, y = x.to(device), y.to(device)
-        if mixup_alpha:
-            lam = float(rng.beta(mixup_alpha, mixup_alpha))
-            perm = torch.from_numpy(mixup_partners(x.shape[0], rng)).to(device)
-            logits = model(lam * x + (1 - lam) * x[perm])
-            loss = lam * loss_fn(logits, y) + (1 - lam) * loss_fn(logits, y[perm])
-        else:
-            loss = loss_fn(model(x), y)
-        if global_params is not None:
-            prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
-            loss = loss + 0.5 * proximal_mu * prox
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total += float(loss.detach())
+    with seeded_draws(model, seed, device):
+        for _ in range(steps):
+            while len(order) < batch_size:  # reshuffle every epoch; a batch never repeats a volume (n >= batch_size)
+                order += next_epoch(n, order, batch_size, rng)
+            idx, order = order[:batch_size], order[batch_size:]
+            x, y = _batch(data, idx, rng)
+            x, y = x.to(device), y.to(device)
+            if mixup_alpha:
+                lam = float(rng.beta(mixup_alpha, mixup_alpha))
+                perm = torch.from_numpy(mixup_partners(x.shape[0], rng)).to(device)
+                logits = model(lam * x + (1 - lam) * x[perm])
+                loss = lam * loss_fn(logits, y) + (1 - lam) * loss_fn(logits, y[perm])
+            else:
+                loss = loss_fn(model(x), y)
+            if global_params is not None:
+                prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
+                loss = loss + 0.5 * proximal_mu * prox
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
     return {"train_loss": total / max(steps, 1)}
 
 

@@ -21,7 +21,8 @@ The module is the identity in evaluation mode and when disabled (the base / MixU
 """
 from __future__ import annotations
 
-from typing import Literal, Mapping, Sequence
+import contextlib
+from typing import Iterator, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -64,6 +65,9 @@ class VicinalStatistics(nn.Module):
         self.register_buffer("global_var_mu", torch.ones(num_channels), persistent=False)
         self.register_buffer("global_var_sigma", torch.ones(num_channels), persistent=False)
         self.register_buffer("tracked", torch.zeros((), dtype=torch.long), persistent=False)
+        #: (CPU generator for the apply-or-not draw, generator on the feature device for Eq. 6), set by
+        #: :func:`seeded_draws` for one local training run; None: torch's global RNG
+        self.generators: tuple[torch.Generator, torch.Generator] | None = None
 
     def extra_repr(self) -> str:
         return (f"{self.num_channels}, p={self.p}, momentum={self.momentum}, rule={self.rule}, "
@@ -90,15 +94,18 @@ class VicinalStatistics(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if not (self.training and self.enabled) or z.shape[0] < 2:
             return z
-        if self.p < 1.0 and float(torch.rand(())) > self.p:
+        gen_cpu, gen_dev = self.generators or (None, None)
+        if self.p < 1.0 and float(torch.rand((), generator=gen_cpu)) > self.p:
             return z
         dims = tuple(range(2, z.dim()))
         mu = z.mean(dims)                                                   # Eq. 1
         sigma = (z.var(dims, unbiased=False) + self.eps).sqrt()
         self._update_running(mu, sigma)                                     # Eq. 3
         scope_mu, scope_sigma = self.scope(mu, sigma)
-        mu_hat = mu + torch.randn_like(mu) * scope_mu                       # Eq. 6
-        sigma_hat = (sigma + torch.randn_like(sigma) * scope_sigma).clamp_min(0.0)
+        eps_mu = torch.randn(mu.shape, generator=gen_dev, device=mu.device, dtype=mu.dtype)
+        eps_sigma = torch.randn(sigma.shape, generator=gen_dev, device=sigma.device, dtype=sigma.dtype)
+        mu_hat = mu + eps_mu * scope_mu                                     # Eq. 6
+        sigma_hat = (sigma + eps_sigma * scope_sigma).clamp_min(0.0)
         shape = (*mu.shape, *([1] * len(dims)))
         return sigma_hat.view(shape) * (z - mu.view(shape)) / sigma.view(shape) + mu_hat.view(shape)
 
@@ -122,6 +129,26 @@ def configure_vfda(model: nn.Module, *, enabled: bool, p: float | None = None, m
             layer.rule = rule
         if use_global is not None:
             layer.use_global = use_global
+
+
+@contextlib.contextmanager
+def seeded_draws(model: nn.Module, seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Within the block every VFDA layer of ``model`` draws from its own generators seeded with
+    ``seed`` instead of torch's global RNG, so concurrent trainings in threads of one process (the
+    lanes of an in-process run) do not share a random stream. The draws are those of
+    ``torch.manual_seed(seed)`` followed by the same calls (one CPU stream for the apply-or-not draw,
+    one stream on ``device`` for Eq. 6; on the CPU the two are one stream, as with the global RNG)."""
+    device = torch.device(device)
+    gen_cpu = torch.Generator().manual_seed(seed)
+    gen_dev = gen_cpu if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
+    layers = list(vfda_layers(model).values())
+    for layer in layers:
+        layer.generators = (gen_cpu, gen_dev)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.generators = None
 
 
 def local_statistics(model: nn.Module) -> dict[str, torch.Tensor]:

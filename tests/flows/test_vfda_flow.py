@@ -51,7 +51,16 @@ def test_vfda_flow_end_to_end(prefect_harness, paperworks_root):
     assert len(r1["failures"]) == 1 and "crashes in round 1 on purpose" in r1["failures"][0]["reason"]
     assert r1["aggregated"] and len(r1["train"]) == 2 and len(r2["train"]) == 3 and not r2["failures"]
     assert set(r2["evaluate"]) == {"A", "B", "C"} and set(r2["heldout"]) == {"E"}
-    assert set(r2["global_var_mean"]) and all(v >= 0 for v in r2["global_var_mean"].values())  # Eq. 4 sent
+    # Eq. 4: mu and sigma of every VFDA layer that ran (p = 0.5 and 2 local steps: a layer can miss a
+    # round); the institutes' statistics differ, so every inter-institute variance is positive, and
+    # round 1 (A and C replied) and round 2 (all three) give different values
+    for r in (r1, r2):
+        layers = {k.rsplit(".", 1)[0] for k in r["global_var_mean"]}
+        assert layers and sorted(r["global_var_mean"]) == sorted(f"{layer}.global_var_{stat}" for layer in layers
+                                                                 for stat in ("mu", "sigma"))
+        assert all(v > 0 for v in r["global_var_mean"].values())
+    common = set(r1["global_var_mean"]) & set(r2["global_var_mean"])
+    assert common and any(r1["global_var_mean"][k] != r2["global_var_mean"][k] for k in common)
     assert hist["vfda_rule"] == "product"
     base = json.loads((results / "federations" / "fedavg-base-s0" / "history.json").read_text())
     assert "global_var_mean" not in base["rounds"][1]  # no statistics exchanged without VFDA
@@ -103,3 +112,49 @@ def test_bad_datalist_exits_2_and_writes_no_data(prefect_harness, paperworks_roo
     err = capsys.readouterr().err
     assert "C_000.nii.gz has values [9]" in err and "expected integers in [0, 2]" in err
     assert not (paperworks_root / "data" / "vfda").exists()
+
+
+@pytest.mark.slow
+def test_federate_and_evaluate_failures_exit_2_naming_the_cause(prefect_harness, paperworks_root, tmp_path, capsys,
+                                                               monkeypatch):
+    """A federation that never aggregated, min_train_clients above the dataset's training institutes
+    and a missing or bad stage record end `python -m flows vfda ...` with status 2 and the CLI's
+    one-line error (not an uncaught exception), before anything is written."""
+    import yaml
+
+    from components.vfda import simulation
+    from components.vfda.server_app import FederationError
+    from flows.__main__ import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"vfda": TINY}))
+    assert main(["vfda", "data", "--params", str(params)]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("DVC_STAGE", "vfda_federate")  # as under `dvc repro`: the data stage's output is there
+
+    def no_round_aggregated(settings):
+        raise FederationError("federation fedavg-base-s0 (strategy=fedavg, variant=base, seed=0): none of its 2 "
+                              "round(s) aggregated")
+
+    monkeypatch.setattr(simulation, "simulate", no_round_aggregated)
+    assert main(["vfda", "federate", "--params", str(params)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # the CLI's own message (Prefect logs the task's error)
+    assert last.startswith("error: vfda federate: ") and "none of its 2 round(s) aggregated" in last
+    assert not (paperworks_root / "results" / "vfda" / "federate").exists()
+
+    # with data.root the training institutes are the dataset's (3 here), not data.institutes
+    assert main(["vfda", "federate", "--params", str(params), "--set", f"data.root={tmp_path}",
+                 "--set", "federation.min_train_clients=4"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: federation.min_train_clients=4: ") and "lists 3 training institutes" in last
+
+    # evaluate reads its inputs before it writes plots or metrics
+    summary = paperworks_root / "results" / "vfda" / "data" / "summary.json"
+    for broken, named in ((lambda: summary.write_text("{not json"), "summary.json: not readable as JSON"),
+                          (lambda: summary.write_text('{"wall_s": 1.0}'), "run.json: not found")):
+        broken()
+        assert main(["vfda", "evaluate", "--params", str(params)]) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("error: ") and named in last, last
+        assert not (paperworks_root / "plots" / "vfda").exists()
+        assert not (paperworks_root / "metrics" / "vfda.json").exists()

@@ -32,7 +32,11 @@ def test_every_schedule_is_a_valid_deadlock_free_action_list(name, devices):
     nb = 4 * devices
     budget = canonical_1f1b_budget(devices, M, UNIT, nb)
     for params in family_grid(name, devices, M, max_stages=nb):
-        sched = build(name, devices, M, UNIT, nb, budget if name == "wavek" else None, **params)
+        try:
+            sched = build(name, devices, M, UNIT, nb, budget, **params)
+        except ScheduleError:  # a budget-admitted micro-batch that alone exceeds the budget
+            assert params.get("admission") == "budget" or name == "wavek"
+            continue
         sched.validate()
         res = simulate(sched, UNIT, nb)  # raises on deadlock
         work = M * sum(sum(c) for c in UNIT.stage_costs(sched.num_stages, nb))

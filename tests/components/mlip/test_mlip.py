@@ -162,3 +162,27 @@ def test_training_beats_the_per_element_baseline():
     base_mae = per_element_mean_baseline(train, test)["force_mae_eV_per_A"]
     assert after < 0.5 * before
     assert model_mae < 0.5 * base_mae
+
+
+def test_finite_difference_error_is_inf_for_nan_not_zero():
+    import math
+
+    from components.mlip.train import _max_err
+
+    assert _max_err(0.5, float("nan")) == math.inf
+    assert _max_err(0.5, float("-inf")) == math.inf
+    assert _max_err(0.5, -0.7) == 0.7 and _max_err(0.5, 0.1) == 0.5
+
+
+def test_atomic_number_above_max_z_is_an_input_error(cells):
+    from components.base import InputError
+    from components.mlip.config import MlipModelConfig
+    from components.mlip.model import MatrisLikeMLIP
+    from components.mlip.train import prepare_model
+
+    model = MatrisLikeMLIP(MlipModelConfig(hidden_dim=8, num_blocks=1, max_z=20))
+    structs = [s for s in cells if max(s.numbers) > 20][:2] or cells[:2]
+    if max(max(s.numbers) for s in structs) <= 20:
+        pytest.skip("fixture has no element above Z=20")
+    with pytest.raises(InputError, match="model.max_z=20"):
+        prepare_model(model, structs)

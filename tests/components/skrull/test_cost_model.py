@@ -1,4 +1,6 @@
 """The cost model: shard sizes, Eq. 16 fit, paper presets, serialisation."""
+import json
+
 import numpy as np
 import pytest
 
@@ -55,3 +57,71 @@ def test_roundtrip_and_malformed_record():
     assert CostModel.from_dict(cost.to_dict()) == cost
     with pytest.raises(InputError, match="malformed"):
         CostModel.from_dict({"name": "x"})
+
+
+def test_comm_fit_latency_floor_binds_for_small_messages():
+    """Noiseless points of a collective whose large messages switch to a slower protocol (+0.8 ms from
+    1 MB): the large-message line's intercept lies above the small-message latency. The fit keeps
+    base <= latency, so small messages cost the measured latency (the unclamped fit charged them
+    1.5x), and every measured point is within a sane factor."""
+    sizes = np.array([4, 64, 256, 1024, 4096]) * 1024.0
+    times = np.array([0.5e-3 + s / 1.5e9 + (0.8e-3 if s >= 2**20 else 0.0) for s in sizes])
+    fit = CommModel.fit(sizes, times)
+    assert 0.0 <= fit.base_s <= fit.latency_s == pytest.approx(times[0])
+    for s in (1, 4096):
+        assert fit.time(s) <= 1.01 * fit.latency_s                           # the latency floor binds
+    ratio = np.array([fit.time(s) for s in sizes]) / times
+    assert np.all((ratio > 0.6) & (ratio < 1.25)), ratio
+    errors = fit.relative_errors(sizes, times)
+    assert [e["bytes"] for e in errors] == sizes.tolist()
+    assert [e["rel_error"] for e in errors] == pytest.approx((ratio - 1).tolist())
+    # the committed profile's shape (4 KB in 0.59 ms, a line through 1.9 ms from 256 KB on): the
+    # unclamped fit predicted 4 KB-64 KB messages at 3x their measured time
+    times = np.array([0.6e-3, 0.8e-3, *(1.9e-3 + s / 1.1e9 for s in sizes[2:])])
+    fit = CommModel.fit(sizes, times)
+    assert fit.time(4096) <= 1.05 * times[0] and fit.time(64 * 1024) <= 1.25 * times[1]
+    assert fit.time(sizes[-1]) == pytest.approx(times[-1], rel=0.1)
+
+
+def test_comm_fit_of_noiseless_eq_16_points_is_exact():
+    sizes = np.array([4, 64, 256, 1024, 4096, 16384]) * 1024.0
+    true = CommModel(latency_s=0.5e-3, base_s=0.3e-3, bandwidth_Bps=1.5e9)
+    fit = CommModel.fit(sizes, [true.time(s) for s in sizes])
+    for e in fit.relative_errors(sizes, [true.time(s) for s in sizes]):
+        assert abs(e["rel_error"]) < 1e-9
+    with pytest.raises(InputError, match="expected >= 3 positive"):
+        CommModel.fit([1, 2, 3], [1e-3, float("nan"), 2e-3])
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("mem_bytes_per_token", 0.0, r"mem_bytes_per_token=0\.0; expected a finite number > 0"),
+    ("mem_bytes_per_token", float("nan"), r"mem_bytes_per_token=nan; expected a finite number > 0"),
+    ("c_tok", "abc", r"c_tok='abc'; expected a finite number >= 0"),
+    ("c_quad", -1e-9, r"c_quad=-1e-09; expected a finite number >= 0"),
+    ("c_mb", float("inf"), r"c_mb=inf; expected a finite number >= 0"),
+    ("layers", -3, r"layers=-3; expected a finite integer > 0"),
+    ("layers", 2.5, r"layers=2\.5; expected a finite integer > 0"),
+    ("layers", True, r"layers=True; expected a finite integer > 0"),
+    ("mem_budget_bytes", -1e9, r"mem_budget_bytes=-1000000000\.0; expected a finite number > 0"),
+    ("all_gather", {"latency_s": 1e-3, "bandwidth_Bps": 0}, r"all_gather\.bandwidth_Bps=0; expected a finite number > 0"),
+    ("reduce_scatter", {"latency_s": -1e-3}, r"reduce_scatter\.latency_s=-0\.001; expected a finite number >= 0"),
+    ("overlap", "yes", r"overlap='yes'; expected true or false"),
+])
+def test_cost_model_record_is_validated_field_by_field(key, value, match):
+    d = json.loads(json.dumps(paper_preset("qwen2.5-0.5b").to_dict()))
+    d[key] = value
+    with pytest.raises(InputError, match=r"cost model results/x/cost_model\.json: " + match):
+        CostModel.from_dict(d, source="results/x/cost_model.json")
+    with pytest.raises(InputError, match=r"^cost model: "):
+        CostModel.from_dict(d)
+
+
+def test_comm_fit_without_a_visible_bandwidth_term_predicts_the_latency():
+    """Sizes that are all latency-bound, timed with noise (large ones faster): no positive slope.
+    The fit charges every measured size the latency instead of a steep line through the origin."""
+    sizes = [1024.0, 4096.0, 16384.0]
+    times = [1.17e-3, 0.83e-3, 0.74e-3]
+    fit = CommModel.fit(sizes, times)
+    assert [fit.time(s) for s in sizes] == pytest.approx([fit.latency_s] * 3)
+    assert fit.latency_s == 1.17e-3 and fit.base_s == 0.0
+    assert max(abs(e["rel_error"]) for e in fit.relative_errors(sizes, times)) < 0.6

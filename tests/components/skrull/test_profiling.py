@@ -140,3 +140,79 @@ def test_profiling_config_validates_the_design():
         ProfilingConfig(lengths=[64, 256, 1024], tokens_per_config=100)
     with pytest.raises(ValidationError, match="repeats"):
         ProfilingConfig(repeats=0)
+
+
+def test_comm_benchmark_takes_the_fastest_of_interleaved_passes_and_reports_the_fit_error():
+    import json
+
+    from components.skrull.profiling import comm_fit_report, comm_worker
+    from tasks.launch import spawn
+
+    sizes = [4096, 65536, 262144]
+    per_rank = spawn(comm_worker, 2, sizes, 3, 0, timeout=300)
+    for raw in per_rank:
+        assert set(raw) == {"all_gather", "reduce_scatter"}
+        assert all(len(raw[k]) == len(sizes) and min(raw[k]) > 0 for k in raw)
+    comm = {k: CommModel.fit(sizes, per_rank[0][k]) for k in ("all_gather", "reduce_scatter")}
+    report = comm_fit_report(sizes, per_rank[0], comm)
+    for k, r in report.items():
+        assert 0 <= r["base_s"] <= r["latency_s"]
+        assert [p["bytes"] for p in r["points"]] == sizes
+        assert [p["measured_s"] for p in r["points"]] == per_rank[0][k]
+        assert r["max_abs_rel_error"] == max(abs(p["rel_error"]) for p in r["points"])
+    json.dumps(report, allow_nan=False)                                   # what fit.json holds
+    with pytest.raises(InputError, match="repeats=0"):
+        comm_worker(0, 1, sizes, 0)
+
+
+class _Engine:
+    """What run_step needs of a DeepSpeed engine, on a plain module (single process)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, **kw):
+        return self.module(**kw)
+
+    def backward(self, loss, scale_wrt_gas=False):
+        loss.backward()
+
+    def step(self):
+        pass
+
+
+def test_real_step_measures_the_saved_activation_bytes_of_every_micro_batch():
+    """run_step counts what autograd saves in each micro-batch (the profile's memory measure): a
+    sharded micro-batch saves more per token on the rank than a local one (the gathered K/V)."""
+    from components.skrull.context_parallel import LoopbackExchange, build_layout, microbatch_loss
+    from components.skrull.model import build_model
+    from components.skrull.profiling import _saved_bytes_counter
+    from components.skrull.schedule import MicroBatch, Schedule
+    from components.skrull.train import run_step
+
+    torch.manual_seed(0)
+    model = build_model(MODEL, 300, 512, seed=0)
+    rng = np.random.default_rng(0)
+    tokens = [rng.integers(0, 300, n) for n in (64, 64, 128)]
+    sched = Schedule("t", dp=1, cp=2, ranks=((MicroBatch((0, 1), (0, 0)), MicroBatch((2,), (SHARDED,))),))
+    saved: list[int] = []
+    run_step(_Engine(model), sched, tokens, 0, 0, LoopbackExchange(2), 2, step=False, saved_bytes=saved)
+    assert len(saved) == 2
+    for mb, got in zip(sched.ranks[0], saved):
+        lay = build_layout(mb.seqs, mb.placement, tokens, 0, 2, LoopbackExchange(2))
+        hooks, seen = _saved_bytes_counter(model)
+        with hooks:
+            microbatch_loss(model, lay)
+        assert got == sum(seen.values()) > 0
+    assert saved[1] / 64 > saved[0] / 128                                 # per token on the rank
+
+
+def test_activation_summary_counts_micro_batches_over_the_budget():
+    from components.skrull.train import activation_summary
+
+    rec = lambda v, b: {"variant": v, "saved_bytes_per_microbatch": b}      # noqa: E731
+    results = [{"records": [rec("skrull", [10, 120]), rec("deepspeed", [50])]},
+               {"records": [rec("skrull", [99, 100, 101]), rec("deepspeed", [])]}]
+    out = activation_summary(results, 100.0, ["deepspeed", "skrull"])
+    assert out == {"deepspeed": {"activation_bytes_max": 50, "activation_budget_violations": 0, "microbatches_measured": 1},
+                   "skrull": {"activation_bytes_max": 120, "activation_budget_violations": 2, "microbatches_measured": 5}}

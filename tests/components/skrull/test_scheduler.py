@@ -57,10 +57,14 @@ def test_rollback_is_what_keeps_memory_safe():
             placer(lengths + [150], cp, bucket, cost)                      # 410 tokens cannot fit at all
     placement = dacp_place([40, 45, 50, 55], cp, bucket, cost)
     assert max(_tokens([40, 45, 50, 55], placement, cp)) <= bucket
-    no_rb = dacp_place([40, 45, 50, 55], cp, bucket, cost, rollback=False)
-    with_rb = dacp_place([40, 45, 50, 55], cp, bucket, cost, rollback=True)
-    assert max(_tokens([40, 45, 50, 55], with_rb, cp)) <= bucket
-    assert max(_tokens([40, 45, 50, 55], no_rb, cp)) <= bucket or SHARDED not in no_rb
+    # A micro-batch where the placement without roll-back keeps everything whole and overflows a rank
+    # (10 + 50 on rank 0, 15 + 95 = 110 > C on rank 1); roll-back shards its way back into the budget.
+    lengths = [10, 15, 50, 95]
+    no_rb = dacp_place(lengths, cp, bucket, cost, rollback=False)
+    with_rb = dacp_place(lengths, cp, bucket, cost, rollback=True)
+    assert max(_tokens(lengths, no_rb, cp)) > bucket and SHARDED not in no_rb
+    assert max(_tokens(lengths, with_rb, cp)) <= bucket and SHARDED in with_rb
+    assert len(with_rb) == len(lengths) and sum(_tokens(lengths, with_rb, cp)) == sum(lengths)
 
 
 def test_where_rollback_gives_up_every_sequence_is_sharded_if_that_fits():
@@ -215,3 +219,40 @@ def test_gds_isolates_a_sequence_that_fills_the_group_instead_of_one_sequence_pe
     assert len(list(printed.microbatches())) == len(lengths)              # one sequence per micro-batch
     near = [150] + [10] * 12                    # 150 + 10 <= 200: may share, no isolation
     assert all(len(mb.seqs) > 1 for _, _, mb in skrull_schedule(near, 1, cp, cost).microbatches())
+
+
+@pytest.mark.parametrize("lengths,dp,cp,exc,match", [
+    ([10, 20], 1, 2.0, ConfigError, r"cp=2\.0: expected an integer >= 1"),
+    ([10, 20], 1.5, 2, ConfigError, r"dp=1\.5: expected an integer >= 1"),
+    ([10, 20], True, 2, ConfigError, r"dp=True: expected an integer >= 1"),
+    ([10.7, 20.2], 1, 2, InputError, r"sequence 0 has length 10\.7; expected a positive integer"),
+    ([10, float("nan")], 1, 2, InputError, r"sequence 1 has length nan; expected a positive integer"),
+    (["a", 20], 1, 2, InputError, r"sequence 0 has length 'a' \(str\); expected a positive integer"),
+    ([True, True], 1, 2, InputError, r"sequence 0 has length True \(bool\); expected a positive integer"),
+    ([20, True], 1, 2, InputError, r"sequence 1 has length True \(bool\)"),
+    ([[10, 20]], 1, 2, InputError, r"shape \(1, 2\); expected a 1-D sequence"),
+    ([[10, 20], [5]], 1, 2, InputError, r"expected a 1-D sequence"),
+    ([10, 20], 4, 2, ConfigError, r"dp=4 > the 2 sequences of the global batch.*dp <= 2"),
+])
+def test_malformed_batches_and_degrees_get_errors_naming_the_parameter(lengths, dp, cp, exc, match):
+    cost = toy_cost(100)
+    with pytest.raises(exc, match=match):
+        skrull_schedule(lengths, dp, cp, cost)
+    with pytest.raises(exc, match=match):
+        packed_schedule(lengths, dp, cp, cost)
+
+
+def test_integral_float_lengths_are_accepted_as_integers():
+    cost = toy_cost(100)
+    a = skrull_schedule(np.array([10.0, 20.0, 30.0]), 1, 2, cost)
+    assert a == skrull_schedule([10, 20, 30], 1, 2, cost)
+
+
+@pytest.mark.parametrize("b", [0, -1, 1.5, True])
+def test_fixed_micro_batch_size_must_be_a_positive_integer(b):
+    cost = toy_cost(100)
+    for build in (deepspeed_schedule, sorted_schedule, dacp_only_schedule):
+        with pytest.raises(ConfigError, match=r"micro_batch_size=.*: expected an integer >= 1 sequences"):
+            build([10, 20], 1, 2, cost, b)
+    with pytest.raises(InputError, match="no batches"):
+        best_fixed_micro_batch([], 1, 2, cost, lambda l, b: deepspeed_schedule(l, 1, 2, cost, b))

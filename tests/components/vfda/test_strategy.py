@@ -118,3 +118,37 @@ def test_table_labels_name_the_rule_each_variant_ran_with():
         fed = Federation("fedavg", variant, 0)
         assert variant_label("fedavg", variant, cfg.vfda.rule) == want
         assert variant_label("fedavg", variant, fed.vfda_rule(cfg)) == want
+
+
+def test_a_client_that_never_replies_is_recorded_and_logged(caplog):
+    """The grid returns without a node's reply after round_timeout_s (a hung client, a lost
+    SuperNode): the node is recorded as failed and logged, in train and in evaluate."""
+    import logging
+
+    strategy = make_strategy(Federation("fedavg", "vfda", 0), num_clients=3, min_train_clients=2, proximal_mu=0.0,
+                             round_timeout_s=5.0)
+    msgs = _configure(strategy, 1, [11, 12, 13])
+    with caplog.at_level(logging.WARNING, logger="paperworks.vfda.strategy"):
+        arrays, _ = strategy.aggregate_train(1, [_reply(msgs[0], "A", 1.0, [0.0, 1.0]),
+                                                 Message(Error(code=0, reason="client crashed"), reply_to=msgs[1])])
+    rec = strategy.rounds[1]
+    assert arrays is None and not rec["aggregated"] and set(rec["train"]) == {"A"}   # 1 < min_train_clients
+    assert sorted((f["node"], f["reason"]) for f in rec["failures"]) == [
+        (12, "client crashed"), (13, "no reply within round_timeout_s=5")]
+    assert any("node 13" in r.getMessage() and "no reply within round_timeout_s=5" in r.getMessage()
+               for r in caplog.records)
+
+    ev = list(strategy.configure_evaluate(1, _arrays(0.0), ConfigRecord({}), FakeGrid([11, 12, 13])))
+    for i, m in enumerate(ev):
+        m.metadata.__dict__["_message_id"] = f"e{i}"
+    answered = [m for m in ev if m.metadata.dst_node_id != 12]
+    strategy.aggregate_evaluate(1, [Message(RecordDict({"metrics": MetricRecord({"num-examples": 1, "dice": 0.5}),
+                                                        CLIENT_INFO: ConfigRecord({"institute": f"I{m.metadata.dst_node_id}"})}),
+                                            reply_to=m) for m in answered])
+    assert [(f["phase"], f["node"]) for f in rec["failures"] if f["phase"] == "evaluate"] == [("evaluate", 12)]
+    assert set(rec["evaluate"]) == {"I11", "I13"}
+
+    # every node replied: nothing recorded
+    msgs2 = _configure(strategy, 2, [11, 12, 13])
+    strategy.aggregate_train(2, [_reply(m, n, 1.0, [0.0, 1.0]) for m, n in zip(msgs2, "ABC")])
+    assert strategy.rounds[2]["failures"] == [] and strategy.rounds[2]["aggregated"]

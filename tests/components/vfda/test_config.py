@@ -1,0 +1,64 @@
+"""Parameter and federation-id validation: exact strategy / variant names, no duplicated grid entries,
+fault injection within the training institutes, and a normalisation FedBN can keep local."""
+from __future__ import annotations
+
+import pytest
+
+from components.base import ConfigError, resolve_section
+from components.vfda.config import VfdaConfig
+from components.vfda.federation import Federation, parse_federation_id, plan, settings_from_run_config
+
+
+@pytest.mark.parametrize("fed_id, word", [("fedavg-vfdaa-s0", "unknown variant 'vfdaa'"),
+                                          ("fedavg-mixupp-s1", "unknown variant 'mixupp'"),
+                                          ("fedxyz-base-s0", "unknown strategy 'fedxyz'"),
+                                          ("fedavg-base-s-1", "expected a non-negative integer"),
+                                          ("fedavg-base", "expected '<strategy>-<variant>-s<seed>'")])
+def test_federation_ids_are_validated_exactly(fed_id, word):
+    with pytest.raises(ConfigError) as err:
+        parse_federation_id(fed_id)
+    assert word in str(err.value) and fed_id in str(err.value)
+    with pytest.raises(ConfigError):
+        settings_from_run_config({"federations": f"fedavg-base-s0,{fed_id}"})
+
+
+def test_valid_ids_round_trip_and_only_vfda_variants_use_vfda():
+    for fed in plan(VfdaConfig.model_validate({"federation": {"ablation_strategies": ["fedavg"],
+                                                              "ablation_variants": ["vfda-fedfa", "vfda-local"]}})):
+        assert parse_federation_id(fed.id) == fed
+        assert fed.uses_vfda == (fed.variant in ("vfda", "vfda-product", "vfda-fedfa", "vfda-local"))
+    with pytest.raises(ConfigError, match="variant='vfdax'"):
+        Federation("fedavg", "vfdax", 0)
+    with pytest.raises(ConfigError, match="listed more than once"):
+        settings_from_run_config({"federations": "fedavg-base-s0, fedavg-base-s0"})
+
+
+@pytest.mark.parametrize("key, value", [("seeds", [0, 1, 0]), ("strategies", ["fedavg", "fedavg"]),
+                                        ("variants", ["base", "vfda", "base"]),
+                                        ("ablation_strategies", ["fedbn", "fedbn"]),
+                                        ("ablation_variants", ["vfda-local", "vfda-local"])])
+def test_duplicate_grid_entries_are_rejected(key, value):
+    with pytest.raises(ConfigError) as err:
+        resolve_section(VfdaConfig, {"federation": {key: value}})
+    assert f"vfda.federation.{key}: got {value}" in str(err.value) and "each entry once" in str(err.value)
+
+
+def test_fault_partition_must_name_a_training_institute():
+    assert resolve_section(VfdaConfig, {"simulation": {"fault_round": 1, "fault_partition": 3}})  # D of A-D
+    with pytest.raises(ConfigError) as err:
+        resolve_section(VfdaConfig, {"simulation": {"fault_round": 1, "fault_partition": 4}})
+    assert "simulation.fault_partition=4" in str(err.value) and "0 to 3" in str(err.value)
+    # with data.root the dataset's manifest decides (checked when the data is read: data.check_federation)
+    resolve_section(VfdaConfig, {"data": {"root": "/site"}, "simulation": {"fault_partition": 4},
+                                 "federation": {"min_train_clients": 5}})
+
+
+def test_instance_norm_gives_fedbn_weights_to_keep_local():
+    from components.vfda.config import ModelConfig
+    from components.vfda.model import build_model, norm_keys
+
+    model = build_model(ModelConfig(channels=[4, 8, 16], norm="instance"), num_classes=3)
+    keys = norm_keys(model)
+    assert keys and all(k.endswith((".weight", ".bias")) for k in keys)   # affine, no running statistics
+    batch = norm_keys(build_model(ModelConfig(channels=[4, 8, 16]), num_classes=3))
+    assert any(k.endswith("running_mean") for k in batch)
