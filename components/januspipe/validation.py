@@ -41,11 +41,14 @@ def run_device(pc: PipelineConfig) -> str:
 def exactness_runs(pc: PipelineConfig, procs: int, costs: CostModel, model_cfg, structures: Sequence, weights,
                    seed: int) -> tuple[list, list[str], dict[str, torch.Tensor]]:
     """Float64 runs of every schedule at ``procs`` devices on a tiny-width copy of the model, and
-    the single-process double-backward reference gradients on the same micro-batches.
+    the single-process double-backward reference gradients on the same micro-batches. Each schedule
+    is tuned as the timed runs of :func:`real_vs_simulated` tune it (same devices, micro-batches,
+    costs and memory budget), so the action lists checked are the ones timed (until 2026-11-27 they
+    were tuned without a budget: every micro-batch admitted, or cap = D, which the timed runs were not).
 
     Returns ``(specs, labels, reference)``; compare with :func:`components.januspipe.runtime.exactness_error`."""
     from components.januspipe.runtime import RunSpec
-    from components.januspipe.simulator import tune
+    from components.januspipe.simulator import canonical_1f1b_budget, tune
     from components.mlip.graph import GraphDataset
     from components.mlip.model import MatrisLikeMLIP
     from components.mlip.train import prepare_model, reference_gradients
@@ -60,13 +63,16 @@ def exactness_runs(pc: PipelineConfig, procs: int, costs: CostModel, model_cfg, 
     prepare_model(ref_model, structs)
     ds = GraphDataset(structs, tiny.cutoff, tiny.three_body_cutoff)
     reference = reference_gradients(ref_model, [ds.batch([i], dtype=torch.float64) for i in range(m)], weights)
+    budget = canonical_1f1b_budget(procs, m, costs, pc.num_blocks)
     specs, labels = [], []
     for name in pc.schedules:
-        tuned = tune(name, procs, m, costs, pc.num_blocks, None)
-        specs.append(RunSpec(tuned.schedule, tiny, structs, weights, 1, steps=0, warmup=1, dtype="float64",
+        sched = tune(name, procs, m, costs, pc.num_blocks, None if name == "gpipe4" else budget).schedule
+        if sched is None:   # nothing fits the budget: the timed runs skip it too
+            continue
+        specs.append(RunSpec(sched, tiny, structs, weights, 1, steps=0, warmup=1, dtype="float64",
                              seed=seed, measure_memory=False, return_grads=True, optimizer_step=False,
                              device=run_device(pc)))
-        labels.append(tuned.schedule.label)
+        labels.append(sched.label)
     return specs, labels, reference
 
 
@@ -168,23 +174,23 @@ def validate(process_counts: Sequence[int], pc: PipelineConfig, costs: CostModel
              weights, *, seed: int, n_cores: int | None = None,
              progress: Progress | None = None) -> tuple[list[dict], dict[str, Any], dict[str, float], float]:
     """:func:`real_vs_simulated` at every count of ``process_counts``, with the float64 exactness
-    check of every schedule riding along in the smallest launch.
+    check of every schedule (:func:`exactness_runs`: the timed action lists among them) riding along
+    in each launch.
 
-    Returns ``(rows, timelines, exactness_rel_error per schedule label, ranks_cpu_seconds)``."""
+    Returns ``(rows, timelines, exactness_rel_error per "<schedule label> @ <n> processes",
+    ranks_cpu_seconds)``."""
     from components.januspipe.runtime import exactness_error
 
-    p_exact = min(process_counts)
-    specs, labels, reference = exactness_runs(pc, p_exact, costs, model_cfg, structures, weights, seed)
     rows: list[dict] = []
     timelines: dict[str, Any] = {}
     exact: dict[str, float] = {}
     ranks_cpu = 0.0
-    for procs in process_counts:
-        extra = specs if procs == p_exact and not exact else []
+    for procs in dict.fromkeys(process_counts):
+        specs, labels, reference = exactness_runs(pc, procs, costs, model_cfg, structures, weights, seed)
         r, tl, extra_results, cpu_s = real_vs_simulated(procs, pc, costs, model_cfg, structures, weights, seed=seed,
-                                                        n_cores=n_cores, extra_specs=extra, progress=progress)
-        if extra:
-            exact = {label: exactness_error(res, reference) for label, res in zip(labels, extra_results)}
+                                                        n_cores=n_cores, extra_specs=specs, progress=progress)
+        exact.update({f"{label} @ {procs} processes": exactness_error(res, reference)
+                      for label, res in zip(labels, extra_results)})
         rows += r
         timelines.update(tl)
         ranks_cpu += cpu_s

@@ -31,7 +31,8 @@ def test_real_runs_are_compared_with_their_simulation_and_the_exactness_check_ri
         assert r["processes"] == 2 and r["microbatches"] == 4 and r["measured_makespan_s"] > 0
         assert math.isfinite(r["sim_error"]) and r["sim_makespan_s"] > 0
     assert set(timelines) == {"1f1b4_2p", "wavek_2p"} and all(t["real"] and t["sim"] for t in timelines.values())
-    assert len(extra) == 2 and all(len(per_rank) == 2 for per_rank in extra)
+    assert [r["params"] for r in rows] == labels   # the action lists checked are the ones timed
+    assert len(extra) == len(specs) and all(len(per_rank) == 2 for per_rank in extra)
     for label, per_rank in zip(labels, extra):
         assert exactness_error(per_rank, reference) <= 1e-9, label
 
