@@ -11,10 +11,16 @@ All times are one training iteration's forward + backward, in seconds, per rank.
   the **BucketSize** ``C`` is the number of tokens that fit the activation budget.
 * **Communication** [V text, R form]: a sharded sequence's K and V are all-gathered in the forward
   and their gradients reduce-scattered in the backward, per layer; the volume is linear in S and
-  h_kv (Eq. 15). One collective costs ``max(latency, base + bytes/bandwidth)`` — a fixed latency
+  h_kv (Eq. 15). ``kv_gathers`` = 2 where the backward all-gathers the K/V again instead of keeping
+  the gathered K/V saved (this repo's CP implementation, which keeps activation memory linear in a
+  rank's own tokens — the memory model above; :mod:`components.skrull.context_parallel`) [R]. One collective costs ``max(latency, base + bytes/bandwidth)`` — a fixed latency
   below a size threshold, linear above it (Eq. 16).
 * **Micro-batch time** (Eqs. 1–2): ``Time_j = max(T_comm(V), T_comp(Local_j)) + T_comp(Dist) + c_mb``
-  on CP rank j — communication of the sharded sequences overlaps the local sequences' compute.
+  on CP rank j — communication of the sharded sequences overlaps the local sequences' compute. As in
+  the paper, all of T_comm counts as overlappable; in this repo's CP implementation only the
+  forward all-gather is started before the local attention, while the backward's all-gather and
+  reduce-scatter block, so the profiled model over-credits the overlap by up to
+  ``layers · ((kv_gathers − 1)·AG + RS)`` per micro-batch (about 3 ms for 4 layers on gloo here).
 
 Two calibrations: :func:`paper_preset` (H100, Qwen2.5 constants from the notes) and a CPU model
 fitted from offline profiling on this machine (:mod:`components.skrull.profiling`).
@@ -115,6 +121,7 @@ class CostModel:
     c_seq_shard: float = 0.0           # s per sharded sequence per rank (its zigzag chunk calls)
     c_mb: float = 0.0                  # s per micro-batch per rank (framework overhead)
     overlap: bool = True               # Eq. 2: comm of sharded sequences overlaps local compute
+    kv_gathers: int = 1                # K/V all-gathers per layer per step: 2 = gathered again in the backward
     notes: str = ""
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -141,10 +148,11 @@ class CostModel:
         return length * self.kv_bytes_per_token
 
     def t_comm(self, volume: float) -> float:
-        """T_comm(V): every layer all-gathers K/V (forward) and reduce-scatters dK/dV (backward)."""
+        """T_comm(V): every layer all-gathers K/V (forward; again in the backward when ``kv_gathers``
+        is 2) and reduce-scatters dK/dV (backward)."""
         if volume <= 0:
             return 0.0
-        return self.layers * (self.all_gather.time(volume) + self.reduce_scatter.time(volume))
+        return self.layers * (self.kv_gathers * self.all_gather.time(volume) + self.reduce_scatter.time(volume))
 
     def rank_times(self, lengths: Sequence[int], placement: Sequence[int], cp: int) -> list[float]:
         """Time_j of every CP rank for one micro-batch (Eqs. 1–5)."""
@@ -178,13 +186,13 @@ class CostModel:
     #: zero is meaningless (a divisor, a count)
     _NUMERIC = {"layers": (">", 0), "kv_bytes_per_token": (">=", 0), "c_tok": (">=", 0), "c_quad": (">=", 0),
                 "mem_bytes_per_token": (">", 0), "mem_budget_bytes": (">", 0), "c_seq": (">=", 0),
-                "c_seq_shard": (">=", 0), "c_mb": (">=", 0)}
+                "c_seq_shard": (">=", 0), "c_mb": (">=", 0), "kv_gathers": (">", 0)}
     _COMM_NUMERIC = {"latency_s": (">=", 0), "base_s": (">=", 0), "bandwidth_Bps": (">", 0)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str | None = None) -> "CostModel":
         """The model of a :meth:`to_dict` record. Every numeric field must be a finite number, >= 0 for
-        the costs and > 0 for ``layers`` (an integer), ``mem_bytes_per_token``, ``mem_budget_bytes``
+        the costs and > 0 for ``layers`` and ``kv_gathers`` (integers), ``mem_bytes_per_token``, ``mem_budget_bytes``
         and the collectives' ``bandwidth_Bps``; otherwise :class:`InputError` names the field, the
         value and ``source`` (the file the record came from, when given)."""
         where = f"cost model {source}" if source else "cost model"
@@ -202,7 +210,9 @@ class CostModel:
                 d[kind] = CommModel(**d[kind])
             for key, bound in cls._NUMERIC.items():
                 if key in d:
-                    _check_number(where, key, d[key], bound, integer=key == "layers")
+                    _check_number(where, key, d[key], bound, integer=key in ("layers", "kv_gathers"))
+                    if key in ("layers", "kv_gathers"):
+                        d[key] = int(d[key])             # 2.0 in a record is the integer 2
             if "overlap" in d and not isinstance(d["overlap"], bool):
                 raise InputError(f"{where}: overlap={d['overlap']!r}; expected true or false")
             model = cls(**d)

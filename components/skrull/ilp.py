@@ -101,14 +101,15 @@ def solve_exact(lengths: Sequence[int], dp: int, cp: int, cost: CostModel, *,
             dist = {y(k, i, j): tsh[k] for k in range(K)}
             if cost.overlap:                                       # Eq. 2: max(comm, local) + dist
                 coef = dict(dist)
-                coef.update({mb(AG, i, j): 1.0, mb(RS, i, j): 1.0, mb(U, i, j): cost.c_mb, mb(T, i, j): -1.0})
+                coef.update({mb(AG, i, j): float(cost.kv_gathers), mb(RS, i, j): 1.0, mb(U, i, j): cost.c_mb,
+                             mb(T, i, j): -1.0})
                 rows.append((coef, -inf, 0.0))
             for r in range(cp):
                 coef = dict(dist)
                 coef.update({x(k, i, j, r): tc[k] for k in range(K)})
                 coef.update({mb(U, i, j): cost.c_mb, mb(T, i, j): -1.0})
                 if not cost.overlap:
-                    coef.update({mb(AG, i, j): 1.0, mb(RS, i, j): 1.0})
+                    coef.update({mb(AG, i, j): float(cost.kv_gathers), mb(RS, i, j): 1.0})
                 rows.append((coef, -inf, 0.0))
             if j + 1 < M:                                          # symmetry: fill micro-batches in order
                 rows.append(({mb(U, i, j + 1): 1.0, mb(U, i, j): -1.0}, -inf, 0.0))

@@ -1,5 +1,6 @@
 """The cost model: shard sizes, Eq. 16 fit, paper presets, serialisation."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -50,6 +51,12 @@ def test_rank_times_follow_eq_1_2():
     assert t[0] == pytest.approx(max(comm, cost.t_comp(1000)) + dist)
     assert t[2] == pytest.approx(comm + dist)          # no local work: the comm is exposed
     assert cost.microbatch_time(lengths, placement, 8) == pytest.approx(max(t))
+    # K/V gathered again in the backward (this repo's CP implementation): one more all-gather per layer
+    v = cost.volume(30000)
+    again = replace(cost, kv_gathers=2)
+    assert again.t_comm(v) == pytest.approx(comm + cost.layers * cost.all_gather.time(v))
+    assert CostModel.from_dict(again.to_dict()).kv_gathers == 2
+    assert type(CostModel.from_dict({**again.to_dict(), "kv_gathers": 2.0}).kv_gathers) is int
 
 
 def test_roundtrip_and_malformed_record():
@@ -105,6 +112,8 @@ def test_comm_fit_of_noiseless_eq_16_points_is_exact():
     ("mem_budget_bytes", -1e9, r"mem_budget_bytes=-1000000000\.0; expected a finite number > 0"),
     ("all_gather", {"latency_s": 1e-3, "bandwidth_Bps": 0}, r"all_gather\.bandwidth_Bps=0; expected a finite number > 0"),
     ("reduce_scatter", {"latency_s": -1e-3}, r"reduce_scatter\.latency_s=-0\.001; expected a finite number >= 0"),
+    ("kv_gathers", 0, r"kv_gathers=0; expected a finite integer > 0"),
+    ("kv_gathers", 1.5, r"kv_gathers=1\.5; expected a finite integer > 0"),
     ("overlap", "yes", r"overlap='yes'; expected true or false"),
 ])
 def test_cost_model_record_is_validated_field_by_field(key, value, match):

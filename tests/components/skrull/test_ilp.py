@@ -1,4 +1,6 @@
 """The exact ILP of Eqs. 1-11 and the heuristic's optimality gap."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -12,8 +14,9 @@ from components.skrull.schedule import price, validate
 from components.skrull.simulate import ilp_study, max_group_length
 
 
-def test_ilp_optimum_is_a_valid_schedule_no_slower_than_any_heuristic():
-    cost = paper_preset("qwen2.5-0.5b").with_bucket(6000)       # a tight bucket makes memory bind
+@pytest.mark.parametrize("kv_gathers", [1, 2])
+def test_ilp_optimum_is_a_valid_schedule_no_slower_than_any_heuristic(kv_gathers):
+    cost = replace(paper_preset("qwen2.5-0.5b").with_bucket(6000), kv_gathers=kv_gathers)   # tight bucket: memory binds
     rng = np.random.default_rng(4)
     lengths = np.minimum(TABLE1["chatqa2"].sample(6, rng), max_group_length(2, 6000))
     res = solve_exact(lengths, 2, 2, cost, time_limit_s=60)

@@ -40,11 +40,12 @@ def test_saved_activation_bytes_grow_linearly_with_tokens():
     sec, m_sh, t_sh = measure_microbatch(model, [128], [SHARDED], 2, 300, 1, rng)
     assert (t64, t256, t_sh) == (64, 256, 64)
     assert m256 == pytest.approx(4 * m64, rel=0.05)
-    assert sec > 0 and m_sh > 0.9 * m64                                 # a shard holds its own tokens' activations
+    assert sec > 0 and m_sh == pytest.approx(m64, rel=1e-3)        # a shard saves what its own tokens would
     cost = local_cost_model("t", MODEL, {"c_mb": 0, "c_seq": 0, "c_seq_shard": 0, "c_tok": 1e-4, "c_quad": 0},
                             {"alpha_bytes_per_token": m64 / 64}, {"all_gather": CommModel(1e-4), "reduce_scatter": CommModel(1e-4)},
                             budget_bytes=m64 * 10)
     assert cost.bucket_size == 640 and cost.kv_bytes_per_token == 2 * 2 * 8 * 4
+    assert cost.kv_gathers == 2                      # the backward gathers the K/V again (context_parallel)
 
 
 # --- the profiling design and the fit's uncertainty ---------------------------------------------------
@@ -182,8 +183,9 @@ class _Engine:
 
 
 def test_real_step_measures_the_saved_activation_bytes_of_every_micro_batch():
-    """run_step counts what autograd saves in each micro-batch (the profile's memory measure): a
-    sharded micro-batch saves more per token on the rank than a local one (the gathered K/V)."""
+    """run_step counts what autograd saves in each micro-batch (the profile's memory measure), and a
+    sharded micro-batch saves what a local one does per token on the rank — the linear memory model
+    the token budget rests on (neither the gathered K/V nor a causal mask over it is saved)."""
     from components.skrull.context_parallel import LoopbackExchange, build_layout, microbatch_loss
     from components.skrull.model import build_model
     from components.skrull.profiling import _saved_bytes_counter
@@ -204,7 +206,7 @@ def test_real_step_measures_the_saved_activation_bytes_of_every_micro_batch():
         with hooks:
             microbatch_loss(model, lay)
         assert got == sum(seen.values()) > 0
-    assert saved[1] / 64 > saved[0] / 128                                 # per token on the rank
+    assert saved[1] / 64 == pytest.approx(saved[0] / 128, rel=1e-3)      # per token on the rank
 
 
 def test_activation_summary_counts_micro_batches_over_the_budget():

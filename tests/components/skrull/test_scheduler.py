@@ -1,4 +1,6 @@
 """Properties of Skrull's schedulers (DACP, GDS) and of the baselines."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -182,8 +184,9 @@ def test_fixed_micro_batch_baseline_picks_the_fastest_size_that_fits():
             validate(s, lengths, cost.bucket_size)
 
 
-def test_fast_price_of_all_sharded_equals_eq_1_2():
-    cost = paper_preset("qwen2.5-7b")
+@pytest.mark.parametrize("kv_gathers", [1, 2])
+def test_fast_price_of_all_sharded_equals_eq_1_2(kv_gathers):
+    cost = replace(paper_preset("qwen2.5-7b"), kv_gathers=kv_gathers)
     lengths = np.random.default_rng(2).integers(16, 12000, 40)
     s = deepspeed_schedule(lengths, 2, 8, cost, 5)
     slow = max(sum(cost.microbatch_time([int(lengths[k]) for k in mb.seqs], mb.placement, 8) for mb in mbs)
