@@ -1,19 +1,27 @@
-"""Atomic writes for components: an output appears whole or not at all.
+"""Atomic writes for components (an output appears whole or not at all) and the shared reader of
+JSON records (:func:`read_json_record`).
 
 The same primitives back :mod:`tasks.io` (which re-exports them), so a component that writes its own
 outputs (a CLI, a tuning run's folder) needs no import from ``tasks/`` (imports point one way:
 flows -> tasks -> components). The temporary sibling is ``.<name>.tmp-<random>`` in the same folder,
 renamed into place only when the block has finished: an exception, a bad parameter or a killed process
 never leaves a half-written file or folder where a reader would take it for a result.
+
+A stage that reads another stage's JSON record reads it with :func:`read_json_record`: one wording for a
+missing file, bad JSON, a top level that is not an object and missing keys, raised as
+:class:`~components.base.InputError`.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
+
+from components.base import InputError
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -54,3 +62,44 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+#: JSON's names for what :func:`json.loads` returns (for "a JSON list, not an object")
+_JSON_TYPE = {list: "list", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def read_json_record(path: str | os.PathLike[str], required: Iterable[str] = (), what: str = "") -> dict[str, Any]:
+    """The JSON object in ``path``, which must hold the keys ``required``.
+
+    :class:`~components.base.InputError` (a ``ValueError``) names the file, what was found there and what
+    was expected when the file is missing or unreadable, is not valid JSON, holds something other than an
+    object, or lacks keys: ``<path>: <found>; expected <what>, a JSON object with keys [...]``. ``what``
+    says what the file is and how to make it (e.g. "the record the data stage writes (run `...`)").
+    NaN and Infinity are read as floats, as :func:`json.loads` reads them; checks of the values
+    (types, ranges, finiteness) are the caller's.
+    """
+    path, required = Path(path), list(required)
+    shape = f"a JSON object with keys {required}" if required else "a JSON object"
+    expected = f"{what}, {shape}" if what else shape
+    if not path.is_file():
+        found = "a folder, not a file" if path.is_dir() else "missing"
+        raise InputError(f"{path}: {found}; expected {expected}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"{path}: unreadable ({err}); expected {expected}") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not valid JSON ({err}); expected {expected}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise InputError(f"{path}: not valid JSON ({err}); expected {expected}") from None
+    if not isinstance(data, dict):
+        found = _JSON_TYPE.get(type(data), type(data).__name__)
+        raise InputError(f"{path}: a JSON {found}, not an object; expected {expected}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        keys = list(data)
+        has = f"{keys[:12]}" if len(keys) <= 12 else f"{str(keys[:12])[:-1]}, ...]"
+        raise InputError(f"{path}: keys {missing} missing (it has {has}); expected {expected}")
+    return data

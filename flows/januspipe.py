@@ -22,8 +22,9 @@ from typing import Any
 from prefect import flow
 
 from components.base import InputError
+from components.io import read_json_record
 from components.januspipe.config import JanuspipeConfig
-from tasks.io import atomic_dir, read_json, write_json
+from tasks.io import atomic_dir, write_json
 from tasks.pipeline import StageContext, flow_config, run_paper, stage_task
 
 PAPER = "januspipe"
@@ -41,25 +42,17 @@ def _results(ctx: StageContext, stage: str) -> Path:
 
 
 def _read_results(ctx: StageContext, stage: str, name: str) -> dict:
+    """Stage ``stage``'s output ``name`` with the keys the later stages read (:data:`_REQUIRED`);
+    InputError naming the file and the stage to (re-)run when it is missing, malformed or incomplete."""
     path = _results(ctx, stage) / name
-    if not path.is_file():
-        raise InputError(f"{path}: not found; run `python -m flows januspipe {stage}` (or `dvc repro "
-                         f"januspipe_{stage}`) first")
-    try:
-        out = read_json(path)
-    except (ValueError, OSError) as err:
-        raise InputError(f"{path}: unreadable or malformed JSON ({err}); expected the complete output of "
-                         f"`python -m flows januspipe {stage}`: re-run that stage") from None
-    if not isinstance(out, dict):
-        raise InputError(f"{path}: expected a JSON object (the output of `python -m flows januspipe {stage}`), "
-                         f"got {type(out).__name__}; re-run that stage")
-    missing = [k for k in _REQUIRED.get(name, ()) if k not in out]
-    if name == "costs.json" and not missing:
+    what = (f"the complete output of `python -m flows januspipe {stage}` (run that stage, or `dvc repro "
+            f"januspipe_{stage}`)")
+    out = read_json_record(path, _REQUIRED.get(name, ()), what)
+    if name == "costs.json":
         cm = out["cost_model"]
         missing = [f"cost_model.{k}" for k in _COST_MODEL_KEYS if not isinstance(cm, dict) or k not in cm]
-    if missing:
-        raise InputError(f"{path}: missing keys {missing}; expected the complete output of "
-                         f"`python -m flows januspipe {stage}`: re-run that stage")
+        if missing:
+            raise InputError(f"{path}: keys {missing} missing; expected {what}")
     return out
 
 

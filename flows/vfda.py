@@ -21,6 +21,7 @@ from pathlib import Path
 from prefect import flow
 
 from components.base import InputError
+from components.io import read_json_record
 from components.vfda.config import VfdaConfig
 from tasks.io import atomic_dir, write_json
 from tasks.pipeline import StageContext, flow_config, run_paper, stage_task
@@ -224,24 +225,13 @@ def evaluate(ctx: StageContext) -> dict:
 
 def _read_record(path: Path, required: tuple[str, ...], stage: str) -> dict:
     """A stage's JSON record, with the numeric fields ``required``; InputError naming the file and
-    what is expected when it is missing, not JSON, or lacks a field."""
-    expected = f"expected the JSON object the {stage} stage writes, with numeric {sorted(required)}"
-    if not path.is_file():
-        raise InputError(f"{path}: not found; {expected} (run `python -m flows {stage}` first)")
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: not readable as JSON ({err}); {expected}") from None
-    if not isinstance(rec, dict):
-        raise InputError(f"{path}: a JSON {type(rec).__name__}; {expected}")
-    for key in required:
-        value = rec.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InputError(f"{path}: {key}={value!r}; {expected}")
-    for key in ("cpu_s", "process_start", "process_end", "federate_process_cpu_s", "server_process_cpu_s",
-                "client_cpu_s"):
+    what is expected when it is missing, not JSON, or lacks a field or has one that is not a number."""
+    what = f"the record the {stage} stage writes (run `python -m flows {stage}` first)"
+    rec = read_json_record(path, required, what)
+    for key in (*required, "cpu_s", "process_start", "process_end", "federate_process_cpu_s",
+                "server_process_cpu_s", "client_cpu_s"):
         if key in rec and (isinstance(rec[key], bool) or not isinstance(rec[key], (int, float))):
-            raise InputError(f"{path}: {key}={rec[key]!r}; expected a number")
+            raise InputError(f"{path}: {key}={rec[key]!r}; expected a number in {what}")
     return rec
 
 

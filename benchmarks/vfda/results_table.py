@@ -10,25 +10,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from components.base import InputError  # noqa: E402
+from components.io import read_json_record  # noqa: E402
 from components.vfda.evaluation import variant_label  # noqa: E402
 
 
 def load_metrics(path: Path) -> dict:
-    """metrics/vfda.json as the vfda_evaluate stage writes it; ValueError with the file and what is
-    expected when it is missing, not JSON or lacks the table's sections."""
-    expected = "expected the metrics/vfda.json that `python -m flows vfda evaluate` writes"
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found; {expected}")
-    try:
-        m = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not readable as JSON ({err}); {expected}") from None
-    missing = [k for k in ("vfda_rule", "seeds", "rounds", "profile", "dice", "gain", "timing")
-               if not isinstance(m, dict) or k not in m]
-    if missing:
-        raise ValueError(f"{path}: lacks {missing}; {expected}")
-    if not m["dice"] or not all(isinstance(v, dict) and v for v in m["dice"].values()):
-        raise ValueError(f"{path}: 'dice' has no strategy with variants; {expected}")
+    """metrics/vfda.json as the vfda_evaluate stage writes it; InputError (a ValueError) with the file and
+    what is expected when it is missing, not JSON or lacks the table's sections."""
+    what = "the metrics/vfda.json that `python -m flows vfda evaluate` writes"
+    m = read_json_record(path, ("vfda_rule", "seeds", "rounds", "profile", "dice", "gain", "timing"), what)
+    if not isinstance(m["dice"], dict) or not m["dice"] or not all(isinstance(v, dict) and v for v in m["dice"].values()):
+        raise InputError(f"{path}: 'dice' has no strategy with variants; expected {what}")
     return m
 
 

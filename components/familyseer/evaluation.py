@@ -16,7 +16,8 @@ from components.familyseer.analysis import (bootstrap_speedups, interval, load_r
                                             untunable_tasks)
 from components.familyseer.config import FamilySeerConfig
 from components.familyseer.family import family_of, make_family_group
-from components.familyseer.tuning import load_run, read_json_object
+from components.familyseer.tuning import load_run
+from components.io import read_json_record
 
 BOOTSTRAP_RESAMPLES = 1000  # seed resamples behind each speed-up's 90 % interval (numpy generator seed 0)
 
@@ -42,7 +43,7 @@ def read_tasks(tasks_file: Path, name: str) -> list[dict[str, Any]]:
     the file when it is missing, not JSON, or without a non-empty ``tasks`` list of named tasks."""
     what = (f"the data stage's task manifest of model {name!r} (run `python -m flows familyseer data`), a JSON "
             f"object whose 'tasks' is a non-empty list of objects with 'name' and 'core_op'")
-    tasks = read_json_object(tasks_file, ("tasks",), what)["tasks"]
+    tasks = read_json_record(tasks_file, ("tasks",), what)["tasks"]
     if not (isinstance(tasks, list) and tasks
             and all(isinstance(t, dict) and "name" in t and "core_op" in t for t in tasks)):
         raise InputError(f"{tasks_file}: 'tasks' is {str(tasks)[:120]!r}; expected {what}")

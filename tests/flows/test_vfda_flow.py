@@ -150,8 +150,9 @@ def test_federate_and_evaluate_failures_exit_2_naming_the_cause(prefect_harness,
 
     # evaluate reads its inputs before it writes plots or metrics
     summary = paperworks_root / "results" / "vfda" / "data" / "summary.json"
-    for broken, named in ((lambda: summary.write_text("{not json"), "summary.json: not readable as JSON"),
-                          (lambda: summary.write_text('{"wall_s": 1.0}'), "run.json: not found")):
+    for broken, named in ((lambda: summary.write_text("{not json"), "summary.json: not valid JSON"),
+                          (lambda: summary.write_text('{"wall_s": 1.0}'), "run.json: missing; expected the record "
+                                                                          "the vfda federate stage writes")):
         broken()
         assert main(["vfda", "evaluate", "--params", str(params)]) == 2
         last = capsys.readouterr().err.strip().splitlines()[-1]

@@ -1,0 +1,88 @@
+"""The shared JSON-record reader of components/io.py: every bad input is an InputError naming the file,
+what was found and what was expected."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from components.base import InputError
+from components.io import read_json_record
+
+WHAT = "the record the data stage writes (run `python -m flows p data` first)"
+
+
+def test_a_good_record_is_returned_whole(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"wall_s": 1.5, "extra": [1, 2], "nested": {"a": None}}))
+    assert read_json_record(path, ("wall_s",), WHAT) == {"wall_s": 1.5, "extra": [1, 2], "nested": {"a": None}}
+    assert read_json_record(str(path)) == {"wall_s": 1.5, "extra": [1, 2], "nested": {"a": None}}  # str path, no keys
+
+
+def test_non_finite_numbers_are_read_as_floats_like_json_loads(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text('{"wall_s": NaN, "cpu_s": Infinity}')
+    rec = read_json_record(path, ("wall_s",))
+    assert math.isnan(rec["wall_s"]) and rec["cpu_s"] == math.inf
+
+
+def test_a_missing_file_is_named_with_what_was_expected(tmp_path):
+    path = tmp_path / "results" / "summary.json"
+    with pytest.raises(InputError, match=r"summary.json: missing; expected the record the data stage writes "
+                                         r"\(run `python -m flows p data` first\), a JSON object with keys "
+                                         r"\['wall_s'\]$"):
+        read_json_record(path, ("wall_s",), WHAT)
+    path.mkdir(parents=True)
+    with pytest.raises(InputError, match=r"summary.json: a folder, not a file; expected"):
+        read_json_record(path, ("wall_s",), WHAT)
+
+
+@pytest.mark.parametrize("text", ['{"wall_s": 1.0', "", "{'wall_s': 1.0}", '{"wall_s": 1.0} trailing'])
+def test_malformed_json_is_named_with_the_parser_error(tmp_path, text):
+    path = tmp_path / "summary.json"
+    path.write_text(text)
+    with pytest.raises(InputError, match=r"summary.json: not valid JSON \(.+ line 1 column \d+.*\); expected the "
+                                         r"record the data stage writes"):
+        read_json_record(path, ("wall_s",), WHAT)
+
+
+def test_bytes_that_are_not_utf8_are_not_valid_json(tmp_path):
+    path = tmp_path / "summary.json"
+    path.write_bytes(b'{"wall_s": "\xff"}')
+    with pytest.raises(InputError, match=r"summary.json: not valid JSON \(.*utf-8.*\); expected"):
+        read_json_record(path, ("wall_s",), WHAT)
+
+
+@pytest.mark.parametrize("value, found", [([1, 2], "list"), ("x", "string"), (3, "number"), (2.5, "number"),
+                                          (True, "boolean"), (None, "null")])
+def test_a_top_level_that_is_not_an_object_says_what_it_is(tmp_path, value, found):
+    path = tmp_path / "ledger.json"
+    path.write_text(json.dumps(value))
+    with pytest.raises(InputError, match=rf"ledger.json: a JSON {found}, not an object; expected the record the "
+                                         rf"data stage writes .*, a JSON object with keys \['trials'\]"):
+        read_json_record(path, ("trials",), WHAT)
+
+
+def test_missing_keys_are_listed_with_the_keys_found(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"policy": "gradient", "seed": 0}))
+    with pytest.raises(InputError, match=r"run.json: keys \['fingerprint', 'wall_s'\] missing \(it has "
+                                         r"\['policy', 'seed'\]\); expected .*, a JSON object with keys "
+                                         r"\['fingerprint', 'seed', 'wall_s'\]$"):
+        read_json_record(path, ("fingerprint", "seed", "wall_s"), WHAT)
+    path.write_text(json.dumps({f"k{i}": i for i in range(20)}))  # a long key list is cut
+    with pytest.raises(InputError, match=r"keys \['wall_s'\] missing \(it has \['k0', .*'k11', \.\.\.\]\)"):
+        read_json_record(path, ["wall_s"], WHAT)
+
+
+def test_without_what_the_expected_shape_alone_is_named(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text("[]")
+    with pytest.raises(InputError, match=r"x.json: a JSON list, not an object; expected a JSON object$"):
+        read_json_record(path)
+
+
+def test_the_error_is_a_value_error_for_callers_that_catch_those(tmp_path):
+    with pytest.raises(ValueError):
+        read_json_record(tmp_path / "missing.json")
