@@ -18,19 +18,27 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_real_runs_are_compared_with_their_simulation_and_the_exactness_check_rides_along():
+    """Real gloo ranks at 2 processes: the linear placement (1F1B-4) and both V-fold families, SymFold
+    (phase-major order, fixed in-flight cap) and WaveK (sweeps, budget admission). Each action list
+    the timed runs run is also run in float64 and equals single-process double backward."""
     structures = emt_clusters(4, seed=3)
-    pc = PipelineConfig(num_blocks=4, process_counts=[2], schedules=["1f1b4", "wavek"], microbatches_per_device=2,
-                        warmup=1, steps=1)
+    pc = PipelineConfig(num_blocks=4, process_counts=[2], schedules=["1f1b4", "symfold", "wavek"],
+                        microbatches_per_device=2, warmup=1, steps=1)
     specs, labels, reference = exactness_runs(pc, 2, UNIT, CFG, structures, FORCES, seed=0)
-    assert len(specs) == len(labels) == 2 and all(s.dtype == "float64" and s.device == "cpu" for s in specs)
+    assert len(specs) == len(labels) == 3 and all(s.dtype == "float64" and s.device == "cpu" for s in specs)
+    # SymFold at 2 devices: the smallest V-fold, 4 virtual stages (d and 2D-1-d), one block each
+    symfold = specs[1].schedule
+    assert symfold.name == "symfold" and symfold.placement.stage_device == (0, 1, 1, 0), labels
+    assert symfold.actions != specs[2].schedule.actions   # not WaveK's lists under another name
     start_fork_server()
     rows, timelines, extra, cpu_s = real_vs_simulated(2, pc, UNIT, CFG, structures, FORCES, seed=0, n_cores=2,
                                                       extra_specs=specs)
-    assert [r["schedule"] for r in rows] == ["1f1b4", "wavek"] and cpu_s > 0
+    assert [r["schedule"] for r in rows] == ["1f1b4", "symfold", "wavek"] and cpu_s > 0
     for r in rows:
         assert r["processes"] == 2 and r["microbatches"] == 4 and r["measured_makespan_s"] > 0
         assert math.isfinite(r["sim_error"]) and r["sim_makespan_s"] > 0
-    assert set(timelines) == {"1f1b4_2p", "wavek_2p"} and all(t["real"] and t["sim"] for t in timelines.values())
+    assert set(timelines) == {"1f1b4_2p", "symfold_2p", "wavek_2p"}
+    assert all(t["real"] and t["sim"] for t in timelines.values())
     assert [r["params"] for r in rows] == labels   # the action lists checked are the ones timed
     assert len(extra) == len(specs) and all(len(per_rank) == 2 for per_rank in extra)
     for label, per_rank in zip(labels, extra):
