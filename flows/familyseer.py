@@ -8,9 +8,15 @@ Stages (``python -m flows familyseer <stage>``; DVC stages ``familyseer_<stage>`
   ledgers under ``data/familyseer/tuning/<model>/<policy>/seed<k>/`` (DVC-versioned, persistent:
   a run whose fingerprint matches is replayed, not re-measured).
 - ``compile``: each run's best schedules compiled with the Relax VM; end-to-end latency against the
-  untuned build and PyTorch eager. Writes ``results/familyseer/compile/latency.json``.
+  untuned build and PyTorch eager. Writes ``results/familyseer/compile/latency.json`` (each tuned
+  build with the fingerprint of the run it came from).
 - ``evaluate``: search-time speed-up, final latency, per-family vs global cost-model ranking
   accuracy; ``metrics/familyseer.json``, ``plots/familyseer/``, MLflow tables and figures.
+
+``compile`` and ``evaluate`` use a run only if its stored fingerprint is the one the tune stage would
+give it now (same tasks, policy, seed, settings, tuning code, machine and library versions); a stale
+run is an InputError naming its folder (re-run the tune stage). ``evaluate`` also checks that
+``latency.json`` covers every model and seed of the config and was compiled from the runs on disk.
 """
 from __future__ import annotations
 
@@ -164,18 +170,37 @@ def tune(ctx: StageContext) -> dict:
     return summary
 
 
+def _current_runs(ctx: StageContext) -> dict[tuple[str, str, int], dict]:
+    """Every run the config plans ((model, policy, seed) -> its record), each checked against the
+    fingerprint the tune stage gives it now (InputError naming a stale or malformed run and telling the
+    user to re-run the tune stage)."""
+    from components.familyseer.evaluation import read_manifest
+    from components.familyseer.tuning import load_current_run
+
+    cfg = ctx.config
+    runs = {}
+    for name in cfg.zoo.models:
+        tasks_file = _zoo_dir(ctx) / name / "tasks.json"
+        manifest = read_manifest(tasks_file, name)
+        for policy in cfg.tune.policies:
+            for seed in cfg.tune.seeds:
+                runs[name, policy, seed] = load_current_run(_run_dir(ctx, name, policy, seed), manifest, policy,
+                                                            _run_seed(cfg, seed), cfg.tune, tasks_file)
+    return runs
+
+
 @stage_task
 def compile(ctx: StageContext) -> dict:  # noqa: A001 (the stage's name)
     """Compile each run's best schedules; measure end-to-end latency vs the untuned build and PyTorch."""
     from components.familyseer.latency import (compile_tuned, compile_untuned, measure_torch, measure_vm,
                                                torch_reference)
     from components.familyseer.measure import lean_tensor_intrinsics, use_kernel_threads
-    from components.familyseer.tuning import load_run
     from components.familyseer.zoo import load_model, make_target
 
     cfg = ctx.config
     ev = cfg.evaluate
     lean_tensor_intrinsics()
+    runs = _current_runs(ctx)   # before anything is measured: a stale run stops the stage at once
     threads = use_kernel_threads(cfg.tune.target_cores)   # as the tuning runner measured the schedules
     if threads != cfg.tune.target_cores:
         ctx.progress("familyseer/compile: TVM's kernel pool has %d thread(s) for tune.target_cores=%d (TVM caps it "
@@ -201,7 +226,7 @@ def compile(ctx: StageContext) -> dict:  # noqa: A001 (the stage's name)
             for seed in cfg.tune.seeds:
                 ctx.progress("familyseer/compile: %s %s seed %d", name, policy, seed)
                 run_dir = _run_dir(ctx, name, policy, seed)
-                run = load_run(run_dir)
+                run = runs[name, policy, seed]
                 budget = run["budget"]  # the trials past it (the last round's) are not used
                 if run.get("kernel_threads", threads) != threads:
                     ctx.progress("familyseer/compile: warning: %s was tuned with its kernels on %s thread(s); this "
@@ -210,6 +235,7 @@ def compile(ctx: StageContext) -> dict:  # noqa: A001 (the stage's name)
                 per_seed[str(seed)] = measure_vm(exe, model.inputs, ev.latency_repeat, ev.latency_min_repeat_ms, ref,
                                                  label=f"{name}: build tuned by {policy}, seed {seed} ({run_dir})")
                 per_seed[str(seed)]["tuned_functions"] = sorted(k for k, v in applied.items() if v)
+                per_seed[str(seed)]["run_fingerprint"] = run["fingerprint"]   # the evaluate stage checks it
             res[f"tvm_{policy}"] = per_seed
         results[name] = res
     cost = stage_cost()
@@ -258,7 +284,7 @@ def evaluate(ctx: StageContext) -> dict:
     with atomic_dir(ctx.paths.plots) as plots:
         report = evaluate_all(cfg, _zoo_dir(ctx), lambda m, p, s: _run_dir(ctx, m, p, s), latency, plots,
                               run_seed=lambda s: _run_seed(cfg, s), progress=lambda msg: ctx.progress(
-                                  "familyseer/evaluate: %s", msg))
+                                  "familyseer/evaluate: %s", msg), latency_file=latency_path)
     cost = stage_cost()
     wall, cpu = cost["wall_s"], cost["cpu_s"]
     timings["evaluate"] = {"wall_s": wall, "cpu_s": cpu}

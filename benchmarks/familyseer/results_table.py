@@ -31,6 +31,18 @@ def main() -> int:
             ci = f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "—"
             print(f"| {model} | {d['tasks']} | {d['budget']} | {key} | {s['baseline_trials']} | {mt} | "
                   f"{f(s['speedup_trials'], '{:.2f}')} | {ci} | {f(s['speedup_wall'], '{:.2f}')} | {f(s90.get('speedup_trials'), '{:.2f}')} |")
+    print("\n**Per-seed speed-up over `gradient`** (each seed's policy run against the baseline run of the same "
+          "seed; `<` = the policy's run never reached that baseline run's final latency: an upper bound)\n")
+    print("| model | policy | seed | speed-up (trials) | speed-up (wall) |")
+    print("|---|---|---|---|---|")
+    for model, d in per.items():
+        for key, seeds in d.get("speedup_per_seed", {}).items():
+            names = d.get("seeds") or list(range(len(seeds)))
+            for seed, s in zip(names, seeds):
+                bound = "" if s is None or s.get("reached") else "< "
+                trials = "—" if s is None else bound + f(s.get("trials"), "{:.2f}")
+                wall = "—" if s is None else bound + f(s.get("wall"), "{:.2f}")
+                print(f"| {model} | {key} | {seed} | {trials} | {wall} |")
     print("\n**Final best weighted latency at the budget** (tuning estimate, mean of seeds, us)\n")
     pols = sorted({p for d in per.values() for p in d["final_latency_us"]})
     print("| model | " + " | ".join(pols) + " |")

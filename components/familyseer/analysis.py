@@ -17,7 +17,9 @@ family are trained on the other seeds' records, and both rank the held-out candi
 Score: pairwise ranking accuracy (share of held-out pairs of the same task with different measured
 latency that the model orders correctly), pooled per family over tasks and folds, and over all
 families and over the multi-member families alone (a one-member family's model is a per-task model:
-its score says nothing about sharing samples within a family).
+its score says nothing about sharing samples within a family). A task of a fold is scored by both
+models or by neither (when one of them had nothing to train on), so the two accuracies are always
+over the same pairs.
 """
 from __future__ import annotations
 
@@ -134,11 +136,22 @@ def per_seed_speedups(baseline: Sequence[Mapping[str, Any]], method: Sequence[Ma
     return [search_speedup([b], [m], level, budget) for b, m in zip(baseline, method)]
 
 
+def bootstrap_streams(n: int) -> list[np.random.SeedSequence]:
+    """One independent random stream per model for :func:`bootstrap_speedups`: the first model's is numpy
+    seed 0 (``default_rng(0)``'s stream, so a one-model evaluation resamples as it always did), the others
+    ``SeedSequence(0)``'s spawned children (independent of it and of each other)."""
+    if n <= 0:
+        return []
+    return [np.random.SeedSequence(0)] + np.random.SeedSequence(0).spawn(n - 1)
+
+
 def bootstrap_speedups(baseline: Sequence[Mapping[str, Any]], method: Sequence[Mapping[str, Any]],
-                       budget: int | None = None, resamples: int = 1000, seed: int = 0) -> np.ndarray:
+                       budget: int | None = None, resamples: int = 1000,
+                       seed: int | np.random.SeedSequence = 0) -> np.ndarray:
     """Trial speed-ups (level 1.0) of ``method`` over ``baseline`` with the seeds of each resampled with
-    replacement, ``resamples`` times (numpy generator ``seed``): how much the seed-mean figure owes to
-    which seeds ran. NaN where a resampled baseline never measured every task."""
+    replacement, ``resamples`` times (numpy generator ``seed``, an int or a stream of
+    :func:`bootstrap_streams`): how much the seed-mean figure owes to which seeds ran. NaN where a
+    resampled baseline never measured every task."""
     b_lat, b_wall = seed_curves(baseline, budget)
     m_lat, m_wall = seed_curves(method, budget)
     rng = np.random.default_rng(seed)
@@ -259,9 +272,12 @@ def ranking_quality(records: Sequence[Record], contexts: Mapping[str, Any], fami
             cands = [r.candidate for r in recs]
             lat = [r.latency_ms for r in recs]
             fam = family_of_task[t]
-            for kind, model in (("global", global_model), ("family", fam_models[fam])):
-                if getattr(model, "booster", True) is None:  # nothing to train on for this family
-                    continue
+            scorers = (("global", global_model), ("family", fam_models[fam]))
+            if any(getattr(model, "booster", True) is None for _, model in scorers):
+                # a model with nothing to train on (a family without training records) cannot rank: the
+                # task is scored by neither, so both accuracies are always over the same pairs
+                continue
+            for kind, model in scorers:
                 c, n = pairwise_accuracy(model.predict(contexts[t], cands), lat)
                 acc = pairs[kind].setdefault(fam, [0, 0])
                 acc[0] += c

@@ -11,15 +11,16 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from components.base import InputError
-from components.familyseer.analysis import (bootstrap_speedups, interval, load_records, mean_curve, per_seed_speedups,
-                                            ranking_quality, run_curve, search_speedup, set_aside, to_jsonable,
-                                            untunable_tasks)
+from components.familyseer.analysis import (bootstrap_speedups, bootstrap_streams, interval, load_records, mean_curve,
+                                            per_seed_speedups, ranking_quality, run_curve, search_speedup, set_aside,
+                                            to_jsonable, untunable_tasks)
 from components.familyseer.config import FamilySeerConfig
 from components.familyseer.family import family_of, make_family_group
-from components.familyseer.tuning import load_run
+from components.familyseer.tuning import load_current_run
 from components.io import read_json_record
 
-BOOTSTRAP_RESAMPLES = 1000  # seed resamples behind each speed-up's 90 % interval (numpy generator seed 0)
+#: seed resamples behind each speed-up's 90 % interval (one stream per model: analysis.bootstrap_streams)
+BOOTSTRAP_RESAMPLES = 1000
 
 
 def _finite(xs: list[float | None]) -> list[float]:
@@ -38,16 +39,67 @@ def _mean(xs: list[float | None]) -> float | None:
     return float(np.mean(xs)) if xs else None
 
 
-def read_tasks(tasks_file: Path, name: str) -> list[dict[str, Any]]:
-    """The task list of ``tasks.json`` (the data stage's manifest of model ``name``); InputError naming
-    the file when it is missing, not JSON, or without a non-empty ``tasks`` list of named tasks."""
+def read_manifest(tasks_file: Path, name: str) -> dict[str, Any]:
+    """``tasks.json``, the data stage's manifest of model ``name``; InputError naming the file when it is
+    missing, not JSON, or without a non-empty ``tasks`` list of named tasks."""
     what = (f"the data stage's task manifest of model {name!r} (run `python -m flows familyseer data`), a JSON "
             f"object whose 'tasks' is a non-empty list of objects with 'name' and 'core_op'")
-    tasks = read_json_record(tasks_file, ("tasks",), what)["tasks"]
+    manifest = read_json_record(tasks_file, ("tasks",), what)
+    tasks = manifest["tasks"]
     if not (isinstance(tasks, list) and tasks
             and all(isinstance(t, dict) and "name" in t and "core_op" in t for t in tasks)):
         raise InputError(f"{tasks_file}: 'tasks' is {str(tasks)[:120]!r}; expected {what}")
-    return tasks
+    return manifest
+
+
+def read_tasks(tasks_file: Path, name: str) -> list[dict[str, Any]]:
+    """The task list of :func:`read_manifest`."""
+    return read_manifest(tasks_file, name)["tasks"]
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def check_latency(latency: Mapping[str, Any], cfg: FamilySeerConfig, latency_file: Path | str = "latency.json") -> None:
+    """InputError naming ``latency_file`` (the compile stage's ``latency.json``), the model and what is
+    expected unless it has an entry for every model of ``zoo.models`` and, per policy of ``tune.policies``,
+    a ``latency_ms_p50`` for exactly the seeds of ``tune.seeds``."""
+    tc = cfg.tune
+    rerun = "re-run the compile stage (`python -m flows familyseer compile`)"
+    seeds = sorted(str(s) for s in tc.seeds)
+    if not isinstance(latency, Mapping):
+        raise InputError(f"{latency_file}: a JSON {type(latency).__name__}, not an object; expected the compile "
+                         f"stage's latencies of models {list(cfg.zoo.models)}; {rerun}")
+    for name in cfg.zoo.models:
+        lat = latency.get(name)
+        if not isinstance(lat, Mapping):
+            found = "missing" if lat is None else f"{str(lat)[:80]!r}"
+            raise InputError(f"{latency_file}: model {name!r} is {found} (it has {sorted(latency)}); expected an "
+                             f"object for every model of zoo.models {list(cfg.zoo.models)}; {rerun}")
+        for p in tc.policies:
+            per_seed = lat.get(f"tvm_{p}")
+            found = sorted(per_seed) if isinstance(per_seed, Mapping) else per_seed
+            if not isinstance(per_seed, Mapping) or sorted(per_seed) != seeds:
+                raise InputError(f"{latency_file}: model {name!r}, 'tvm_{p}' has seeds {found}; expected the seeds "
+                                 f"of tune.seeds {seeds}; {rerun}")
+            for s, v in per_seed.items():
+                if not (isinstance(v, Mapping) and _is_number(v.get("latency_ms_p50"))):
+                    raise InputError(f"{latency_file}: model {name!r}, 'tvm_{p}' seed {s} is {str(v)[:80]!r}; "
+                                     f"expected an object with a numeric 'latency_ms_p50'; {rerun}")
+
+
+def _check_compiled_runs(latency: Mapping[str, Any], name: str, runs: Mapping[str, list[Mapping[str, Any]]],
+                         seeds: list[int], latency_file: Path | str) -> None:
+    """InputError unless every tuned build in ``latency`` was compiled from the run now on disk (the
+    compile stage records each run's fingerprint as ``run_fingerprint``)."""
+    for p, rs in runs.items():
+        for s, run in zip(seeds, rs):
+            got = latency[name][f"tvm_{p}"][str(s)].get("run_fingerprint")
+            if got != run["fingerprint"]:
+                raise InputError(f"{latency_file}: model {name!r}, 'tvm_{p}' seed {s} was compiled from the run "
+                                 f"of fingerprint {got!r}; expected {run['fingerprint']!r}, the run now on disk: "
+                                 f"re-run the compile stage (`python -m flows familyseer compile`)")
 
 
 def final_latencies(runs: list[Mapping[str, Any]], budget: int) -> dict[str, Any]:
@@ -142,17 +194,32 @@ def _plot_bars(path: Path, title: str, labels: list[str], series: Mapping[str, l
 
 def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, str, int], Path],
                  latency: Mapping[str, Any], plots: Path, run_seed: Callable[[int], int] = lambda s: s,
-                 progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
-    """Everything the evaluate stage reports; writes figures and CSVs into ``plots``."""
+                 progress: Callable[[str], None] = lambda m: None,
+                 latency_file: Path | str = "latency.json") -> dict[str, Any]:
+    """Everything the evaluate stage reports; writes figures and CSVs into ``plots``.
+
+    Its inputs are checked first (InputError naming the file): every model's task manifest, every run
+    against the fingerprint the tune stage would give it now (``run_seed``: the seed a run of seed ``s``
+    was tuned with), and ``latency`` (the compile stage's ``latency_file``) against ``zoo.models``,
+    ``tune.seeds`` and the runs it was compiled from.
+    """
     ev, tc = cfg.evaluate, cfg.tune
     per_model: dict[str, Any] = {}
-    tables: dict[str, list[dict[str, Any]]] = {"search_speedup": [], "latency": [], "cost_model_ranking": [],
-                                               "final_latency": []}
+    tables: dict[str, list[dict[str, Any]]] = {"search_speedup": [], "search_speedup_per_seed": [], "latency": [],
+                                               "cost_model_ranking": [], "final_latency": []}
     policy_summary: dict[str, dict[str, float]] = {p: {} for p in tc.policies}
-    boot_samples: dict[str, list[np.ndarray]] = {}  # policy -> per model, bootstrap speed-ups
+    boot_samples: dict[str, dict[str, np.ndarray]] = {}  # policy -> model -> bootstrap speed-ups
+    streams = dict(zip(cfg.zoo.models, bootstrap_streams(len(cfg.zoo.models))))  # one per model
+    manifests = {name: read_manifest(zoo_dir / name / "tasks.json", name) for name in cfg.zoo.models}
+    check_latency(latency, cfg, latency_file)
+    all_runs = {name: {p: [load_current_run(run_dir(name, p, s), manifests[name], p, run_seed(s), tc,
+                                            zoo_dir / name / "tasks.json") for s in tc.seeds]
+                       for p in tc.policies} for name in cfg.zoo.models}
     for name in cfg.zoo.models:
-        tasks = read_tasks(zoo_dir / name / "tasks.json", name)
-        runs = {p: [load_run(run_dir(name, p, s)) for s in tc.seeds] for p in tc.policies}
+        _check_compiled_runs(latency, name, all_runs[name], list(tc.seeds), latency_file)
+    for name in cfg.zoo.models:
+        tasks = manifests[name]["tasks"]
+        runs = all_runs[name]
         # a task no policy and seed could build and run is set aside for every policy alike
         untunable = untunable_tasks([r for rs in runs.values() for r in rs])
         if untunable:
@@ -170,18 +237,25 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
                 fh.write(f"{i + 1}," + ",".join(f"{v:.4f}" if np.isfinite(v) else "" for v in vals) + "\n")
 
         model_out: dict[str, Any] = {"tasks": len(tasks), "budget": budget, "untunable_tasks": untunable,
-                                     "speedup": {}, "speedup_ci90": {}, "speedup_per_seed": {},
+                                     "seeds": list(tc.seeds), "speedup": {}, "speedup_ci90": {}, "speedup_per_seed": {},
                                      "final_latency_us": {}, "final_latency_seeds_used": {},
                                      "final_latency_per_seed_us": {}}
         for p in tc.policies:
             if p == ev.baseline:
                 continue
-            boot = bootstrap_speedups(runs[ev.baseline], runs[p], budget, BOOTSTRAP_RESAMPLES)
-            boot_samples.setdefault(p, []).append(boot)
+            boot = bootstrap_speedups(runs[ev.baseline], runs[p], budget, BOOTSTRAP_RESAMPLES, seed=streams[name])
+            boot_samples.setdefault(p, {})[name] = boot
             model_out["speedup_ci90"][p] = interval(boot)
             model_out["speedup_per_seed"][p] = [
                 None if s is None else {"trials": s.speedup_trials, "wall": s.speedup_wall, "reached": s.reached}
                 for s in per_seed_speedups(runs[ev.baseline], runs[p], 1.0, budget)]
+            for seed, s in zip(tc.seeds, model_out["speedup_per_seed"][p]):
+                tables["search_speedup_per_seed"].append({
+                    "model": name, "policy": p, "seed": seed, "speedup_trials": (s or {}).get("trials"),
+                    "speedup_wall": (s or {}).get("wall"), "reached": None if s is None else bool(s["reached"]),
+                    "note": (f"no speed-up: {ev.baseline}'s run of this seed never covers every task" if s is None
+                             else "" if s["reached"] else
+                             f"upper bound: this seed's {p} run never reached {ev.baseline}'s final latency")})
             for level in (1.0, 0.9):
                 sp = search_speedup(runs[ev.baseline], runs[p], level, budget)
                 if sp is None:
@@ -253,7 +327,7 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
 
     metrics = _headline(cfg, per_model)
     # the mean over models, with every model's seeds resampled: its 90 % interval
-    mean_boot = np.mean(boot_samples[ev.method], axis=0) if boot_samples.get(ev.method) else np.array([])
+    mean_boot = pooled_bootstrap(boot_samples.get(ev.method, {}), per_model, ev.method)
     metrics["search_speedup"][f"speedup_vs_{ev.baseline}_trials_mean_ci90"] = interval(mean_boot)
     for m in per_model:
         metrics["search_speedup"]["per_model"][m]["trials_ci90"] = per_model[m]["speedup_ci90"].get(ev.method)
@@ -277,6 +351,14 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
             "policy_summary": policy_summary}
 
 
+def pooled_bootstrap(boots: Mapping[str, np.ndarray], per_model: Mapping[str, Any], method: str) -> np.ndarray:
+    """The bootstrap of the headline mean speed-up: per resample, the mean over the models the headline
+    mean is over (those with a finite trial speed-up of ``method``) of their resampled speed-ups."""
+    used = [m for m in per_model if m in boots and _finite(
+        [(per_model[m]["speedup"].get(method) or {}).get("speedup_trials")])]
+    return np.mean([boots[m] for m in used], axis=0) if used else np.array([])
+
+
 def _headline(cfg: FamilySeerConfig, per_model: Mapping[str, Any]) -> dict[str, Any]:
     """The metrics file's figures from the per-model results. Every mean or median over models or seeds
     is over those that have the figure; ``models_used`` / ``seeds_used`` next to it say how many did
@@ -288,11 +370,17 @@ def _headline(cfg: FamilySeerConfig, per_model: Mapping[str, Any]) -> dict[str, 
     trials = _finite([s["speedup_trials"] for s in sp if s])
     walls = _finite([s["speedup_wall"] for s in sp if s])
     at90 = _finite([s["speedup_trials"] for s in sp90 if s])
-    # the wall-clock speed-up of each seed alone (baseline and method runs of one seed): a stalled run
-    # moves the seed-mean figure, not the median of these
-    wall_per_seed = {m: [(s or {}).get("wall") for s in per_model[m].get("speedup_per_seed", {}).get(ev.method, [])]
-                     for m in per_model}
+    # the speed-ups of each seed alone (baseline and method runs of one seed): a stalled run moves the
+    # seed-mean figure, not the median of these. reached_per_seed (1/0, None where the seed has no
+    # speed-up) flags both lists: a 0 means the method's run never reached the baseline run's final
+    # latency, and its trial and wall figures are upper bounds, not values
+    seeds_sp = {m: per_model[m].get("speedup_per_seed", {}).get(ev.method, []) for m in per_model}
+    wall_per_seed = {m: [(s or {}).get("wall") for s in seeds_sp[m]] for m in per_model}
+    trials_per_seed = {m: [(s or {}).get("trials") for s in seeds_sp[m]] for m in per_model}
+    reached_per_seed = {m: [None if s is None else int(bool(s.get("reached"))) for s in seeds_sp[m]]
+                        for m in per_model}
     walls_seed = _finite([w for ws in wall_per_seed.values() for w in ws])
+    trials_seed = _finite([t for ts in trials_per_seed.values() for t in ts])
     cms = {m: per_model[m]["cost_model"] for m in per_model}
     scored = [m for m in per_model if cms[m]["family_accuracy"] is not None and cms[m]["global_accuracy"] is not None]
     multi = [m for m in per_model if (cms[m].get("multi_member") or {}).get("family_accuracy") is not None
@@ -313,12 +401,18 @@ def _headline(cfg: FamilySeerConfig, per_model: Mapping[str, Any]) -> dict[str, 
             f"speedup_vs_{b}_wall_mean": _mean(walls),
             f"speedup_vs_{b}_wall_seed_median": _median(walls_seed),
             f"speedup_vs_{b}_trials_mean_at90": _mean(at90),
+            f"speedup_vs_{b}_trials_seed_median": _median(trials_seed),
             "models": len(per_model), "models_used": len(trials), "models_used_wall": len(walls),
             "models_used_at90": len(at90), "seeds": len(tc.seeds), "seeds_used_wall": len(walls_seed),
+            "seeds_used_trials": len(trials_seed),
+            "seeds_reached": sum(1 for rs in reached_per_seed.values() for r in rs if r),
             "models_reached": sum(1 for s in sp if s and s["reached"]),
             "per_model": {m: {"trials": (s or {}).get("speedup_trials"), "wall": (s or {}).get("speedup_wall"),
                               "wall_per_seed": wall_per_seed[m],
                               "wall_seed_median": _median(wall_per_seed[m]),
+                              "trials_per_seed": trials_per_seed[m],
+                              "trials_seed_median": _median(trials_per_seed[m]),
+                              "reached_per_seed": reached_per_seed[m],
                               "reached": int(bool((s or {}).get("reached"))),
                               "baseline_trials": (s or {}).get("baseline_trials"),
                               "method_trials": (s or {}).get("method_trials")}

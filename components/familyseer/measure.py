@@ -10,8 +10,10 @@ do with the search itself (measured; see the component README):
    submodules stay importable on demand).
 2. ``LocalBuilder`` creates a fresh process pool for *every* batch, so every batch pays a TVM import
    (plus the intrinsics import above) per worker. :class:`PersistentBuilder` keeps its
-   ``max_workers`` build processes alive across batches (recycled after ``recycle_after`` builds, as
-   a guard against the memory growth that made upstream restart them).
+   ``max_workers`` build processes alive across batches. They are replaced after ``recycle_after``
+   builds, as a guard against the memory growth that made upstream restart them, but only between
+   tuning runs (:meth:`Measurer.between_runs`, before a run starts its clock), never inside a build
+   call: new workers importing TVM would otherwise be timed as part of whichever run crossed the count.
 
 A candidate that fails to build or exceeds ``timeout_sec`` comes back as a ``BuilderResult`` with an
 error message: MetaSchedule records it as a failed trial (latency 1e9) and tuning goes on.
@@ -158,7 +160,12 @@ def _worker_build(mod: Any, target: Any) -> str:
 
 
 def make_builder(max_workers: int, timeout_sec: float, recycle_after: int = 256):
-    """A MetaSchedule builder that keeps ``max_workers`` build processes alive between batches."""
+    """A MetaSchedule builder that keeps ``max_workers`` build processes alive between batches.
+
+    :meth:`build` never replaces them; :meth:`between_runs` does, once they have done ``recycle_after``
+    builds, and starts the new ones (:meth:`warm_up`), so that the cost of new workers falls between
+    tuning runs, not into one run's timed builds.
+    """
     import cloudpickle
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
@@ -172,12 +179,13 @@ def make_builder(max_workers: int, timeout_sec: float, recycle_after: int = 256)
             super().__init__()
             self.max_workers = max_workers
             self.timeout_sec = timeout_sec
+            self.recycle_after = int(recycle_after)
             self._pool: Any = None
-            self._uses = 0
+            self._uses = 0         # builds since the pool was started
+            self.recycled = 0      # pools replaced by between_runs
 
         def _executor(self):
-            if self._pool is None or self._uses >= recycle_after:
-                self.close()
+            if self._pool is None:
                 self._pool = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_sec,
                                                initializer=_worker_init)
                 self._uses = 0
@@ -187,13 +195,28 @@ def make_builder(max_workers: int, timeout_sec: float, recycle_after: int = 256)
             """Start every build process now (each imports TVM once) instead of inside the first round."""
             list(self._executor().map_with_error_catching(lambda _: _worker_warmup(), range(self.max_workers)))
 
+        @property
+        def recycle_due(self) -> bool:
+            """True once the running build processes have done ``recycle_after`` builds."""
+            return self._pool is not None and self._uses >= self.recycle_after
+
+        def between_runs(self) -> bool:
+            """Between two tuning runs: replace the build processes if they are due (:attr:`recycle_due`)
+            and start the new ones; returns whether they were replaced."""
+            if not self.recycle_due:
+                return False
+            self.close()
+            self.warm_up()
+            self.recycled += 1
+            return True
+
         def close(self) -> None:
             if self._pool is not None:
                 self._pool.shutdown()
                 self._pool = None
 
         def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
-            pool = self._executor()
+            pool = self._executor()   # never replaced here: that is between_runs' job
             self._uses += len(build_inputs)
             results: list[BuilderResult] = []
             for res in pool.map_with_error_catching(lambda x: _worker_build(*x),
@@ -249,6 +272,12 @@ class Measurer:
     def from_config(cls, cfg: Any) -> "Measurer":
         return cls(cfg.builder_workers, cfg.build_timeout_s, cfg.run_timeout_s, cfg.repeat, cfg.min_repeat_ms,
                    cfg.target_cores)
+
+    def between_runs(self) -> bool:
+        """Call before a tuning run starts its clock: replaces the build processes if they have done their
+        ``recycle_after`` builds (the builder never does it inside a build call, i.e. inside a run's timed
+        region) and starts the new ones. Returns whether they were replaced."""
+        return bool(self.builder.between_runs())
 
     def close(self) -> None:
         """Stop the build processes and the measurement process."""

@@ -293,13 +293,26 @@ def _scheduler_class():
                 return int(ids[int(self.rng.integers(len(ids)))])
             return int(ids[int(np.argmax(grads))])
 
-        def _join_finished(self) -> None:
+        def _join(self, i: int, wait: bool) -> None:
+            """Join task ``i``'s round in flight (database, cost model, ledger) and record its best latency
+            in its history. ``wait``: block on its runner futures (``JoinRunningTask``), as
+            ``gradient_based.cc`` does after the first pass and for the task it picks; otherwise join it
+            only if every future is done (``TouchTask``). A task with no round in flight is left alone."""
             sched = self._sched()
-            for i in range(len(sched.tasks_)):
-                before = self.ledger.num_trials
-                _ffi_api.TaskSchedulerTouchTask(sched, i)  # joins a finished round (DB, cost model, ledger)
-                if self.ledger.num_trials > before:
-                    self.history[i].append(self.ledger.best_ms[i])
+            task = sched.tasks_[i]
+            if task.is_terminated or task.runner_futures is None:
+                return
+            before = self.ledger.num_trials
+            if wait:
+                _ffi_api.TaskSchedulerJoinRunningTask(sched, i)
+            else:
+                _ffi_api.TaskSchedulerTouchTask(sched, i)
+            if self.ledger.num_trials > before:
+                self.history[i].append(self.ledger.best_ms[i])
+
+        def _join_finished(self) -> None:
+            for i in range(len(self._sched().tasks_)):
+                self._join(i, wait=False)
 
         # -- the foresee step -----------------------------------------------------------------
         def _foresee_candidates(self, j: int, k: int) -> list:
@@ -369,6 +382,14 @@ def _scheduler_class():
             if self.round_robin_rounds < n:  # first pass: every task once (as GradientBased)
                 self.round_robin_rounds += 1
                 return self.round_robin_rounds - 1
+            if self.round_robin_rounds == n:  # after it, every task's round is waited for (as GradientBased)
+                self.round_robin_rounds += 1
+                for i in range(n):
+                    self._join(i, wait=True)
+            if self.last_main is not None:
+                # the foresee round follows the round of the task just tuned: wait for it (with a
+                # synchronous runner it is done already, and joined as the loop below would)
+                self._join(self.last_main, wait=True)
             self._join_finished()
             if self.last_main is not None:
                 self._foresee(self.last_main)
@@ -379,6 +400,9 @@ def _scheduler_class():
             if not alive:
                 return -1
             task_id = self._argmax(alive, [self._gradient(i) for i in alive])
+            # MetaSchedule's loop requires the picked task to have no round in flight
+            # (ICHECK(!task->runner_futures.defined())): wait for it, as GradientBased does
+            self._join(task_id, wait=True)
             self.last_main = task_id
             return task_id
 

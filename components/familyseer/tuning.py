@@ -77,11 +77,45 @@ def code_digest() -> str:
     return h.hexdigest()[:20]
 
 
+def _cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (``cpuinfo``'s first 'model name'; else what :mod:`platform` says)."""
+    import platform
+
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, sep, value = line.partition(":")
+                if sep and key.strip().lower() == "model name" and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def host_environment() -> dict[str, Any]:
+    """The machine and the libraries a run is measured with: the CPU model, the logical CPUs, and the
+    versions of TVM, XGBoost and tvm_ffi (part of a run's :func:`fingerprint`, so a run tuned on another
+    machine or library version is measured anew rather than replayed). Read once per process."""
+    import os
+    from importlib import metadata
+
+    import tvm
+    import xgboost
+
+    try:
+        ffi_version: str | None = metadata.version("apache-tvm-ffi")
+    except metadata.PackageNotFoundError:
+        ffi_version = None
+    return {"cpu_model": _cpu_model(), "cpu_count": os.cpu_count(), "tvm": str(tvm.__version__),
+            "xgboost": str(xgboost.__version__), "tvm_ffi": ffi_version}
+
+
 def fingerprint(model_manifest: dict[str, Any], policy: str, seed: int, cfg: TuneConfig) -> str:
     """What determines a run's records: the tasks, the policy, the seed, every tuning setting
     except the lists of policies/seeds and the replay switch, the threads the kernels are measured
-    on (:func:`measure.kernel_threads`: what TVM gives ``target_cores`` on this machine), and the tuning
-    code itself."""
+    on (:func:`measure.kernel_threads`: what TVM gives ``target_cores`` on this machine), the machine and
+    library versions (:func:`host_environment`), and the tuning code itself."""
     from components.familyseer.measure import kernel_threads
 
     settings = cfg.model_dump(mode="json")
@@ -91,7 +125,7 @@ def fingerprint(model_manifest: dict[str, Any], policy: str, seed: int, cfg: Tun
     payload = {"version": FORMAT_VERSION, "tasks": [(t["name"], t["structural_hash"], t["weight"])
                                                     for t in model_manifest["tasks"]],
                "target": model_manifest.get("target"), "policy": policy, "spec": asdict(POLICIES[policy]),
-               "seed": seed, "settings": settings, "code": code_digest()}
+               "seed": seed, "settings": settings, "host": host_environment(), "code": code_digest()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -114,8 +148,48 @@ def read_json_object(path: Path, keys: tuple[str, ...], what: str) -> dict[str, 
     return data
 
 
+#: the fields of a ledger.json trial that the evaluation reads (load_run checks them)
+TRIAL_KEYS = ("index", "task", "latency_ms", "wall_s")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_run_record(run_dir: Path, run: dict[str, Any], trials: list[Any], what: str) -> None:
+    """InputError naming the file, the field (and the trial) and what is expected where ``run.json`` and
+    ``ledger.json`` do not hold what the evaluation reads."""
+    run_file, ledger_file = run_dir / "run.json", run_dir / "ledger.json"
+    tasks, weights = run["tasks"], run["weights"]
+    if not tasks or len(tasks) != len(weights):
+        raise InputError(f"{run_file}: 'tasks' lists {len(tasks)} task(s) and 'weights' {len(weights)} weight(s); "
+                         f"expected one weight per task (at least one task); {what}")
+    bad = [w for w in weights if not _is_number(w)]
+    if bad:
+        raise InputError(f"{run_file}: 'weights' holds {bad[0]!r}; expected numbers; {what}")
+    if not (isinstance(run["budget"], int) and not isinstance(run["budget"], bool) and run["budget"] >= 1):
+        raise InputError(f"{run_file}: 'budget' is {run['budget']!r}; expected a positive integer; {what}")
+    n = len(tasks)
+    for k, trial in enumerate(trials):
+        if not isinstance(trial, dict):
+            raise InputError(f"{ledger_file}: trial {k} is {str(trial)[:80]!r}; expected an object with keys "
+                             f"{list(TRIAL_KEYS)}; {what}")
+        missing = [key for key in TRIAL_KEYS if key not in trial]
+        if missing:
+            raise InputError(f"{ledger_file}: trial {k} has no {missing}; expected an object with keys "
+                             f"{list(TRIAL_KEYS)}; {what}")
+        task = trial["task"]
+        if not (isinstance(task, int) and not isinstance(task, bool) and 0 <= task < n):
+            raise InputError(f"{ledger_file}: trial {k} 'task' is {task!r}; expected a task index in [0, {n}) "
+                             f"(run.json lists {n} task(s)); {what}")
+        for key in ("index", "latency_ms", "wall_s"):
+            if not _is_number(trial[key]):
+                raise InputError(f"{ledger_file}: trial {k} {key!r} is {trial[key]!r}; expected a number; {what}")
+
+
 def load_run(run_dir: Path) -> dict[str, Any]:
-    """``run.json`` + ``ledger.json`` of a finished run (InputError naming a missing/bad file)."""
+    """``run.json`` + ``ledger.json`` of a finished run (InputError naming a missing/bad file, and for a
+    malformed record the field, the trial and what is expected)."""
     for name in RUN_FILES:
         if not (run_dir / name).is_file():
             raise InputError(f"{run_dir / name}: missing; expected a finished tuning run (run the tune stage)")
@@ -125,7 +199,30 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     if not isinstance(trials, list) or not isinstance(run["tasks"], list) or not isinstance(run["weights"], list):
         raise InputError(f"{run_dir}: malformed run record ('trials' of ledger.json, 'tasks' and 'weights' of "
                          f"run.json must be lists); expected {what}")
+    _check_run_record(run_dir, run, trials, f"expected {what}")
     run["trials"] = trials
+    return run
+
+
+def load_current_run(run_dir: Path, model_manifest: dict[str, Any], policy: str, seed: int, cfg: TuneConfig,
+                     manifest_file: Path | str = "tasks.json") -> dict[str, Any]:
+    """:func:`load_run`, checked to be the run the current data, settings, code and machine would tune
+    (its stored fingerprint is :func:`fingerprint` of ``model_manifest``, ``policy``, ``seed`` and ``cfg``,
+    as the tune stage computes it); InputError naming the run's folder and both fingerprints otherwise.
+    ``manifest_file``: where ``model_manifest`` was read (named when it lacks what the fingerprint needs)."""
+    run = load_run(run_dir)
+    try:
+        expected = fingerprint(model_manifest, policy, seed, cfg)
+    except (KeyError, TypeError) as err:
+        raise InputError(f"{manifest_file}: malformed task manifest ({type(err).__name__}: {err}); expected the "
+                         f"data stage's tasks.json, whose tasks have 'name', 'structural_hash' and 'weight' "
+                         f"(re-run the data stage)") from None
+    stored = run.get("fingerprint")
+    if stored != expected:
+        raise InputError(f"{run_dir}: stored fingerprint {stored!r} differs from {expected!r}, the fingerprint "
+                         f"the current task manifest, tune settings, tuning code and machine give to "
+                         f"policy {policy!r}, seed {seed}: the run is stale; expected a run of the current "
+                         f"configuration: re-run the tune stage (`python -m flows familyseer tune`)")
     return run
 
 
@@ -288,6 +385,9 @@ def _measure(model: Any, policy: str, seed: int, cfg: TuneConfig, out: Path, fp:
             say(f"{model.name}/{policy}/seed {seed}: warning: budget {budget} <= (tasks + 1) x trials_per_round = "
                 f"{(n + 1) * cfg.trials_per_round}: the first pass and one main round spend it, so no foresee "
                 f"round fits unless rounds come back short")
+        # a builder due for new worker processes gets them now, before the clock starts (never inside
+        # the run's timed builds)
+        builder_recycled = bool(measurer.between_runs())
         t0 = time.perf_counter()
         cpu0 = time.process_time()
         ledger.start()
@@ -314,7 +414,7 @@ def _measure(model: Any, policy: str, seed: int, cfg: TuneConfig, out: Path, fp:
         "final_latency_ms": final if np.isfinite(final) else None,
         "per_task_best_ms": [b if b < FAILED_MS else None for b in curve.per_task_best_ms],
         "wall_s": wall, "cpu_main_s": cpu_main, "settings": cfg.model_dump(mode="json"),
-        "kernel_threads": measurer.kernel_threads,
+        "kernel_threads": measurer.kernel_threads, "builder_recycled": builder_recycled,
         "foresee_log": [{"after": infos[a].name, "sibling": infos[b].name, "trials": k}
                         for a, b, k in getattr(scheduler, "foresee_log", [])],
         "cost_model_updates": dict(getattr(cost_model, "updates", {})) if families else {},

@@ -46,9 +46,13 @@ def test_familyseer_flow_end_to_end(prefect_harness, paperworks_root):
     latency = json.loads((root / "results/familyseer/compile/latency.json").read_text())["mlp_tiny"]
     tasks = [t["name"] for t in json.loads((root / "data/familyseer/zoo/mlp_tiny/tasks.json").read_text())["tasks"]]
     for p in ("tvm_familyseer", "tvm_gradient"):
-        for s in latency[p].values():
+        for seed, s in latency[p].items():
             assert s["max_abs_err"] < 1e-4
             assert set(tasks) <= set(s["tuned_functions"])   # every tuned task got its schedule
+            run = json.loads((root / f"data/familyseer/tuning/mlp_tiny/{p[4:]}/seed{seed}/run.json").read_text())
+            assert s["run_fingerprint"] == run["fingerprint"]   # what the evaluate stage checked
+    per_seed = sp["per_model"]["mlp_tiny"]
+    assert len(per_seed["trials_per_seed"]) == len(per_seed["reached_per_seed"]) == len(per_seed["wall_per_seed"]) == 2
 
     client = mlflow_client(root)
     exp = client.get_experiment_by_name("familyseer")
@@ -102,3 +106,39 @@ def test_bad_parameter_exits_2_before_any_work(capsys):
 
     assert main(["familyseer", "tune", "--set", "tune.foresee_trials=64"]) == 2
     assert "foresee_trials=64 must be <=" in capsys.readouterr().err
+
+
+def test_compile_uses_only_runs_of_the_current_configuration(tmp_path, monkeypatch):
+    """The compile stage checks every planned run's stored fingerprint against the one the tune stage
+    gives it now, before it measures anything; a stale run stops it with the run's folder named."""
+    from types import SimpleNamespace
+
+    from components.base import InputError
+    from components.familyseer import measure, tuning
+    from components.familyseer.config import FamilySeerConfig
+    from flows.familyseer import _current_runs, _run_dir, _run_seed
+    from tests.components.familyseer.conftest import HOST, manifest, trials, write_run
+
+    monkeypatch.setattr(measure, "kernel_threads", lambda threads: threads)   # no TVM probe process
+    monkeypatch.setattr(tuning, "host_environment", lambda: dict(HOST))
+    cfg = FamilySeerConfig(seed=3, **TINY)
+    ctx = SimpleNamespace(config=cfg, paths=SimpleNamespace(data=tmp_path))
+    (tmp_path / "zoo" / "mlp_tiny").mkdir(parents=True)
+    (tmp_path / "zoo" / "mlp_tiny" / "tasks.json").write_text(json.dumps(manifest()))
+    for policy in cfg.tune.policies:
+        for seed in cfg.tune.seeds:
+            fp = tuning.fingerprint(manifest(), policy, _run_seed(cfg, seed), cfg.tune)   # as the tune stage
+            write_run(_run_dir(ctx, "mlp_tiny", policy, seed), fp, trials([(0, 2.0), (1, 3.0)]), policy,
+                      _run_seed(cfg, seed))
+    runs = _current_runs(ctx)
+    assert sorted(runs) == [("mlp_tiny", p, s) for p in ("familyseer", "gradient") for s in (0, 1)]
+    # the runs on disk were tuned with another seed base (profile seed): every one is stale
+    ctx.config = FamilySeerConfig(seed=4, **TINY)
+    with pytest.raises(InputError, match=rf"{_run_dir(ctx, 'mlp_tiny', 'familyseer', 0)}: stored fingerprint "
+                                         r"'[0-9a-f]{20}' differs from '[0-9a-f]{20}'.*re-run the tune stage"):
+        _current_runs(ctx)
+    ctx.config = cfg
+    run_json = _run_dir(ctx, "mlp_tiny", "gradient", 1) / "run.json"
+    run_json.write_text(run_json.read_text().replace(runs["mlp_tiny", "gradient", 1]["fingerprint"], "0" * 20))
+    with pytest.raises(InputError, match=rf"{run_json.parent}: stored fingerprint '{'0' * 20}'"):
+        _current_runs(ctx)

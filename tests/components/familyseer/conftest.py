@@ -26,3 +26,47 @@ def tiny_tune_config(**overrides):
                 search={"population_size": 8, "init_min_unmeasured": 4, "genetic_num_iters": 1})
     base.update(overrides)
     return TuneConfig(**base)
+
+
+# --------------------------------------------------------------------------------------------------
+# synthetic stage outputs (no TVM tuning): task manifests, tuning runs with their fingerprints
+
+
+HOST = {"cpu_model": "Test CPU", "cpu_count": 2, "tvm": "0.27.0", "xgboost": "3.2.0", "tvm_ffi": "0.1.14"}
+
+
+@pytest.fixture
+def fast_fingerprint(monkeypatch):
+    """Fingerprints without the kernel-pool probe (a TVM process) and with a fixed host."""
+    from components.familyseer import measure, tuning
+
+    monkeypatch.setattr(measure, "kernel_threads", lambda threads: threads)
+    monkeypatch.setattr(tuning, "host_environment", lambda: dict(HOST))
+    return tuning.fingerprint
+
+
+def manifest(tasks=("a", "b")):
+    """A data-stage task manifest (tasks.json) of one 'matmul' family."""
+    return {"model": "m", "target": "llvm", "tasks": [
+        {"name": t, "core_op": "matmul", "structural_hash": f"hash-{t}", "weight": 1} for t in tasks]}
+
+
+def trials(tasks_latencies, dt=1.0):
+    """Ledger trials: trial i measures task ``t`` at ``ms`` (1e9 = a failed trial), ``dt`` s apart."""
+    return [{"index": i + 1, "task": t, "kind": "main", "latency_ms": ms, "error": "" if ms < 1e9 else "run",
+             "wall_s": dt * (i + 1)} for i, (t, ms) in enumerate(tasks_latencies)]
+
+
+def write_run(folder, fingerprint, trial_list, policy="gradient", seed=0, tasks=("a", "b"), budget=4):
+    """A run folder as the tune stage writes it (the MetaSchedule databases empty)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("database_workload.json", "database_tuning_record.json"):
+        (folder / name).write_text("")
+    run = {"fingerprint": fingerprint, "policy": policy, "seed": seed, "tasks": list(tasks),
+           "weights": [1.0] * len(tasks), "budget": budget, "num_trials": len(trial_list),
+           "wall_s": float(len(trial_list))}
+    (folder / "run.json").write_text(json.dumps(run))
+    (folder / "ledger.json").write_text(json.dumps({"trials": trial_list}))
+    return folder

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from components.base import InputError
 from components.familyseer.analysis import Record, per_seed_speedups, ranking_quality
 from components.familyseer.config import FamilySeerConfig
 from components.familyseer.evaluation import _headline, final_latencies
@@ -106,3 +107,191 @@ def test_ranking_quality_scores_multi_member_families_on_their_own():
     assert rq["global_accuracy"] == 1.0 and rq["family_accuracy"] == pytest.approx(6 / 18)
     assert rq["pairs"] == 18
     assert rq["multi_member"] == {"families": 1, "pairs": 12, "global_accuracy": 1.0, "family_accuracy": 0.0}
+
+
+def test_a_task_one_model_cannot_rank_is_scored_by_neither():
+    """Family F1 (task c) has records of seed 0 only: in the fold that holds seed 0 out, its family model
+    has nothing to train on. The global model (which ranks c backwards) must not be scored on c there
+    either, or the global accuracy would be over 15 pairs and the family one over 12."""
+    pytest.importorskip("tvm")
+    family_of_task = {"a": "F2", "b": "F2", "c": "F1"}
+
+    class Model:
+        def __init__(self, members, samples):
+            self.members = members
+            self.booster = object() if samples else None   # XGBModel: no booster before its first training
+
+        def update(self, ctx, candidates, results):
+            pass
+
+        def predict(self, ctx, candidates):
+            sign = -1.0 if (self.members == 3 and ctx == "c") else 1.0
+            return [-sign * c.latency for c in candidates]
+
+    records = [Record(t, seed, f"{t}{seed}{k}", float(k), None, SimpleNamespace(latency=float(k)))
+               for t in "abc" for seed in (0, 1) for k in (1, 2, 3) if t != "c" or seed == 0]
+    rq = ranking_quality(records, {t: t for t in "abc"}, family_of_task, lambda m, s: Model(m, s), min_test=2)
+    assert "F1" not in rq["families"] and "c" not in rq["per_task"]
+    assert rq["families"]["F2"] == {"members": ["a", "b"], "pairs": 12, "global_accuracy": 1.0, "family_accuracy": 1.0}
+    assert (rq["global_accuracy"], rq["family_accuracy"], rq["pairs"]) == (1.0, 1.0, 12)
+
+
+def test_headline_exports_the_trial_speed_up_of_each_seed_and_whether_it_reached():
+    cfg = FamilySeerConfig()
+    sp = {"speedup_trials": 2.0, "speedup_wall": 3.0, "reached": True, "baseline_trials": 4, "method_trials": 2}
+    cm = _cm(0.71, 0.70, 10, {"families": 0, "pairs": 0, "family_accuracy": None, "global_accuracy": None})
+    m1 = _model(sp, [], cm)
+    m1["speedup_per_seed"]["familyseer"] = [{"trials": 2.0, "wall": 1.5, "reached": True},
+                                            {"trials": 0.8, "wall": 0.6, "reached": False},   # an upper bound
+                                            None]                                             # no speed-up
+    m2 = _model(sp, [], cm)
+    m2["speedup_per_seed"]["familyseer"] = [{"trials": 4.0, "wall": 3.0, "reached": True}]
+    s = _headline(cfg, {"m1": m1, "m2": m2})["search_speedup"]
+    per = s["per_model"]["m1"]
+    assert per["trials_per_seed"] == [2.0, 0.8, None] and per["reached_per_seed"] == [1, 0, None]
+    assert per["wall_per_seed"] == [1.5, 0.6, None] and per["trials_seed_median"] == pytest.approx(1.4)
+    assert s["per_model"]["m2"]["reached_per_seed"] == [1]
+    assert s["speedup_vs_gradient_trials_seed_median"] == pytest.approx(2.0)   # of 2.0, 0.8 and 4.0
+    assert (s["seeds_used_trials"], s["seeds_reached"]) == (3, 2)
+    # the existing figures are unchanged
+    assert s["speedup_vs_gradient_trials_mean"] == 2.0 and per["wall_seed_median"] == pytest.approx(1.05)
+
+
+def test_each_model_gets_its_own_bootstrap_stream_and_the_first_keeps_seed_0():
+    import numpy as np
+
+    from components.familyseer.analysis import bootstrap_streams
+
+    assert bootstrap_streams(0) == []
+    streams = bootstrap_streams(3)
+    draws = [np.random.default_rng(s).integers(1 << 30, size=8).tolist() for s in streams]
+    assert draws[0] == np.random.default_rng(0).integers(1 << 30, size=8).tolist()   # one model: as before
+    assert len({tuple(d) for d in draws}) == 3
+    assert draws == [np.random.default_rng(s).integers(1 << 30, size=8).tolist() for s in bootstrap_streams(3)]
+
+
+def test_the_pooled_bootstrap_averages_over_the_models_the_headline_mean_uses():
+    import numpy as np
+
+    from components.familyseer.evaluation import pooled_bootstrap
+
+    per_model = {"m1": {"speedup": {"familyseer": {"speedup_trials": 2.0}}},
+                 "m2": {"speedup": {}},                                        # no speed-up: not in the mean
+                 "m3": {"speedup": {"familyseer": {"speedup_trials": 1.0}}}}
+    boots = {"m1": np.array([2.0, 4.0]), "m2": np.array([np.nan, np.nan]), "m3": np.array([1.0, 2.0])}
+    assert pooled_bootstrap(boots, per_model, "familyseer").tolist() == [1.5, 3.0]
+    assert pooled_bootstrap(boots, {"m2": per_model["m2"]}, "familyseer").size == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluate_all on synthetic stage outputs (the cost-model ranking, which needs TVM records, stubbed)
+
+
+@pytest.fixture
+def outputs(tmp_path, fast_fingerprint, monkeypatch):
+    """Two models x {familyseer, gradient} x seeds {0, 1}: tasks.json, runs with their current fingerprints
+    and the compile stage's latencies. resnet_tiny's gradient runs never measure task b validly."""
+    import json
+
+    from components.familyseer import evaluation
+
+    from .conftest import manifest, trials, write_run
+
+    cfg = FamilySeerConfig(zoo={"models": ["mlp_tiny", "resnet_tiny"]},
+                           tune={"policies": ["familyseer", "gradient"], "seeds": [0, 1]})
+    zoo, runs = tmp_path / "zoo", tmp_path / "tuning"
+    ledgers = {
+        ("mlp_tiny", "gradient"): [[(0, 4.0), (1, 4.0), (0, 2.0), (1, 2.0)], [(0, 4.0), (1, 4.0), (0, 3.0), (1, 3.0)]],
+        ("mlp_tiny", "familyseer"): [[(0, 2.0), (1, 2.0), (0, 2.0), (1, 2.0)], [(0, 4.0), (1, 4.0), (0, 4.0), (1, 4.0)]],
+        ("resnet_tiny", "gradient"): [[(0, 4.0), (1, FAILED_MS), (0, 2.0), (1, FAILED_MS)]] * 2,
+        ("resnet_tiny", "familyseer"): [[(0, 2.0), (1, 2.0), (0, 2.0), (1, 2.0)]] * 2,
+    }
+    latency = {}
+    for name in cfg.zoo.models:
+        (zoo / name).mkdir(parents=True)
+        (zoo / name / "tasks.json").write_text(json.dumps(manifest()))
+        latency[name] = {"pytorch_eager": {"latency_ms_p50": 2.0, "latency_ms_p99": 2.5},
+                         "tvm_untuned": {"latency_ms_p50": 4.0, "latency_ms_p99": 4.5}}
+        for p in cfg.tune.policies:
+            latency[name][f"tvm_{p}"] = {}
+            for s, ledger in zip(cfg.tune.seeds, ledgers[name, p]):
+                fp = fast_fingerprint(manifest(), p, s, cfg.tune)
+                write_run(runs / name / p / f"seed{s}", fp, trials(ledger), p, s)
+                latency[name][f"tvm_{p}"][str(s)] = {"latency_ms_p50": 1.0, "max_abs_err": 0.0, "run_fingerprint": fp}
+    rq = {"folds": 2, "records": 0, "families": {}, "global_accuracy": None, "family_accuracy": None, "pairs": 0,
+          "multi_member": {"families": 0, "pairs": 0, "global_accuracy": None, "family_accuracy": None},
+          "per_task": {}}
+    monkeypatch.setattr(evaluation, "_ranking_for_model", lambda *args: rq)
+    plots = tmp_path / "plots"
+    plots.mkdir()
+
+    def evaluate(lat=None):
+        return evaluation.evaluate_all(cfg, zoo, lambda m, p, s: runs / m / p / f"seed{s}",
+                                       latency if lat is None else lat, plots, latency_file="compile/latency.json")
+
+    return SimpleNamespace(cfg=cfg, runs=runs, latency=latency, evaluate=evaluate)
+
+
+def test_evaluate_reports_per_seed_speed_ups_and_pools_the_bootstrap_over_the_models_used(outputs, monkeypatch):
+    from components.familyseer import evaluation
+
+    seeds = []
+    bootstrap = evaluation.bootstrap_speedups
+    monkeypatch.setattr(evaluation, "bootstrap_speedups",
+                        lambda *a, seed=0, **k: seeds.append(seed) or bootstrap(*a, seed=seed, **k))
+    report = outputs.evaluate()
+    s = report["metrics"]["search_speedup"]
+    # a stream per model, the first one numpy seed 0's
+    assert len(seeds) == 2 and seeds[0].entropy == 0 and seeds[0].spawn_key == () and seeds[1].spawn_key == (0,)
+    # resnet_tiny's baseline never covers task b: no speed-up, so it is left out of the mean and its interval
+    assert (s["models"], s["models_used"]) == (2, 1)
+    ci = report["per_model"]["mlp_tiny"]["speedup_ci90"]["familyseer"]
+    assert ci is not None and s["speedup_vs_gradient_trials_mean_ci90"] == ci
+    per = s["per_model"]["mlp_tiny"]
+    # seed 0: familyseer reaches gradient's final 4 ms at trial 2 (gradient: 4); seed 1 never reaches
+    # gradient's 6 ms, so its figure is the upper bound 4 / 4 (the last trial)
+    assert per["trials_per_seed"] == [pytest.approx(2.0), pytest.approx(1.0)] and per["reached_per_seed"] == [1, 0]
+    assert s["per_model"]["resnet_tiny"]["reached_per_seed"] == [None, None]
+    rows = [r for r in report["tables"]["search_speedup_per_seed"] if r["model"] == "mlp_tiny"]
+    assert [(r["seed"], r["reached"]) for r in rows] == [(0, True), (1, False)] and "upper bound" in rows[1]["note"]
+    assert report["per_model"]["mlp_tiny"]["seeds"] == [0, 1]
+
+
+def test_evaluate_stops_at_a_run_of_another_configuration(outputs):
+    import json
+
+    run_json = outputs.runs / "resnet_tiny" / "familyseer" / "seed1" / "run.json"
+    run = json.loads(run_json.read_text())
+    stored, run["fingerprint"] = run["fingerprint"], "0123456789abcdef0123"
+    run_json.write_text(json.dumps(run))
+    with pytest.raises(InputError, match=rf"{run_json.parent}: stored fingerprint '0123456789abcdef0123' differs "
+                                         rf"from '{stored}'.*re-run the tune stage"):
+        outputs.evaluate()
+
+
+def test_evaluate_stops_at_latencies_of_other_models_seeds_or_runs(outputs):
+    import copy
+
+    lat = copy.deepcopy(outputs.latency)
+    del lat["resnet_tiny"]
+    with pytest.raises(InputError, match=r"compile/latency.json: model 'resnet_tiny' is missing \(it has "
+                                         r"\['mlp_tiny'\]\); expected an object for every model of zoo.models"):
+        outputs.evaluate(lat)
+    lat = copy.deepcopy(outputs.latency)
+    del lat["mlp_tiny"]["tvm_gradient"]["1"]
+    with pytest.raises(InputError, match=r"compile/latency.json: model 'mlp_tiny', 'tvm_gradient' has seeds \['0'\]; "
+                                         r"expected the seeds of tune.seeds \['0', '1'\]"):
+        outputs.evaluate(lat)
+    lat = copy.deepcopy(outputs.latency)
+    lat["mlp_tiny"]["tvm_familyseer"]["2"] = lat["mlp_tiny"]["tvm_familyseer"]["1"]
+    with pytest.raises(InputError, match=r"'tvm_familyseer' has seeds \['0', '1', '2'\]"):
+        outputs.evaluate(lat)
+    lat = copy.deepcopy(outputs.latency)
+    lat["mlp_tiny"]["tvm_familyseer"]["0"] = {"max_abs_err": 0.0}
+    with pytest.raises(InputError, match=r"'tvm_familyseer' seed 0 .*expected an object with a numeric 'latency_ms_p50'"):
+        outputs.evaluate(lat)
+    lat = copy.deepcopy(outputs.latency)
+    lat["mlp_tiny"]["tvm_gradient"]["0"]["run_fingerprint"] = "stale"
+    with pytest.raises(InputError, match=r"model 'mlp_tiny', 'tvm_gradient' seed 0 was compiled from the run of "
+                                         r"fingerprint 'stale'; expected '[0-9a-f]{20}'.*re-run the compile stage"):
+        outputs.evaluate(lat)

@@ -88,6 +88,49 @@ def test_a_malformed_run_record_names_the_file_and_the_keys(tmp_path):
         load_run(_run_files(tmp_path / "list", ledger="[]"))
 
 
+_TRIAL = {"index": 1, "task": 0, "kind": "main", "latency_ms": 2.0, "error": "", "wall_s": 0.5}
+
+
+@pytest.mark.parametrize("trial, needle", [
+    ({**_TRIAL, "task": 1}, r"trial 1 'task' is 1; expected a task index in \[0, 1\) \(run.json lists 1 task"),
+    ({**_TRIAL, "task": -1}, r"trial 1 'task' is -1; expected a task index in \[0, 1\)"),
+    ({**_TRIAL, "task": "0"}, r"trial 1 'task' is '0'; expected a task index"),
+    ({k: v for k, v in _TRIAL.items() if k != "latency_ms"}, r"trial 1 has no \['latency_ms'\]; expected an object "
+                                                             r"with keys \['index', 'task', 'latency_ms', 'wall_s'\]"),
+    ({**_TRIAL, "latency_ms": None}, r"trial 1 'latency_ms' is None; expected a number"),
+    ({**_TRIAL, "wall_s": "1 s"}, r"trial 1 'wall_s' is '1 s'; expected a number"),
+    ([0, 2.0], r"trial 1 is '\[0, 2.0\]'; expected an object with keys"),
+    (None, r"trial 1 is 'None'; expected an object"),
+])
+def test_a_malformed_trial_names_the_ledger_the_trial_and_the_field(tmp_path, trial, needle):
+    from components.familyseer.tuning import load_run
+
+    folder = _run_files(tmp_path / "run", ledger={"trials": [_TRIAL, trial]})
+    with pytest.raises(InputError, match=rf"{folder / 'ledger.json'}: {needle}.*re-run the tune stage"):
+        load_run(folder)
+
+
+def test_tasks_and_weights_of_different_lengths_are_named_not_truncated(tmp_path):
+    from components.familyseer.tuning import load_run
+
+    run = {"fingerprint": "f", "policy": "gradient", "seed": 0, "tasks": ["t", "u"], "weights": [1.0], "budget": 2,
+           "num_trials": 1, "wall_s": 1.0}
+    folder = _run_files(tmp_path / "lengths", run=run, ledger={"trials": [_TRIAL]})
+    with pytest.raises(InputError, match=rf"{folder / 'run.json'}: 'tasks' lists 2 task\(s\) and 'weights' 1 "
+                                         r"weight\(s\); expected one weight per task"):
+        load_run(folder)
+    for key, value, needle in (("weights", [1.0, "2"], r"'weights' holds '2'; expected numbers"),
+                               ("budget", 0, r"'budget' is 0; expected a positive integer"),
+                               ("tasks", [], r"'tasks' lists 0 task\(s\)")):
+        bad = {**run, "weights": [1.0, 1.0], key: value}
+        if key == "tasks":
+            bad["weights"] = []
+        with pytest.raises(InputError, match=needle):
+            load_run(_run_files(tmp_path / key, run=bad, ledger={"trials": []}))
+    assert load_run(_run_files(tmp_path / "ok", run={**run, "weights": [1.0, 0.5]},
+                               ledger={"trials": [_TRIAL, {**_TRIAL, "index": 2, "task": 1}]}))["weights"] == [1.0, 0.5]
+
+
 def test_a_malformed_task_manifest_stops_the_evaluation_with_its_name(tmp_path):
     from components.familyseer.config import FamilySeerConfig
     from components.familyseer.evaluation import evaluate_all

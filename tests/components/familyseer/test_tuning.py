@@ -29,9 +29,17 @@ def runs(mlp_zoo, tmp_path_factory):
     model = load_model(mlp_zoo, "mlp_tiny")
     cfg = tiny_tune_config()
     with Measurer.from_config(cfg) as measurer:  # one builder/runner for both policies, as the tune stage
+        # due for new build processes after any build: the second run must get them before its clock starts
+        measurer.builder._inst.recycle_after = 1
         results = {p: (tune_model(model, p, 0, cfg, out / p, measurer=measurer), out / p)
                    for p in ("familyseer", "gradient")}
     return results, model, cfg
+
+
+def test_the_builder_gets_new_workers_between_runs_not_inside_one(runs):
+    results, _, _ = runs
+    assert results["familyseer"][0]["builder_recycled"] is False   # a fresh builder: nothing built yet
+    assert results["gradient"][0]["builder_recycled"] is True      # before its clock started
 
 
 def test_both_policies_spend_the_same_budget_by_the_same_rule(runs):
