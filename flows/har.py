@@ -5,14 +5,17 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
+from components.base import InputError
 from components.har.config import HarConfig
-from tasks.io import atomic_dir, read_json, write_json
+from components.io import read_json_record
+from tasks.io import atomic_dir, atomic_file, write_json
 from tasks.pipeline import StageContext, flow_config, run_paper, stage_task
 from tasks.timing import stage_cost
 
@@ -21,8 +24,8 @@ CONFIG = HarConfig
 STAGES = ("data", "teacher", "imfe", "evaluate")
 
 
-def _timing_file(ctx: StageContext, stage: str) -> Path:
-    return ctx.paths.results / stage / "timing.json"
+def _timing_file(paths, stage: str) -> Path:
+    return paths.results / stage / "timing.json"
 
 
 @stage_task
@@ -52,39 +55,101 @@ def teacher(ctx: StageContext) -> dict:
 
     with atomic_dir(ctx.paths.models / "teacher") as models, atomic_dir(ctx.paths.results / "teacher") as res:
         summary = run_teacher(ctx.config, ctx.paths.data, models, res, ctx.progress)
-        write_json(res / "timing.json", {"stage": "teacher", **stage_cost()})
-    ctx.log_metrics({"teacher.chunk_accuracy": summary["chunk_accuracy"],
-                     "teacher.flow_ms_per_pair": {m: t["ms_per_pair"] for m, t in summary["flow_cpu"].items()}})
+        ctx.log_metrics({"teacher.chunk_accuracy": summary["chunk_accuracy"],
+                         "teacher.flow_ms_per_pair": {m: t["ms_per_pair"] for m, t in summary["flow_cpu"].items()}})
+        write_json(res / "timing.json", {"stage": "teacher", **stage_cost()})    # after the MLflow logging
     return {"chunk_accuracy": summary["chunk_accuracy"]}
 
 
 @stage_task
 def imfe(ctx: StageContext) -> dict:
-    """Distil IMFE onto the TV-L1 flow stream; export to ONNX and check onnxruntime parity."""
+    """Distil IMFE onto the TV-L1 flow stream; export to ONNX and check onnxruntime parity (the stage
+    fails when ONNX and PyTorch disagree by more than ``experiment.ONNX_PARITY_TOL``)."""
     from components.har.experiment import run_imfe
 
     with atomic_dir(ctx.paths.models / "imfe") as models, atomic_dir(ctx.paths.results / "imfe") as res:
         summary = run_imfe(ctx.config, ctx.paths.data, ctx.paths.models / "teacher", ctx.paths.results / "teacher",
                            models, res, ctx.progress)
-        write_json(res / "timing.json", {"stage": "imfe", **stage_cost()})
-    val = summary["val_mse"] or [None] * len(summary["train_mse"])    # no val curve: log none (not train's)
-    for epoch, (tr, va) in enumerate(zip(summary["train_mse"], val)):
-        ctx.log_metrics({"imfe.train_mse": tr, **({"imfe.val_mse": va} if va is not None else {})}, step=epoch)
-    ctx.log_metrics({"imfe.onnx_max_abs_diff": summary["onnx"]["max_abs_diff"], "imfe.params": summary["params"]})
+        val = summary["val_mse"] or [None] * len(summary["train_mse"])    # no val curve: log none (not train's)
+        for epoch, (tr, va) in enumerate(zip(summary["train_mse"], val)):
+            ctx.log_metrics({"imfe.train_mse": tr, **({"imfe.val_mse": va} if va is not None else {})}, step=epoch)
+        ctx.log_metrics({"imfe.onnx_max_abs_diff": summary["onnx"]["max_abs_diff"], "imfe.params": summary["params"]})
+        write_json(res / "timing.json", {"stage": "imfe", **stage_cost()})        # after the MLflow logging
     return {"val_mse": summary["val_mse"][-1] if summary["val_mse"] else None}
 
 
 @stage_task
 def evaluate(ctx: StageContext) -> dict:
     """Every motion source through the LSTR head (accuracy), the latency benchmark, the streaming
-    runtime; metrics/har.json, plots/har, MLflow tables and figures. The new heads replace
-    models/har/heads last, after every other output is written: a failure leaves the old heads next
-    to the old metrics."""
-    with atomic_dir(ctx.paths.models / "heads") as heads_dir:
-        return _evaluate(ctx, heads_dir)
+    runtime; metrics/har.json, plots/har, MLflow tables and figures.
+
+    The earlier stages' records (teacher.json, imfe.json, timing.json) and ``evaluate.stream_frames``
+    are checked first (InputError before minutes of head training). The outputs -- models/har/heads,
+    results/har/evaluate, plots/har and metrics/har.json -- are built in temporary siblings and
+    replace the old ones together at the very end (metrics last): a failure anywhere leaves every old
+    output as it was, never new results or heads next to old metrics or plots."""
+    upstream = _upstream_records(ctx.paths)
+    with contextlib.ExitStack() as stack:           # entered first = committed last
+        metrics_file = stack.enter_context(atomic_file(ctx.paths.metrics))
+        heads_dir = stack.enter_context(atomic_dir(ctx.paths.models / "heads"))
+        plots_dir = stack.enter_context(atomic_dir(ctx.paths.plots))
+        res_dir = stack.enter_context(atomic_dir(ctx.paths.results / "evaluate"))
+        metrics = _evaluate(ctx, upstream, heads_dir, res_dir, plots_dir)
+        json.dump(metrics, metrics_file, indent=2, allow_nan=False)        # as tasks.io.write_json writes
+        metrics_file.write("\n")
+    return metrics
 
 
-def _evaluate(ctx: StageContext, heads_dir: Path) -> dict:
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _upstream_records(paths) -> dict[str, Any]:
+    """The records of the earlier stages the evaluate stage reads, checked: ``teacher``, ``imfe`` and
+    ``timings`` (stage -> timing.json of data/teacher/imfe, those that exist). InputError naming the
+    file and what is expected when one is missing, not JSON or lacks (or has a malformed) field."""
+    def what(stage: str, name: str) -> str:
+        return f"the {name} the har {stage} stage writes (run `python -m flows har {stage}` first)"
+
+    def need(path: Path, rec: dict, key: str, ok: bool, expected: str, stage: str, name: str) -> None:
+        if not ok:
+            raise InputError(f"{path}: {key}={str(rec[key])[:80]}; expected {expected} in {what(stage, name)}")
+
+    f = paths.results / "teacher" / "teacher.json"
+    teacher = read_json_record(f, ("chunk_accuracy", "flow_cpu"), what("teacher", "record"))
+    need(f, teacher, "chunk_accuracy", isinstance(teacher["chunk_accuracy"], dict), "an object (stream -> accuracy)",
+         "teacher", "record")
+    need(f, teacher, "flow_cpu", isinstance(teacher["flow_cpu"], dict) and all(
+        isinstance(t, dict) and _number(t.get("ms_per_pair")) for t in teacher["flow_cpu"].values()),
+        "an object of flow methods, each with a number ms_per_pair", "teacher", "record")
+
+    f = paths.results / "imfe" / "imfe.json"
+    keys = ("train_mse", "val_mse", "val_relative_mse", "params", "onnx", "train_seconds")
+    imfe = read_json_record(f, keys, what("imfe", "record"))
+    for key in ("train_mse", "val_mse"):
+        need(f, imfe, key, isinstance(imfe[key], list) and all(_number(v) for v in imfe[key]),
+             "a list of numbers (one per epoch)", "imfe", "record")
+    for key in ("val_relative_mse", "val_r2"):
+        if key in imfe:
+            need(f, imfe, key, imfe[key] is None or _number(imfe[key]), "a number or null", "imfe", "record")
+    for key in ("params", "train_seconds"):
+        need(f, imfe, key, _number(imfe[key]), "a number", "imfe", "record")
+    need(f, imfe, "onnx", isinstance(imfe["onnx"], dict) and _number(imfe["onnx"].get("max_abs_diff")),
+         "an object with a number max_abs_diff", "imfe", "record")
+
+    timings = {}
+    for stage in STAGES[:-1]:
+        f = _timing_file(paths, stage)
+        if f.is_file():
+            timings[stage] = rec = read_json_record(f, ("wall_s", "cpu_s"), what(stage, "timing record"))
+            for key in ("wall_s", "cpu_s"):
+                need(f, rec, key, _number(rec[key]), "a number of seconds", stage, "timing record")
+    return {"teacher": teacher, "imfe": imfe, "timings": timings}
+
+
+def _evaluate(ctx: StageContext, upstream: dict[str, Any], heads_dir: Path, res: Path, plots_dir: Path) -> dict:
+    """The evaluate stage's work, written into the temporary ``heads_dir``, ``res`` (results/har/evaluate)
+    and ``plots_dir``; returns the metrics (the caller writes them and commits everything)."""
     import numpy as np
     import torch
 
@@ -93,9 +158,12 @@ def _evaluate(ctx: StageContext, heads_dir: Path) -> dict:
     from components.har.video import iter_frames, write_video
 
     cfg, paths = ctx.config, ctx.paths
+    teacher_sum, imfe_sum = upstream["teacher"], upstream["imfe"]
     torch.set_num_threads(cfg.torch_threads)
     manifest, splits, nets, flows, meta = ex.evaluation_inputs(cfg, paths.data, paths.models, paths.results)
     classes = manifest["classes"]
+    # the streaming runtime's video file: test clips back to back (checked here, before the heads train)
+    stream_frames, truth = ex.stream_sequence(splits["test"], cfg.evaluate.stream_frames)
 
     rows, per_source = ex.evaluate_heads(cfg, classes, splits, flows, nets, heads_dir, meta, ctx.progress)
     for r in rows:
@@ -108,48 +176,28 @@ def _evaluate(ctx: StageContext, heads_dir: Path) -> dict:
 
     # the streaming runtime on a video file: test clips back to back, frames arriving at stream_fps
     streams: dict[str, Any] = {}
-    with atomic_dir(paths.results / "evaluate") as res:
-        clips, truth, n = [], [], 0
-        for c, label in zip(splits["test"].chunks, splits["test"].labels):
-            clips.append(c.reshape(-1, *c.shape[2:]))
-            truth += [int(label)] * len(c)                 # the label of every chunk (one prediction each)
-            n += len(clips[-1])
-            if n >= cfg.evaluate.stream_frames:
-                break
-        video = write_video(res / "stream.mp4", np.concatenate(clips)[: cfg.evaluate.stream_frames], manifest["fps"])
-        lat_hist = {}
-        for source in ("imfe", "tvl1"):
-            if source not in cfg.evaluate.sources:
-                continue
-            pipe, _ = load_pipeline(paths.models, source, "onnx", cfg.evaluate.threads, heads=heads_dir)
-            warmup_ms = pipe.warm_up()                # as a deployed recogniser does before the camera starts
-            rep = run_stream(iter_frames(video, pipe.size), pipe, cfg.evaluate.stream_fps, WallClock(),
-                             queue_size=cfg.evaluate.queue_size)
-            streams[source] = {**rep.summary(), "warmup_ms": warmup_ms}
-            if rep.frames_dropped == 0 and rep.labels:     # the runtime's own predictions, clips back to back
-                streams[source]["online_accuracy"] = float(np.mean(np.array(rep.labels) == truth[:len(rep.labels)]))
-            lat_hist[source] = rep.latencies_ms
-            ctx.progress("har stream %s: p50 %.1f ms p99 %.1f ms, %.1f fps achieved (capacity %.0f), %d misses, %d drops",
-                         source, rep.latency_ms_p50, rep.latency_ms_p99, rep.achieved_fps, rep.capacity_fps,
-                         rep.deadline_misses, rep.frames_dropped)
-        write_json(res / "stream_latencies_ms.json", lat_hist)
-        write_json(res / "heads.json", {"rows": rows, "per_source": per_source})
-        write_json(res / "latency.json", latency)
-        cost = stage_cost()
-        write_json(res / "timing.json", {"stage": "evaluate", **cost})
+    video = write_video(res / "stream.mp4", stream_frames, manifest["fps"])
+    lat_hist = {}
+    for source in ("imfe", "tvl1"):
+        if source not in cfg.evaluate.sources:
+            continue
+        pipe, _ = load_pipeline(paths.models, source, "onnx", cfg.evaluate.threads, heads=heads_dir)
+        warmup_ms = pipe.warm_up()                # as a deployed recogniser does before the camera starts
+        rep = run_stream(iter_frames(video, pipe.size), pipe, cfg.evaluate.stream_fps, WallClock(),
+                         queue_size=cfg.evaluate.queue_size)
+        streams[source] = {**rep.summary(), "warmup_ms": warmup_ms}
+        if rep.frames_dropped == 0 and rep.labels:     # the runtime's own predictions, clips back to back
+            streams[source]["online_accuracy"] = float(np.mean(np.array(rep.labels) == truth[:len(rep.labels)]))
+        lat_hist[source] = rep.latencies_ms
+        ctx.progress("har stream %s: p50 %.1f ms p99 %.1f ms, %.1f fps achieved (capacity %.0f), %d misses, %d drops",
+                     source, rep.latency_ms_p50, rep.latency_ms_p99, rep.achieved_fps, rep.capacity_fps,
+                     rep.deadline_misses, rep.frames_dropped)
+    write_json(res / "stream_latencies_ms.json", lat_hist)
+    write_json(res / "heads.json", {"rows": rows, "per_source": per_source})
+    write_json(res / "latency.json", latency)
+    _plots(plots_dir, per_source, latency, lat_hist, imfe_sum, cfg)
 
     # ---- the record
-    timings = {}
-    for stage in STAGES:
-        f = _timing_file(ctx, stage)
-        if f.is_file():
-            timings[stage] = read_json(f)
-    profile = {f"{s}_wall_s": t["wall_s"] for s, t in timings.items()} | \
-              {f"{s}_cpu_s": t["cpu_s"] for s, t in timings.items()}
-    profile["total_wall_s"] = sum(t["wall_s"] for t in timings.values())
-    profile["total_cpu_s"] = sum(t["cpu_s"] for t in timings.values())
-    teacher_sum = read_json(paths.results / "teacher" / "teacher.json")
-    imfe_sum = read_json(paths.results / "imfe" / "imfe.json")
     acc = {s: v["online_accuracy"] for s, v in per_source.items()}
     pts = lambda a, b: 100.0 * (acc[a] - acc[b]) if a in acc and b in acc else None  # noqa: E731
     metrics = {
@@ -166,7 +214,6 @@ def _evaluate(ctx: StageContext, heads_dir: Path) -> dict:
                  "onnx_max_abs_diff": imfe_sum["onnx"]["max_abs_diff"], "train_seconds": imfe_sum["train_seconds"]},
         "teacher": {"chunk_accuracy": teacher_sum["chunk_accuracy"],
                     "flow_cpu_ms_per_pair": {m: t["ms_per_pair"] for m, t in teacher_sum["flow_cpu"].items()}},
-        "profile_seconds": profile,
     }
     metrics = _drop_none(metrics)
     ctx.log_metrics({k: v for k, v in metrics.items() if k not in ("paper", "profile")})
@@ -177,16 +224,20 @@ def _evaluate(ctx: StageContext, heads_dir: Path) -> dict:
     ctx.log_table([{"path": k, "p50_ms": v["p50"], "p99_ms": v["p99"], "mean_ms": v["mean"]}
                    for k, v in latency["ms"].items()], "latency_per_chunk")
     ctx.log_table([{"source": s, **{k: v for k, v in d.items()}} for s, d in streams.items()], "streaming")
-    with atomic_dir(paths.plots) as tmp:
-        _plots(tmp, per_source, latency, _stream_latencies(paths), imfe_sum, cfg)
-    ctx.log_artifact(paths.plots, "plots")
-    write_json(paths.metrics, metrics)
+    ctx.log_artifact(plots_dir, "plots")
+
+    # the stage's cost, as late as it can be taken: after the plots and the MLflow logging, right before
+    # the last writes (uncounted: this MLflow call, the writes, the commits and what follows the stage)
+    cost = stage_cost()
+    timings = {**upstream["timings"], "evaluate": cost}
+    profile = {f"{s}_wall_s": t["wall_s"] for s, t in timings.items()} | \
+              {f"{s}_cpu_s": t["cpu_s"] for s, t in timings.items()}
+    profile["total_wall_s"] = sum(t["wall_s"] for t in timings.values())
+    profile["total_cpu_s"] = sum(t["cpu_s"] for t in timings.values())
+    metrics["profile_seconds"] = profile
+    ctx.log_metrics({"profile_seconds": profile})
+    write_json(res / "timing.json", {"stage": "evaluate", **cost})
     return metrics
-
-
-def _stream_latencies(paths) -> dict[str, list[float]]:
-    f = paths.results / "evaluate" / "stream_latencies_ms.json"
-    return json.loads(f.read_text()) if f.is_file() else {}
 
 
 def _motion_ms(latency: dict[str, Any], source: str) -> float | None:

@@ -14,6 +14,12 @@ from components.base import ComponentConfig
 from components.har.figures import ACTIONS
 
 
+#: frame rates of the streaming runtime (``evaluate.stream_fps``, the CLI's ``--fps``): one frame every 10 s
+#: at the slowest (a lower rate only makes the wall-clock run wait: 1e-300 fps waits forever, and
+#: overflows ``time.sleep``), 1000 at the fastest
+STREAM_FPS_MIN, STREAM_FPS_MAX = 0.1, 1000.0
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -35,7 +41,7 @@ class DataConfig(_Section):
     test_clips_per_class: int = Field(8, ge=1, le=10000, description="synthetic clips per class, test split")
     noise_std: tuple[float, float] = Field((2.0, 6.0), description="range of per-clip Gaussian pixel noise (0-255 scale)")
     clutter_shapes: int = Field(8, ge=0, le=200, description="random background shapes per clip")
-    camera_jitter_px: float = Field(0.6, ge=0, le=8, description="std of the per-frame camera shake (pixels)")
+    camera_jitter_px: float = Field(0.6, ge=0, le=8, allow_inf_nan=False, description="std of the per-frame camera shake (pixels)")
     crf: int = Field(17, ge=0, le=51, description="H.264 constant rate factor of the written clips")
 
     @field_validator("height", "width")
@@ -71,22 +77,24 @@ class TvL1Config(_Section):
     not need; on the quick-profile clips the flow moves by 0.04 px mean end-point error (below the
     0.063 px uint8 quantisation step) and costs 44 instead of 79 ms per pair (README)."""
 
-    tau: float = Field(0.25, gt=0, le=1)
-    lambda_: float = Field(0.15, gt=0, alias="lambda", description="data-term weight (smaller = smoother)")
-    theta: float = Field(0.3, gt=0, le=1)
+    tau: float = Field(0.25, gt=0, le=1, allow_inf_nan=False)
+    lambda_: float = Field(0.15, gt=0, le=10, allow_inf_nan=False, alias="lambda",
+                           description="data-term weight (smaller = smoother; OpenCV default 0.15)")
+    theta: float = Field(0.3, gt=0, le=1, allow_inf_nan=False)
     nscales: int = Field(3, ge=1, le=10, description="pyramid levels (OpenCV default 5; 3 at 48 px)")
     warps: int = Field(3, ge=1, le=20, description="warpings per level (OpenCV default 5)")
-    epsilon: float = Field(0.01, gt=0)
+    epsilon: float = Field(0.01, gt=0, le=1, allow_inf_nan=False,
+                           description="stopping threshold of the inner iterations (OpenCV default 0.01)")
     inner_iterations: int = Field(30, ge=1, le=1000)
     outer_iterations: int = Field(10, ge=1, le=1000)
-    scale_step: float = Field(0.8, gt=0, lt=1)
+    scale_step: float = Field(0.8, gt=0, lt=1, allow_inf_nan=False)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
 
 class OpticalFlowConfig(_Section):
     clip_len: int = Field(6, ge=2, le=32, description="frames per chunk (clip_len-1 flow pairs stacked, as TSN: 6 -> 10 channels)")
-    bound: float = Field(8.0, gt=0, le=64, description="flow is clipped to +-bound px and quantised to uint8 (denseflow style)")
+    bound: float = Field(8.0, gt=0, le=64, allow_inf_nan=False, description="flow is clipped to +-bound px and quantised to uint8 (denseflow style)")
     tvl1: TvL1Config = TvL1Config()
     dis_preset: Literal["ultrafast", "fast", "medium"] = Field("medium", description="OpenCV DIS preset")
     workers: int = Field(2, ge=1, le=64, description="processes computing flow in parallel")
@@ -100,8 +108,8 @@ class StreamNetConfig(_Section):
                                           "widths[-1]-dimensional (TSN-R50: 2048)")
     epochs: int = Field(20, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=4096)
-    lr: float = Field(2e-3, gt=0, le=1)
-    weight_decay: float = Field(1e-4, ge=0, le=1)
+    lr: float = Field(2e-3, gt=0, le=1, allow_inf_nan=False)
+    weight_decay: float = Field(1e-4, ge=0, le=1, allow_inf_nan=False)
     flip: bool = Field(True, description="horizontal-flip augmentation (flow x negated, label mirrored)")
 
 
@@ -118,8 +126,8 @@ class ImfeConfig(_Section):
     head_blocks: list[int] = Field([1, 1], min_length=2, max_length=2, description="bottleneck blocks of layer3, layer4")
     epochs: int = Field(15, ge=1, le=1000)
     batch_size: int = Field(16, ge=1, le=1024)
-    lr: float = Field(1e-3, gt=0, le=1)
-    gamma: float = Field(0.9, gt=0, le=1, description="ExponentialLR gamma, stepped 5 times per epoch (official)")
+    lr: float = Field(1e-3, gt=0, le=1, allow_inf_nan=False)
+    gamma: float = Field(0.9, gt=0, le=1, allow_inf_nan=False, description="ExponentialLR gamma, stepped 5 times per epoch (official)")
     flip: bool = Field(True, description="horizontal-flip augmentation (the teacher sees the flipped flow)")
     onnx_opset: int = Field(16, ge=11, le=21)
     distill_clips_per_class: int = Field(
@@ -146,12 +154,12 @@ class TemporalConfig(_Section):
     long_memory: int = Field(6, ge=0, le=4096, description="chunks of long memory before the short window")
     short_window: int = Field(2, ge=1, le=256, description="chunks in the short (work) window")
     latent_queries: int = Field(4, ge=1, le=256, description="learned queries compressing the long memory")
-    dropout: float = Field(0.1, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1, allow_inf_nan=False)
     epochs: int = Field(20, ge=1, le=10000,
                         description="head epochs (quick: 20; 40 gave the same accuracy at 1.7x the cost)")
     batch_size: int = Field(64, ge=1, le=65536)
-    lr: float = Field(2e-3, gt=0, le=1)
-    weight_decay: float = Field(1e-2, ge=0, le=1)
+    lr: float = Field(2e-3, gt=0, le=1, allow_inf_nan=False)
+    weight_decay: float = Field(1e-2, ge=0, le=1, allow_inf_nan=False)
     stream_passes: int = Field(1, ge=0, le=64,
                                description="continuous streams of all training clips (seeded random order) the "
                                            "head also trains on, so that it knows windows spanning clip "
@@ -169,8 +177,11 @@ class EvaluateConfig(_Section):
     sources: list[Literal["tvl1", "farneback", "dis", "imfe", "rgb"]] = Field(
         ["tvl1", "farneback", "dis", "imfe", "rgb"], min_length=1, description="motion sources compared")
     latency_chunks: int = Field(12, ge=1, le=10000, description="test chunks timed per motion source")
-    stream_frames: int = Field(180, ge=6, le=100000, description="frames pushed through the streaming runtime")
-    stream_fps: float = Field(30.0, gt=0, le=1000, description="frame rate of the streaming benchmark")
+    stream_frames: int = Field(180, ge=6, le=100000,
+                               description="frames pushed through the streaming runtime: the test clips back to "
+                                           "back, at most as many frames as the test split has (else an error)")
+    stream_fps: float = Field(30.0, ge=STREAM_FPS_MIN, le=STREAM_FPS_MAX, allow_inf_nan=False,
+                              description="frame rate of the streaming benchmark")
     threads: int = Field(1, ge=1, le=64, description="threads of every motion source in the latency runs "
                                                       "(OpenCV, torch, onnxruntime alike)")
     queue_size: int = Field(2, ge=1, le=1000, description="camera buffer (frames) of the streaming runtime")

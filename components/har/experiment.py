@@ -308,10 +308,37 @@ def relative_mse(mse: float | None, target) -> dict[str, float | None]:
     return {"val_relative_mse": rel, "val_r2": 1.0 - rel}
 
 
+#: largest |onnxruntime - PyTorch| allowed on IMFE's motion feature (over the first 8 test chunks):
+#: the streaming runtime runs the ONNX model, the accuracy is measured with the PyTorch one, so they must
+#: compute the same features (float32 rounding gives ~1e-6 on the quick profile)
+ONNX_PARITY_TOL = 1e-4
+
+
+class OnnxParityError(RuntimeError):
+    """The exported ONNX model does not compute what the PyTorch model computes."""
+
+
+def check_onnx_parity(parity: dict[str, float], onnx_path: Path, chunks: int, tol: float = ONNX_PARITY_TOL) -> None:
+    """:class:`OnnxParityError` unless ``parity["max_abs_diff"]`` (``imfe.onnx_parity``) is at most ``tol``
+    (a NaN difference fails too)."""
+    diff = parity["max_abs_diff"]
+    if not diff <= tol:
+        raise OnnxParityError(
+            f"{onnx_path}: onnxruntime and PyTorch disagree on IMFE's motion feature by up to {diff:.3g} "
+            f"(max abs difference over {chunks} test chunks, relative {parity.get('max_rel_diff', float('nan')):.3g}); "
+            f"expected at most {tol:g} (experiment.ONNX_PARITY_TOL): the streaming runtime (ONNX) would not compute "
+            f"the features the accuracy is measured with (PyTorch). Check imfe.onnx_opset and the onnxruntime "
+            f"version; the imfe stage's outputs were not kept")
+
+
 def run_imfe(cfg: HarConfig, data_dir: Path, teacher_models: Path, flows_dir: Path, models_dir: Path,
              results_dir: Path, progress: Progress = _noop) -> dict[str, Any]:
     """Distil IMFE onto the TV-L1 flow stream; ONNX export and parity. Writes ``models_dir/imfe.pt``,
-    ``models_dir/imfe.onnx`` and ``results_dir/imfe.json``."""
+    ``models_dir/imfe.onnx`` and ``results_dir/imfe.json``.
+
+    The ONNX model must reproduce the PyTorch one on the first 8 test chunks to within
+    ``ONNX_PARITY_TOL`` (1e-4, max absolute difference of the motion feature), else
+    :class:`OnnxParityError` (before ``imfe.json`` is written; the flow keeps none of the stage's outputs)."""
     import torch
 
     from components.har.imfe import distill, export_onnx, onnx_parity
@@ -344,7 +371,9 @@ def run_imfe(cfg: HarConfig, data_dir: Path, teacher_models: Path, flows_dir: Pa
     save_bundle(models_dir / "imfe.pt", state_dict=net.state_dict(), height=net.height, width=net.width,
                 num_frames=net.num_frames, feature_dim=net.feature_dim, config=cfg.imfe.model_dump())
     onnx_path = export_onnx(net, models_dir / "imfe.onnx", cfg.imfe.onnx_opset)
-    parity = onnx_parity(net, onnx_path, te[0][:8])
+    parity_frames = te[0][:8]
+    parity = onnx_parity(net, onnx_path, parity_frames)
+    check_onnx_parity(parity, onnx_path, len(parity_frames))
     target = stream_features(teacher, te[1])
     summary = {"train_mse": hist["train_mse"], "val_mse": hist["val_mse"], "train_seconds": seconds,
                "distill_set": distill_set, "device": str(device), "onnx": parity,
@@ -531,6 +560,25 @@ def _head_job(source: str, seed: int, features: str, y_tr: list[int], y_te: list
         save_bundle(Path(heads_dir) / f"{source}.pt", state_dict=head.state_dict(), in_dim=int(x.shape[-1]),
                     config=tcfg_json, meta=meta)
     return row, step_acc
+
+
+def stream_sequence(split: Split, frames: int) -> tuple[np.ndarray, list[int]]:
+    """The streaming benchmark's input: the first ``frames`` frames of ``split``'s clips back to back
+    (each clip's whole chunks) as (frames, H, W, 3) uint8, and the label of every chunk of the clips
+    used (one per prediction). :class:`InputError` naming ``evaluate.stream_frames`` when the split has
+    fewer frames (the stream would be cut short)."""
+    available = sum(int(c.shape[0] * c.shape[1]) for c in split.chunks)
+    if frames > available:
+        raise InputError(f"evaluate.stream_frames={frames}: the test split has {available} frames "
+                         f"({len(split.chunks)} clips, whole chunks); expected at most {available}")
+    clips, truth, n = [], [], 0
+    for c, label in zip(split.chunks, split.labels):
+        clips.append(c.reshape(-1, *c.shape[2:]))
+        truth += [int(label)] * len(c)                 # the label of every chunk (one prediction each)
+        n += len(clips[-1])
+        if n >= frames:
+            break
+    return np.concatenate(clips)[:frames], truth
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:

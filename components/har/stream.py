@@ -5,10 +5,13 @@ that finds the queue full pushes the oldest one out: a *drop*). The consumer tak
 and hands each to the pipeline; the **latency** of a frame is its completion time minus its arrival
 time (queueing included), a **deadline miss** is a latency above ``deadline_ms`` (default one frame
 period), **missed or dropped** counts the frames that did not make it in time (deadline misses +
-drops, its rate over the frames that arrived), the **achieved fps** is processed frames over the
-time from the first arrival to the last completion plus one frame period (N frames of a camera span
-N periods, so a pipeline that keeps up reports exactly ``fps``), and the **capacity fps** is
-processed frames over the time spent processing.
+drops, its rate over the frames that arrived), the **achieved fps** (sustained throughput) is
+processed frames over the time from the first arrival until the later of (a) the end of the camera
+time the arrived frames cover (last arrival + one frame period: N frames span N periods) and (b) the
+completion of the last processed frame: exactly ``fps`` for a pipeline that processes every frame
+and finishes each before the next one is due, ``fps * (1 - drop_rate)`` when frames are dropped, and
+less where a backlog is still being worked off after the camera's last period. The **capacity fps**
+is processed frames over the time spent processing.
 
 ``HarPipeline`` keeps the window: it buffers ``clip_len`` frames, then computes the chunk's RGB
 feature (centre frame) and motion feature (IMFE on the 6 frames, or TV-L1/Farnebäck/DIS flow +
@@ -37,6 +40,7 @@ import argparse
 import collections
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -127,9 +131,8 @@ def run_stream(frames: Iterable[np.ndarray], step: Callable[[np.ndarray], Any], 
     rep = StreamReport(fps=fps, deadline_ms=deadline * 1000.0)
     source: Iterator[np.ndarray] = iter(frames)
     queue: collections.deque[tuple[float, np.ndarray]] = collections.deque()
-    exhausted, next_idx, busy = False, 0, 0.0
+    exhausted, next_idx, busy, last_done = False, 0, 0.0, 0.0
     t0 = clock.now()
-    last_done = t0
 
     def arrive_until(now: float) -> None:
         nonlocal exhausted, next_idx
@@ -148,6 +151,8 @@ def run_stream(frames: Iterable[np.ndarray], step: Callable[[np.ndarray], Any], 
             if len(queue) > queue_size:   # the camera's ring buffer overwrites the oldest frame
                 queue.popleft()
                 rep.frames_dropped += 1
+            if max_frames is not None and next_idx >= max_frames:
+                exhausted = True          # the last frame: no wait for an arrival that never comes
 
     while True:
         arrive_until(clock.now())
@@ -175,8 +180,14 @@ def run_stream(frames: Iterable[np.ndarray], step: Callable[[np.ndarray], Any], 
         rep.latency_ms_p50 = float(np.percentile(lat, 50))
         rep.latency_ms_p99 = float(np.percentile(lat, 99))
         rep.latency_ms_max = float(lat.max())
-        span = last_done - t0 + period     # N frames span N periods: (N-1) between arrivals + one
-        rep.achieved_fps = rep.frames_processed / span if span > 0 else float("inf")
+        # processed frames / max(camera span, time to the last completion): the arrivals are t0 + i * period,
+        # i = 0..frames_in-1, so the camera span is frames_in periods (written so that a pipeline that keeps
+        # up reports fps exactly, not up to an ulp off); a backlog past it lowers the figure
+        camera_span = rep.frames_in * period
+        if last_done - t0 <= camera_span + 1e-12:
+            rep.achieved_fps = fps * (rep.frames_processed / rep.frames_in)
+        else:
+            rep.achieved_fps = rep.frames_processed / (last_done - t0)
         rep.capacity_fps = rep.frames_processed / busy if busy > 0 else float("inf")
     return rep
 
@@ -344,13 +355,31 @@ def synthetic_frames(n_clips: int, seed: int, meta: dict) -> tuple[np.ndarray, l
     return np.concatenate(frames), labels
 
 
+def _json_path_problem(path: str) -> str | None:
+    """Why ``--json path`` cannot take the report (checked before the run, which takes minutes), or None:
+    ``path`` must not be a folder, and the nearest of its folders that exists must be a folder (the
+    missing ones are created when the report is written)."""
+    p = Path(path)
+    if p.is_dir() or path.endswith("/"):
+        return f"--json {path}: a folder; expected the path of a file to write the report to"
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return (f"--json {path}: {parent} is a file, not a folder; expected the path of a file in a "
+                        f"folder (missing folders are created)")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"--json {path}: folder {parent} is not writable; expected a path where the report can be written"
+            return None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m components.har.stream",
                                 description="Real-time action recognition on a video stream (RT-HARE runtime).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", help="video file to stream (decoded frame by frame)")
     src.add_argument("--generate", type=int, metavar="N", help="stream N clips rendered by the generator")
-    p.add_argument("--fps", type=float, default=30.0, help="frame rate the frames arrive at (default 30)")
+    p.add_argument("--fps", type=float, default=30.0, help="frame rate the frames arrive at, 0.1 to 1000 (default 30)")
     p.add_argument("--models", default="models/har", help="models folder written by the har stages")
     p.add_argument("--source", default="imfe", help="motion source: imfe, tvl1, farneback, dis or rgb")
     p.add_argument("--backend", default="onnx", choices=["onnx", "torch"], help="IMFE runtime (default onnx)")
@@ -364,8 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-warmup", action="store_true",
                    help="time the cold start too (default: 2 blank chunks through the pipeline first, not counted)")
     args = p.parse_args(argv)
-    bad = [f"--fps {args.fps}: expected a positive, finite frame rate" if not (math.isfinite(args.fps) and args.fps > 0)
-           else None,
+    from components.har.config import STREAM_FPS_MAX, STREAM_FPS_MIN
+
+    bad = [f"--fps {args.fps}: expected a positive, finite frame rate from {STREAM_FPS_MIN:g} to "
+           f"{STREAM_FPS_MAX:g} frames per second" if not STREAM_FPS_MIN <= args.fps <= STREAM_FPS_MAX else None,
            f"--deadline-ms {args.deadline_ms}: expected a positive, finite deadline" if args.deadline_ms is not None
            and not (math.isfinite(args.deadline_ms) and args.deadline_ms > 0) else None,
            f"--queue {args.queue}: expected at least 1 frame" if args.queue < 1 else None,
@@ -374,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
            f"--generate {args.generate}: expected at least 1 clip" if args.generate is not None and args.generate < 1
            else None,
            f"--video {args.video}: file not found" if args.video is not None and not Path(args.video).is_file()
-           else None]
+           else None,
+           _json_path_problem(args.json) if args.json is not None else None]
     if any(bad):
         print("error: " + "; ".join(b for b in bad if b), file=sys.stderr)
         return 2

@@ -30,15 +30,58 @@ def _finite_numbers(d):
             yield v
 
 
+def _snapshot(root, rels=("models/har/heads", "results/har/evaluate", "plots/har", "metrics/har.json")):
+    """Every file (bytes) of the evaluate stage's outputs, and every temporary sibling next to them."""
+    files = {}
+    for rel in rels:
+        p = root / rel
+        for f in ([p] if p.is_file() else sorted(p.rglob("*"))):
+            if f.is_file():
+                files[str(f.relative_to(root))] = f.read_bytes()
+    leftovers = sorted(str(f) for rel in rels for f in (root / rel).parent.glob(".*tmp-*"))
+    return files, leftovers
+
+
+def _record_order(m, events):
+    """Record, in order, the stages' MLflow calls (stage, method, metric names), the plots and every
+    ``stage_cost()`` of flows.har (the stage cost must be taken after the stage's logging)."""
+    import flows.har as har_mod
+    from tasks.pipeline import StageContext
+
+    for name in ("log_metrics", "log_table", "log_artifact"):
+        def wrapped(self, *a, _orig=getattr(StageContext, name), _name=name, **k):
+            events.append((self.stage, _name, tuple(a[0]) if _name == "log_metrics" else ()))
+            return _orig(self, *a, **k)
+        m.setattr(StageContext, name, wrapped)
+    cost, plots = har_mod.stage_cost, har_mod._plots
+    m.setattr(har_mod, "stage_cost", lambda: (events.append((None, "cost", ())), cost())[1])
+    m.setattr(har_mod, "_plots", lambda *a, **k: (events.append(("evaluate", "plots", ())), plots(*a, **k))[1])
+
+
 @pytest.mark.slow
 def test_har_flow_end_to_end(prefect_harness, paperworks_root, capsys, monkeypatch):
+    from components.base import InputError
     from components.har.config import HarConfig
     from components.har.stream import main as stream_main
     from flows.har import STAGES, har
 
     cfg = HarConfig(**TINY)
-    har(config=cfg, stages=list(STAGES))
+    events: list[tuple] = []
+    with monkeypatch.context() as m:
+        _record_order(m, events)
+        har(config=cfg, stages=list(STAGES))
     root = paperworks_root
+
+    # each stage's cost is taken after its MLflow logging and plots (only the cost itself is logged later)
+    costs = [i for i, e in enumerate(events) if e[1] == "cost"]
+    assert len(costs) == len(STAGES)
+    for stage, i in zip(STAGES, costs):
+        before, after = [e for e in events[:i] if e[0] == stage], [e for e in events[i + 1:] if e[0] == stage]
+        assert before, stage
+        assert after == ([("evaluate", "log_metrics", ("profile_seconds",))] if stage == "evaluate" else []), stage
+    assert ("evaluate", "plots", ()) in events[:costs[-1]]
+    assert {e[1] for e in events[:costs[-1]] if e[0] == "evaluate"} == {"log_metrics", "log_table", "log_artifact",
+                                                                        "plots"}
 
     metrics = json.loads((root / "metrics" / "har.json").read_text())
     assert metrics["paper"] == "har" and metrics["profile"] == "quick"
@@ -49,6 +92,10 @@ def test_har_flow_end_to_end(prefect_harness, paperworks_root, capsys, monkeypat
             assert 0 <= metrics["stream"][source]["online_accuracy"] <= 1
     assert metrics["latency"]["speedup_imfe_vs_tvl1"] > 0
     assert metrics["stream"]["imfe"]["frames_in"] == 24
+    for rep in metrics["stream"].values():     # sustained rate: at most the share processed over the camera span
+        assert 0 < rep["achieved_fps"] <= 30.0 * rep["frames_processed"] / rep["frames_in"] * (1 + 1e-12)
+        if rep["frames_dropped"] == 0 and rep["latency_ms_max"] <= 1000.0 / 30:   # kept up: exactly the camera's
+            assert rep["achieved_fps"] == 30.0
     assert metrics["imfe"]["onnx_max_abs_diff"] < 1e-4
     assert set(metrics["profile_seconds"]) >= {"total_wall_s", "total_cpu_s", "data_wall_s", "evaluate_cpu_s"}
     assert all(math.isfinite(v) for v in _finite_numbers(metrics))
@@ -93,23 +140,42 @@ def test_har_flow_end_to_end(prefect_harness, paperworks_root, capsys, monkeypat
     assert stream_main(["--video", str(root / "short.mp4"), "--models", str(root / "models/har")]) == 2
     assert "4 frames; expected at least 6" in capsys.readouterr().err
 
-    # a failure late in the evaluate stage (latency benchmark) leaves the old heads in place
+    # a failure late in the evaluate stage (the plots, after heads, latency and streaming) leaves every
+    # output of the stage as it was: heads, results/har/evaluate, plots and metrics, no temporaries
+    import flows.har as har_mod
     from components.har import experiment
 
-    heads = {p.name: p.read_bytes() for p in (root / "models/har/heads").iterdir()}
-    metrics_before = (root / "metrics" / "har.json").read_bytes()
+    before = _snapshot(root)
+    assert len(before[0]) >= 10 and not before[1]
 
     def broken(*_a, **_k):
-        raise RuntimeError("latency benchmark failed")
+        raise RuntimeError("plots failed")
 
-    monkeypatch.setattr(experiment, "latency_benchmark", broken)
-    with pytest.raises(Exception):
-        har(config=cfg, stages=["evaluate"])
-    assert {p.name: p.read_bytes() for p in (root / "models/har/heads").iterdir()} == heads
-    assert (root / "metrics" / "har.json").read_bytes() == metrics_before
+    def not_reached(*_a, **_k):
+        raise AssertionError("the evaluate stage went on past a bad input")
+
+    with monkeypatch.context() as m:
+        m.setenv("DVC_STAGE", "har_evaluate")         # as under `dvc repro`: no data-stage check (no dvc.yaml here)
+        m.setattr(har_mod, "_plots", broken)
+        with pytest.raises(RuntimeError, match="plots failed"):
+            har(config=cfg, stages=["evaluate"])
+        assert _snapshot(root) == before
+        # bad inputs are found before any work: a too-long stream, an imfe.json without a key it needs
+        m.setattr(experiment, "evaluate_heads", not_reached)
+        long = HarConfig(**{**TINY, "evaluate": {**TINY["evaluate"], "stream_frames": 1000}})
+        with pytest.raises(InputError, match=r"evaluate.stream_frames=1000: the test split has 48 frames"):
+            har(config=long, stages=["evaluate"])
+        m.setattr(experiment, "evaluation_inputs", not_reached)
+        record = root / "results/har/imfe/imfe.json"
+        good = record.read_bytes()
+        record.write_text(json.dumps({k: v for k, v in json.loads(good).items() if k != "val_relative_mse"}))
+        with pytest.raises(InputError, match=r"imfe/imfe.json: keys \['val_relative_mse'\] missing .*the record the "
+                                             r"har imfe stage writes"):
+            har(config=cfg, stages=["evaluate"])
+        record.write_bytes(good)
+        assert _snapshot(root) == before
 
     # the heads trained in 2 one-thread processes are the heads trained one after another on one thread
-    monkeypatch.undo()
     inputs = experiment.evaluation_inputs(cfg, root / "data/har", root / "models/har", root / "results/har")
     manifest, splits, nets, flows, meta = inputs
     lines = []
@@ -130,3 +196,48 @@ def test_bad_parameter_stops_before_writing(paperworks_root, capsys):
     assert main(["har", "data", "--set", "data.height=50"]) == 2
     assert "har.data.height: got 50" in capsys.readouterr().err
     assert not (paperworks_root / "data").exists()
+
+
+def test_evaluate_checks_the_earlier_stages_records_first(tmp_path):
+    """The evaluate stage reads teacher.json, imfe.json and the timing records before any work; a
+    missing file, bad JSON, a missing key or a malformed field is an InputError naming the file and what
+    is expected (was a FileNotFoundError / KeyError after minutes of head training)."""
+    from types import SimpleNamespace
+
+    from components.base import InputError
+    from flows.har import _upstream_records
+
+    paths = SimpleNamespace(results=tmp_path)
+    teacher = {"chunk_accuracy": {"rgb": 0.5}, "flow_cpu": {"tvl1": {"ms_per_pair": 40.0}}}
+    imfe = {"train_mse": [0.5, 0.4], "val_mse": [0.45, 0.41], "val_relative_mse": 1.02, "val_r2": -0.02,
+            "params": 1000, "onnx": {"max_abs_diff": 1.6e-6}, "train_seconds": 12.0}
+
+    def write(stage, name, obj):
+        (tmp_path / stage).mkdir(exist_ok=True)
+        (tmp_path / stage / name).write_text(obj if isinstance(obj, str) else json.dumps(obj))
+
+    with pytest.raises(InputError, match=r"teacher/teacher.json: missing; expected the record the har teacher stage "
+                                         r"writes \(run `python -m flows har teacher` first\)"):
+        _upstream_records(paths)
+    write("teacher", "teacher.json", teacher)
+    write("imfe", "imfe.json", "{not json")
+    with pytest.raises(InputError, match=r"imfe/imfe.json: not valid JSON"):
+        _upstream_records(paths)
+    for bad, needle in (({"onnx": 1.6e-6}, r"onnx=1.6e-06; expected an object with a number max_abs_diff"),
+                        ({"val_mse": None}, r"val_mse=None; expected a list of numbers"),
+                        ({"val_relative_mse": "high"}, r"val_relative_mse=high; expected a number or null")):
+        write("imfe", "imfe.json", {**imfe, **bad})
+        with pytest.raises(InputError, match=r"imfe/imfe.json: " + needle):
+            _upstream_records(paths)
+    write("imfe", "imfe.json", imfe)
+    write("teacher", "teacher.json", {**teacher, "flow_cpu": {"tvl1": {}}})
+    with pytest.raises(InputError, match=r"teacher.json: flow_cpu=.*expected an object of flow methods"):
+        _upstream_records(paths)
+    write("teacher", "teacher.json", teacher)
+    write("data", "timing.json", {"stage": "data", "wall_s": "13 s", "cpu_s": 14.5})
+    with pytest.raises(InputError, match=r"data/timing.json: wall_s=13 s; expected a number of seconds in the timing "
+                                         r"record the har data stage writes"):
+        _upstream_records(paths)
+    write("data", "timing.json", {"stage": "data", "wall_s": 13.2, "cpu_s": 14.5})
+    rec = _upstream_records(paths)
+    assert rec["imfe"] == imfe and rec["teacher"] == teacher and set(rec["timings"]) == {"data"}

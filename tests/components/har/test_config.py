@@ -40,7 +40,24 @@ def test_full_profile_validates():
     ({"evaluate": {"seeds": [0, 0, 1]}}, "evaluate.seeds=[0, 0, 1]: expected distinct values"),
     ({"evaluate": {"sources": ["tvl1", "tvl1", "imfe"]}}, "evaluate.sources=['tvl1', 'tvl1', 'imfe']: expected distinct"),
     ({"temporal": {"stream_passes": -1}}, "har.temporal.stream_passes: got -1"),
+    ({"opticalflow": {"tvl1": {"epsilon": float("inf")}}},
+     "har.opticalflow.tvl1.epsilon: got inf; expected input should be a finite number"),
+    ({"opticalflow": {"tvl1": {"epsilon": 5}}}, "har.opticalflow.tvl1.epsilon: got 5"),
+    ({"opticalflow": {"tvl1": {"lambda": float("inf")}}}, "har.opticalflow.tvl1.lambda: got inf"),
+    ({"opticalflow": {"tvl1": {"lambda": 1e6}}}, "har.opticalflow.tvl1.lambda: got 1000000.0; expected input should "
+                                                 "be less than or equal to 10"),
+    ({"evaluate": {"stream_fps": 1e-300}}, "har.evaluate.stream_fps: got 1e-300; expected input should be greater "
+                                          "than or equal to 0.1"),
+    ({"evaluate": {"stream_fps": float("nan")}}, "har.evaluate.stream_fps: got nan"),
 ])
 def test_bad_parameters_are_named(override, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
         resolve_section(HarConfig, {}, override)
+
+
+def test_inf_from_the_command_line_is_named():
+    """``--set opticalflow.tvl1.epsilon=.inf`` (YAML's infinity) passed before: TV-L1 would never stop early."""
+    from components.base import parse_override
+
+    with pytest.raises(ConfigError, match=re.escape("har.opticalflow.tvl1.epsilon: got inf")):
+        resolve_section(HarConfig, {}, parse_override("opticalflow.tvl1.epsilon=.inf"))

@@ -31,7 +31,7 @@ def test_fast_pipeline_keeps_up():
     assert seen == list(range(20))
     assert rep.frames_processed == 20 and rep.frames_dropped == 0 and rep.deadline_misses == 0
     assert rep.latency_ms_p50 == pytest.approx(10.0) and rep.latency_ms_p99 == pytest.approx(10.0)
-    assert rep.achieved_fps == pytest.approx(20 / 2.01)         # last frame done at 1.9 s + 10 ms, + 1 period
+    assert rep.achieved_fps == 10.0                             # 20 frames over the 2 s they cover (not 20 / 2.01)
     assert rep.missed_or_dropped == 0 and rep.summary()["missed_or_dropped_rate"] == 0
     assert rep.capacity_fps == pytest.approx(100.0)
 
@@ -44,8 +44,18 @@ def test_a_slow_frame_queues_the_next_ones():
     assert seen == [0, 1, 2, 3, 4, 5]
     assert rep.latencies_ms == pytest.approx([250, 160, 70, 10, 10, 10])
     assert rep.deadline_misses == 2 and rep.frames_dropped == 0
-    assert rep.achieved_fps == pytest.approx(6 / 0.61)
+    assert rep.achieved_fps == 10.0                 # every frame processed: the lag shows in latency and misses
     assert rep.missed_or_dropped == 2
+
+
+def test_a_backlog_past_the_cameras_last_period_lowers_the_achieved_fps():
+    # every frame takes 150 ms at 10 fps and the queue never overflows: nothing is dropped, but the
+    # last of 6 frames completes at 0.9 s, past the 0.6 s the camera covered -> 6 / 0.9 fps
+    clock = SimClock()
+    step, seen = _costed(clock, [0.15])
+    rep = run_stream(_frames(6), step, fps=10, clock=clock, queue_size=10)
+    assert seen == [0, 1, 2, 3, 4, 5] and rep.frames_dropped == 0
+    assert rep.achieved_fps == pytest.approx(6 / 0.9)
 
 
 def test_a_full_buffer_drops_the_oldest_frame():
@@ -59,13 +69,32 @@ def test_a_full_buffer_drops_the_oldest_frame():
     assert rep.summary()["drop_rate"] == pytest.approx(1 / 6)
     assert rep.missed_or_dropped == 2 and rep.summary()["missed_or_dropped_rate"] == pytest.approx(2 / 6)
     assert rep.summary()["deadline_miss_rate"] == pytest.approx(1 / 5)         # existing keys kept
+    assert rep.achieved_fps == pytest.approx(10.0 * 5 / 6)     # 5 frames processed over the 6 periods that arrived
 
 
-def test_a_pipeline_that_keeps_up_achieves_exactly_the_camera_fps():
+@pytest.mark.parametrize("cost_s", [0.0, 0.001, 0.02, 0.033])
+def test_a_pipeline_that_keeps_up_achieves_exactly_the_camera_fps(cost_s):
+    """Processing time inside one period does not lower the sustained rate (it was N / (N periods +
+    the last frame's processing time): 29.92 at 30 fps on the quick profile)."""
     clock = SimClock()
-    step, _ = _costed(clock, [0.0])
-    rep = run_stream(_frames(30), step, fps=30, clock=clock)
-    assert rep.achieved_fps == pytest.approx(30.0)             # not 30 * 30 / 29
+    step, _ = _costed(clock, [cost_s])
+    rep = run_stream(_frames(180), step, fps=30, clock=clock)
+    assert rep.frames_processed == 180 and rep.frames_dropped == 0 and rep.deadline_misses == 0
+    assert rep.achieved_fps == 30.0                            # exactly: the >= 30 claim holds for a pipeline that keeps up
+    rep = run_stream(_frames(90), _costed(clock, [cost_s])[0], fps=29.97, clock=clock)
+    assert rep.achieved_fps == 29.97
+
+
+def test_a_pipeline_that_drops_frames_achieves_its_own_rate():
+    # 50 ms per frame at 30 fps (a 20 fps pipeline) with a 2-frame buffer: a frame is lost every few frames
+    clock = SimClock()
+    step, _ = _costed(clock, [0.05])
+    rep = run_stream(_frames(90), step, fps=30, clock=clock)
+    # 3 s of arrivals at 20 processed frames/s, + the 2 frames in the buffer when the camera stops
+    assert rep.frames_processed == 62 and rep.frames_dropped == 28 and rep.frames_in == 90
+    # the 62nd frame completes at 3.1 s, after the camera's 3.0 s: the pipeline's own 20 fps, not
+    # 30 * 62/90 = 20.67 (the share processed over the camera span alone)
+    assert rep.achieved_fps == pytest.approx(62 / 3.1) == pytest.approx(20.0)
 
 
 def test_custom_deadline_and_frame_limit():
@@ -143,12 +172,44 @@ def test_cli_reports_missing_models_and_videos(tmp_path, capsys):
     (["--deadline-ms", "-1"], "--deadline-ms -1.0: expected a positive"),
     (["--queue", "0"], "--queue 0: expected at least 1 frame"),
     (["--generate", "0"], "--generate 0: expected at least 1 clip"),
+    (["--fps", "1e-300"], "--fps 1e-300: expected a positive, finite frame rate from 0.1 to 1000 frames per second"),
+    (["--fps", "1001"], "--fps 1001.0: expected a positive, finite frame rate from 0.1 to 1000"),
 ])
 def test_cli_rejects_bad_stream_arguments_before_loading_anything(tmp_path, capsys, args, message):
     out = tmp_path / "run.json"
     argv = ["--generate", "1", *args] if "--generate" not in args else args
     assert main([*argv, "--models", str(tmp_path / "nowhere"), "--json", str(out)]) == 2
     assert message in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--fps", "1e-300"], "--fps 1e-300: expected a positive, finite frame rate from 0.1 to 1000"),  # was an OverflowError
+    (["--fps", "0.05"], "--fps 0.05: expected a positive, finite frame rate from 0.1 to 1000"),
+    (["--json", "{tmp}"], "--json {tmp}: a folder; expected the path of a file"),   # was an IsADirectoryError after the run
+    (["--json", "{tmp}/"], "--json {tmp}/: a folder; expected the path of a file"),
+    (["--json", "{tmp}/file.txt/run.json"], "--json {tmp}/file.txt/run.json: {tmp}/file.txt is a file, not a folder"),
+])
+def test_cli_rejects_a_bad_rate_or_report_path_before_the_run(tmp_path, capsys, args, message):
+    """With models that would run: the error comes first, names the flag, the value and what is
+    expected, and nothing is streamed (no report on stdout)."""
+    models = tiny_rgb_models(tmp_path / "models", ["walk_left", "wave"])
+    (tmp_path / "file.txt").write_text("x")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(["--generate", "1", "--source", "rgb", "--models", str(models), "--queue", "100", *argv]) == 2
+    out = capsys.readouterr()
+    assert message.replace("{tmp}", str(tmp_path)) in out.err and out.out == ""
+    assert (tmp_path / "file.txt").read_text() == "x"
+
+
+def test_cli_accepts_the_slowest_rate(tmp_path, capsys):
+    """0.1 fps (the range's low end) runs: one frame, so nothing waits for the next arrival."""
+    models = tiny_rgb_models(tmp_path / "models", ["walk_left", "wave"])
+    report = tmp_path / "run.json"
+    assert main(["--generate", "1", "--source", "rgb", "--models", str(models), "--fps", "0.1", "--max-frames", "1",
+                 "--json", str(report)]) == 0
+    import json
+
+    assert json.loads(report.read_text())["frames_processed"] == 1
 
 
 def test_run_stream_rejects_non_finite_rates_and_empty_limits():
@@ -237,3 +298,21 @@ def test_latency_sample_spreads_over_every_class_and_clip():
     assert len(per_cls0) == 6 and per_cls0[-1] >= 7 * n_cls - 8
     assert len(latency_sample(split, 10 ** 6)) == len(labels) * chunks  # at most every chunk once
     assert len({(int(a[0, 0, 0, 0]), int(a[0, 0, 0, 1])) for a in latency_sample(split, 10 ** 6)}) == 192
+
+
+def test_stream_sequence_is_the_test_clips_back_to_back_and_never_cut_short():
+    """The evaluate stage's video: the first n frames of the test clips (whole chunks) and a label per
+    chunk of the clips used; more frames than the split has is an InputError naming the parameter
+    (the stream used to be cut short silently)."""
+    from components.har.experiment import Split, stream_sequence
+
+    chunks = [np.full((2, 6, 4, 4, 3), k, np.uint8) for k in range(3)]       # 3 clips of 12 frames
+    split = Split(["a", "b", "c"], np.array([2, 0, 1]), chunks)
+    frames, truth = stream_sequence(split, 18)
+    assert frames.shape == (18, 4, 4, 3) and frames[:, 0, 0, 0].tolist() == [0] * 12 + [1] * 6
+    assert truth == [2, 2, 0, 0]
+    frames, truth = stream_sequence(split, 36)
+    assert len(frames) == 36 and truth == [2, 2, 0, 0, 1, 1]
+    with pytest.raises(InputError, match=r"evaluate.stream_frames=37: the test split has 36 frames \(3 clips, "
+                                         r"whole chunks\); expected at most 36"):
+        stream_sequence(split, 37)
