@@ -64,7 +64,15 @@ def next_token_labels(tokens: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------
 # K/V exchange across the CP group (no autograd here: :class:`_ShardedAttention` calls it)
 # ---------------------------------------------------------------------------------------------------
-class DistExchange:
+class _Exchange:
+    """``start`` an all-gather of this rank's K/V rows, ``wait`` for the gathered buffer; ``gather`` does
+    both (the backward's second gather, which has nothing to overlap with)."""
+
+    def gather(self, kv_padded: torch.Tensor) -> torch.Tensor:
+        return self.wait(self.start(kv_padded))
+
+
+class DistExchange(_Exchange):
     """All-gather / reduce-scatter over a torch.distributed CP group (gloo on CPU)."""
 
     def __init__(self, group: Any, cp: int):
@@ -83,9 +91,6 @@ class DistExchange:
         work.wait()
         return buf
 
-    def gather(self, kv_padded: torch.Tensor) -> torch.Tensor:
-        return self.wait(self.start(kv_padded))
-
     def reduce_scatter(self, grad: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
 
@@ -94,7 +99,7 @@ class DistExchange:
         return out
 
 
-class LoopbackExchange:
+class LoopbackExchange(_Exchange):
     """One process stands in for rank r of a CP group (offline profiling): the other ranks' rows
     are copies of this rank's, so every tensor has the size it has in a real run, without peers."""
 
@@ -106,9 +111,6 @@ class LoopbackExchange:
 
     def wait(self, handle) -> torch.Tensor:
         return handle
-
-    def gather(self, kv_padded: torch.Tensor) -> torch.Tensor:
-        return self.wait(self.start(kv_padded))
 
     def reduce_scatter(self, grad: torch.Tensor) -> torch.Tensor:
         return grad.view(self.cp, -1, grad.shape[1]).sum(0)
