@@ -20,12 +20,19 @@ from __future__ import annotations
 import copy
 import inspect
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Annotated, Any, ClassVar, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 Profile = Literal["quick", "full"]
+
+#: a seed: a non-negative integer, strictly (``true`` is not the seed 1, ``1.5`` not the seed 1)
+Seed = Annotated[StrictInt, Field(ge=0)]
+
+#: the longest timeout a config may give (one week, in seconds): a longer one would overflow the
+#: ``timedelta``/``threading`` waits that receive it (``inf`` and ``1e300`` did) and means "never" anyway
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
 
 
 class ConfigError(ValueError):
@@ -52,16 +59,17 @@ class ComponentConfig(BaseModel):
     """Base of every component's parameter model.
 
     Unknown keys are rejected (``extra="forbid"``) so that a typo in ``params.yaml`` stops the stage
-    instead of silently running with a default.
+    instead of silently running with a default; ``inf`` and ``NaN`` are rejected for every float
+    (``allow_inf_nan=False``; each component's section models say the same).
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     #: name of the ``params.yaml`` section (set by each subclass)
     paper: ClassVar[str] = ""
 
     profile: Profile = Field("quick", description="quick = laptop CPU minutes; full = paper scale")
-    seed: int = Field(0, ge=0, description="master seed; every random draw derives from it")
+    seed: int = Field(0, ge=0, strict=True, description="master seed; every random draw derives from it")
 
     @classmethod
     def profile_path(cls, profile: str) -> Path:
@@ -78,7 +86,11 @@ class ComponentConfig(BaseModel):
                 f"{cls.paper}.profile={profile!r}: no profile file {path}; expected one of "
                 f"'quick' or a profile with a file under {path.parent}"
             )
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{cls.paper}.profile={profile!r}: {path} is not valid YAML ({err}); expected a "
+                              f"mapping of parameters") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of parameters, got {type(data).__name__}")
         return data
@@ -107,14 +119,34 @@ class ComponentConfig(BaseModel):
         return flat
 
 
+def _model_error_reason(e: Mapping[str, Any]) -> str | None:
+    """The reason of an error raised by a validator on a whole (sub-)model (a ``model_validator``),
+    whose input is the section's mapping: printing that mapping would bury the reason. None for any
+    other error."""
+    if e["type"] not in ("value_error", "assertion_error") or not isinstance(e.get("input"), (Mapping, BaseModel)):
+        return None
+    err = (e.get("ctx") or {}).get("error")
+    if err is not None and str(err):
+        return str(err)
+    msg = str(e["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg
+
+
 def format_validation_error(paper: str, err: ValidationError) -> str:
-    """One line per problem: ``<paper>.<key>: got <value>; expected <what>``."""
+    """One line per problem: ``<paper>.<key>: got <value>; expected <what>``; for a check across
+    several keys of a section, ``<paper>.<section>: <reason>`` (the reason names the keys)."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if p != "__root__")
         key = f"{paper}.{loc}" if loc else paper
         value = e.get("input")
-        if e["type"] == "extra_forbidden":
+        reason = _model_error_reason(e)
+        if reason is not None:
+            lines.append(f"{key}: {reason}")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown parameter (value {value!r}); check the spelling against the "
                          f"component's config model")
         elif e["type"] == "missing":
@@ -152,7 +184,14 @@ def parse_override(item: str) -> dict[str, Any]:
     key, raw = item.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {item!r}: expected a dotted key such as train.epochs")
-    value: Any = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value: Any = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        problem = "; ".join(str(x) for x in (getattr(err, "context", None), getattr(err, "problem", None)) if x) \
+            or type(err).__name__
+        raise ConfigError(f"--set {item!r}: value {raw!r} is not valid YAML ({problem}); expected KEY=VALUE with a "
+                          f"YAML value, e.g. train.epochs=3, sizes=[1, 2] or name='a string' (quote text "
+                          f"that starts with [, {{, *, & or !)") from None
     if isinstance(value, str):  # YAML 1.1 reads "1e-2" as a string; users mean the number
         try:
             value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from typing import Any
@@ -55,20 +56,74 @@ def _fail(msg: str, code: int = 2) -> int:
     return code
 
 
+#: Prefect's loggers of flow and task runs (their "task run failed" / "flow run failed" records carry the
+#: exception's traceback)
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+
+class UserErrorTracebackFilter(logging.Filter):
+    """Drops the traceback from a log record whose exception is a user error (:class:`ConfigError`,
+    :class:`InputError`): the record's message still names the error, and :func:`main` prints it as one
+    ``error: ...`` line; a traceback through Prefect's engine would only bury it. Records of any other
+    exception (a real crash) keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from components.base import ConfigError, InputError
+
+        exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
+        if isinstance(exc, (ConfigError, InputError)):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_user_error_tracebacks() -> None:
+    """Install :class:`UserErrorTracebackFilter` on Prefect's run loggers (once)."""
+    for name in RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, UserErrorTracebackFilter) for f in logger.filters):
+            logger.addFilter(UserErrorTracebackFilter())
+
+
+def _no_parameters(args: argparse.Namespace, what: str) -> str | None:
+    """The problem when parameter options were given to a command that takes none (report, serve)."""
+    given = [f"--set {o}" for o in args.overrides]
+    given += [f"--profile {args.profile}"] if args.profile else []
+    given += [f"--params {args.params}"] if args.params else []
+    if not given:
+        return None
+    return (f"{args.paper} takes no parameters (got {' '.join(given)}); expected `python -m flows {args.paper}` "
+            f"alone: {what}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from components.base import ConfigError, InputError, deep_merge, parse_override
 
     if args.paper == "serve":
+        problem = _no_parameters(args, "edit infra/prefect/deployments.yaml to choose papers, profiles and "
+                                       "parameters")
+        if problem:
+            return _fail(problem)
         from flows.serve import main as serve_main
 
-        return serve_main(args.stage)
+        try:
+            return serve_main(args.stage)
+        except ConfigError as err:  # a bad infra/prefect/deployments.yaml
+            return _fail(str(err))
     if args.paper == "report":
         if args.stage not in (None, *REPORT.stages):
             return _fail(f"report stage {args.stage!r}: expected one of {list(REPORT.stages)}")
+        problem = _no_parameters(args, "the report reads every paper's metrics/<paper>.json and claims.yaml")
+        if problem:
+            return _fail(problem)
         from flows.report import report
 
-        report()
+        quiet_user_error_tracebacks()
+        try:
+            report()
+        except (ConfigError, InputError) as err:  # a missing or malformed metrics/claims file
+            return _fail(str(err))
         return 0
     if args.paper not in PAPERS:
         return _fail(f"paper {args.paper!r}: expected one of {sorted(PAPERS)} (or report, serve)")
@@ -95,10 +150,11 @@ def main(argv: list[str] | None = None) -> int:
 
     stages = list(entry.stages) if args.stage == "all" else [args.stage]
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    quiet_user_error_tracebacks()
     try:
         module.FLOW(config=config, stages=stages)
-    except (ConfigError, InputError) as err:  # bad parameter or bad input data found by the flow
-        return _fail(str(err))
+    except (ConfigError, InputError) as err:  # bad parameter or bad input data found by the flow (incl.
+        return _fail(str(err))                # missing DVC data, a launch past its timeout_s)
     return 0
 
 

@@ -20,13 +20,51 @@ from tasks.paths import repo_root
 
 
 def load_spec(path: Path | None = None) -> dict[str, Any]:
+    """The serving spec (``infra/prefect/deployments.yaml``), checked: a :class:`ConfigError` names the
+    file, the key, the value found and what is expected."""
+    from components.base import ConfigError
+
     path = path or repo_root() / "infra" / "prefect" / "deployments.yaml"
-    spec = yaml.safe_load(path.read_text()) or {}
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found; expected the serving spec (papers, profiles, report, tags, limit)")
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML ({err}); expected the serving spec (papers, profiles, report, "
+                          f"tags, limit)") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: a YAML {type(spec).__name__}; expected a mapping with keys papers, profiles, "
+                          f"report, tags, limit")
+    unknown_keys = sorted(set(spec) - {"papers", "profiles", "report", "tags", "limit"}, key=str)
+    if unknown_keys:
+        raise ConfigError(f"{path}: unknown keys {unknown_keys}; expected only papers, profiles, report, tags, limit")
     papers = spec.get("papers", "all")
     if papers != "all":
+        if not isinstance(papers, list) or not all(isinstance(p, str) for p in papers):
+            raise ConfigError(f"{path}: papers={papers!r}; expected 'all' or a list of paper keys from {sorted(PAPERS)}")
         unknown = [p for p in papers if p not in PAPERS]
         if unknown:
-            raise ValueError(f"{path}: papers={unknown}: unknown; expected 'all' or keys of {sorted(PAPERS)}")
+            raise ConfigError(f"{path}: papers={unknown}: unknown; expected 'all' or keys of {sorted(PAPERS)}")
+    profiles = spec.get("profiles")
+    if profiles is not None:
+        if not isinstance(profiles, dict):
+            raise ConfigError(f"{path}: profiles={profiles!r}; expected a mapping of deployment name to "
+                              f"{{parameters: {{...}}, description: ...}}")
+        for name, prof in profiles.items():
+            if prof is not None and not isinstance(prof, dict):
+                raise ConfigError(f"{path}: profiles.{name}={prof!r}; expected a mapping with parameters and description")
+            params = (prof or {}).get("parameters")
+            if params is not None and not isinstance(params, dict):
+                raise ConfigError(f"{path}: profiles.{name}.parameters={params!r}; expected a mapping of flow "
+                                  f"parameters, e.g. {{config: {{profile: full}}}}")
+    tags = spec.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ConfigError(f"{path}: tags={tags!r}; expected a list of strings")
+    if not isinstance(spec.get("report", True), bool):
+        raise ConfigError(f"{path}: report={spec['report']!r}; expected true or false")
+    limit = spec.get("limit", 1)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigError(f"{path}: limit={limit!r}; expected an integer >= 1 (flow runs executed at once)")
     return spec
 
 
@@ -50,16 +88,18 @@ def build_deployments(spec: dict[str, Any]) -> list[Any]:
 
 
 def main(arg: str | None = None) -> int:
-    from prefect import serve
-
+    """Serve the deployments of ``infra/prefect/deployments.yaml``; a bad spec raises :class:`ConfigError`
+    (``python -m flows`` prints it, exit 2) before anything is served."""
     if arg not in (None, "all"):
         print(f"error: serve takes no stage (got {arg!r}); edit infra/prefect/deployments.yaml to choose papers",
               file=sys.stderr)
         return 2
+    spec = load_spec()
     if not os.environ.get("PREFECT_API_URL"):
         print("error: PREFECT_API_URL is not set; start a server first (`make serve` does both)", file=sys.stderr)
         return 2
-    spec = load_spec()
+    from prefect import serve
+
     deployments = build_deployments(spec)
     names = ", ".join(f"'{d.flow_name}/{d.name}'" for d in deployments)
     print(f"serving {len(deployments)} deployments: {names}", flush=True)

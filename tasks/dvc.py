@@ -18,13 +18,16 @@ from typing import Any
 
 import yaml
 
+from components.base import InputError
 from tasks.paths import repo_root
 
 log = logging.getLogger(__name__)
 
 
-class DataUnavailable(RuntimeError):
-    """The data a flow needs could not be pulled or reproduced."""
+class DataUnavailable(InputError, RuntimeError):
+    """The data a flow needs could not be pulled or reproduced. An :class:`InputError` (the user's
+    checkout lacks the data: ``python -m flows`` prints the message, exit 2, no traceback) and, as
+    before, a ``RuntimeError``."""
 
 
 def under_dvc() -> bool:
@@ -42,7 +45,13 @@ def lock_entry(stage: str, root: Path | None = None) -> dict[str, Any] | None:
     lock = (root or repo_root()) / "dvc.lock"
     if not lock.is_file():
         return None
-    data = yaml.safe_load(lock.read_text()) or {}
+    try:
+        data = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise DataUnavailable(f"{lock}: not valid YAML ({err}); expected the lock file `dvc repro` writes") from None
+    if not isinstance(data, dict) or not isinstance(data.get("stages") or {}, dict):
+        raise DataUnavailable(f"{lock}: {type(data).__name__} without a 'stages' mapping; expected the lock file "
+                              f"`dvc repro` writes")
     return (data.get("stages") or {}).get(stage)
 
 
@@ -76,7 +85,9 @@ def ensure_stage(stage: str, root: Path | None = None, allow_repro: bool = True)
     if under_dvc():
         return "dvc"
     if not (root / "dvc.yaml").is_file():
-        raise DataUnavailable(f"{root}: no dvc.yaml; cannot locate stage {stage!r}")
+        raise DataUnavailable(f"{root}: no dvc.yaml, so the outputs of stage {stage!r} cannot be checked or "
+                              f"reproduced; expected a paperworks checkout (set PAPERWORKS_ROOT to one), or a run "
+                              f"that includes the data stage (stage 'all')")
     if not stage_status(stage, root):
         return "up-to-date"
     if _has_remote(root):
@@ -86,10 +97,12 @@ def ensure_stage(stage: str, root: Path | None = None, allow_repro: bool = True)
             return "pulled"
         log.warning("dvc pull %s did not restore it (%s); reproducing instead", stage, res.stderr.strip()[-500:])
     if not allow_repro:
-        raise DataUnavailable(f"stage {stage!r} is missing or stale and reproducing it is not allowed")
+        raise DataUnavailable(f"stage {stage!r}: its outputs are missing or stale and reproducing it is not "
+                              f"allowed; expected them present (`dvc pull {stage}` or `dvc repro {stage}`)")
     log.info("data stage %s is missing or stale; reproducing it with dvc repro", stage)
     res = subprocess.run([*_dvc_exe(), "repro", "--single-item", stage], cwd=root, text=True,
                          stdout=sys.stdout, stderr=sys.stderr)
     if res.returncode != 0:
-        raise DataUnavailable(f"dvc repro {stage} failed with exit code {res.returncode}")
+        raise DataUnavailable(f"dvc repro {stage} failed with exit code {res.returncode} (dvc's output above says "
+                              f"why); expected the data stage to reproduce, or run `dvc repro {stage}` yourself")
     return "reproduced"

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from components.base import InputError
 from components.io import atomic_dir, atomic_file
 
 __all__ = ["atomic_dir", "atomic_file", "write_json", "write_text", "read_json"]
@@ -33,10 +34,20 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON value stored in ``path``. A missing, unreadable or malformed file is an
+    :class:`~components.base.InputError` (a ``ValueError``) naming the file and what is expected."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found (run the stage that produces it first)")
+        found = "a folder, not a file" if path.is_dir() else "file not found"
+        raise InputError(f"{path}: {found}; expected the JSON file the producing stage writes (run that "
+                         f"stage first)")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise InputError(f"{path}: not valid JSON ({err}); expected the JSON file the producing stage "
+                         f"writes (run that stage again)") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                         f"expected the JSON file the producing stage writes (run that stage again)") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot be read ({err.strerror or err}); expected a readable JSON file") from None

@@ -15,6 +15,7 @@ from a server that has already imported the heavy modules, see ``components.janu
 """
 from __future__ import annotations
 
+import numbers
 import os
 import pickle
 import socket
@@ -22,9 +23,27 @@ import traceback
 from datetime import timedelta
 from typing import Any, Callable, Sequence
 
+from components.base import MAX_TIMEOUT_S as MAX_CONFIG_TIMEOUT_S
+from components.base import ConfigError, InputError
+
 
 class LaunchError(RuntimeError):
     """A rank failed or the launch timed out."""
+
+
+class LaunchTimeout(LaunchError, InputError):
+    """The launch ran past its ``timeout`` (a parameter of the run): a user error (``python -m flows``
+    prints the message, exit 2), and still a :class:`LaunchError`."""
+
+
+class RankInputError(LaunchError, InputError):
+    """A rank stopped on a :class:`~components.base.ConfigError` or :class:`~components.base.InputError`
+    (bad parameter or input data found inside the rank): the rank's message, without its traceback. Any
+    other failure of a rank stays a plain :class:`LaunchError` carrying the rank's traceback."""
+
+
+#: the longest timeout a launch accepts (``timedelta`` and the process-group store cannot take ``inf``)
+MAX_TIMEOUT_S = MAX_CONFIG_TIMEOUT_S
 
 
 def free_port() -> int:
@@ -49,6 +68,8 @@ def _worker(rank: int, world_size: int, port: int, backend: str | None, threads:
                                     timeout=timedelta(seconds=timeout_s))
         result = fn(rank, world_size, *args)
         queue.put((rank, "ok", pickle.dumps(result)))
+    except (ConfigError, InputError) as err:  # the user's parameter or data: the message is the report
+        queue.put((rank, "input", f"{type(err).__name__}: {err}"))
     except BaseException as err:  # report every failure to the parent, which re-raises it
         queue.put((rank, "error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
     finally:
@@ -66,6 +87,9 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | No
         raise ValueError(f"world_size={world_size}: expected an integer >= 1")
     if start_method not in ("spawn", "forkserver"):
         raise ValueError(f"start_method={start_method!r}: expected 'spawn' or 'forkserver'")
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < float(timeout) <= MAX_TIMEOUT_S:
+        raise ConfigError(f"timeout={timeout!r}: expected a finite number of seconds > 0 and <= {MAX_TIMEOUT_S:g} "
+                          f"(the launch's timeout, e.g. the stage's timeout_s parameter)")
     import queue as queue_mod
 
     import torch.multiprocessing as mp
@@ -80,6 +104,7 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | No
         p.start()
     results: dict[int, Any] = {}
     errors: list[str] = []
+    user_error = False
     import time
 
     deadline = time.monotonic() + timeout
@@ -87,7 +112,9 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | No
         while len(results) + len(errors) < world_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise LaunchError(f"launch of {fn.__qualname__} on {world_size} ranks timed out after {timeout:.0f} s")
+                raise LaunchTimeout(f"launch of {fn.__qualname__} on {world_size} ranks timed out after {timeout:.0f} s; "
+                                    f"expected it to finish within timeout={timeout:g} s (raise the stage's "
+                                    f"timeout_s parameter if the work needs longer)")
             try:
                 rank, status, payload = q.get(timeout=min(remaining, 1.0))
             except queue_mod.Empty:
@@ -100,6 +127,10 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | No
                 continue
             if status == "ok":
                 results[rank] = pickle.loads(payload)
+            elif status == "input":
+                errors.append(f"rank {rank}: {payload}")
+                user_error = True
+                break
             else:
                 errors.append(f"rank {rank} failed: {payload}")
                 break  # peers may now block forever on a collective; stop them below
@@ -111,5 +142,5 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | No
                 p.kill()
                 p.join()
     if errors:
-        raise LaunchError(errors[0])
+        raise (RankInputError if user_error else LaunchError)(errors[0])
     return [results[r] for r in range(world_size)]

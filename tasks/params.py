@@ -17,7 +17,13 @@ def load_params(path: Path | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"params file {path} not found; expected a YAML file with one section per paper")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"params file {path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                          f"{err.start}); expected a UTF-8 YAML file with one section per paper") from None
+    except OSError as err:
+        raise ConfigError(f"params file {path}: cannot be read ({err.strerror or err}); expected a readable "
+                          f"YAML file with one section per paper") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(data, dict):

@@ -31,6 +31,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from components.base import InputError
 from tasks.io import atomic_dir, read_json
 from tasks.paths import repo_root
 
@@ -38,18 +39,23 @@ _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt
 _TARGET = re.compile(r"^\s*(>=|<=|>|<|==)\s*(-?[0-9.eE+-]+)\s*$")
 
 
-class ReportError(ValueError):
-    pass
+class ReportError(InputError):
+    """A claims or metrics file the report reads is malformed (an :class:`InputError`, a ``ValueError``)."""
 
 
 def load_claims(paper: str, root: Path | None = None) -> dict[str, Any] | None:
     path = (root or repo_root()) / "components" / paper / "claims.yaml"
     if not path.is_file():
         return None
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ReportError(f"{path}: not valid YAML ({err}); expected a mapping with a 'claims' list") from None
     if not isinstance(data, dict) or not isinstance(data.get("claims", []), list):
         raise ReportError(f"{path}: expected a mapping with a 'claims' list")
     for i, c in enumerate(data.get("claims", [])):
+        if not isinstance(c, dict):
+            raise ReportError(f"{path}: claims[{i}]={c!r}; expected a mapping with id, claim and metric")
         for key in ("id", "claim", "metric"):
             if key not in c:
                 raise ReportError(f"{path}: claims[{i}] has no {key!r}")
@@ -155,6 +161,16 @@ def _claims_figure(all_rows: Mapping[str, list[dict[str, Any]]], path: Path) -> 
     return True
 
 
+def _read_metrics(path: Path) -> dict[str, Any]:
+    """``metrics/<paper>.json``: a JSON object (an :class:`InputError` naming the file otherwise)."""
+    metrics = read_json(path)
+    if not isinstance(metrics, dict):
+        found = {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(metrics), "number")
+        raise ReportError(f"{path}: a JSON {found}; expected a JSON object of metrics (as the paper's evaluate "
+                          f"stage writes it; re-run that stage)")
+    return metrics
+
+
 def build_report(root: Path | None = None, out_dir: Path | None = None,
                  papers: list[str] | None = None) -> dict[str, Any]:
     """Write ``reports/README.md`` and ``reports/figures/``; return a summary dict."""
@@ -173,8 +189,9 @@ def build_report(root: Path | None = None, out_dir: Path | None = None,
                  "component's `claims.yaml`. Every value below was measured by the stage that wrote the metrics",
                  "file; the baseline column is the baseline measured in the same run. Quick profile unless the",
                  "profile column says otherwise.", ""]
+        metrics_of: dict[str, dict[str, Any]] = {}
         for paper in papers:
-            metrics = read_json(metrics_dir / f"{paper}.json")
+            metrics = metrics_of[paper] = _read_metrics(metrics_dir / f"{paper}.json")
             claims = load_claims(paper, root) or {"claims": []}
             rows = claim_rows(claims, metrics)
             all_rows[paper] = rows
@@ -207,7 +224,7 @@ def build_report(root: Path | None = None, out_dir: Path | None = None,
             for paper in papers:
                 s = summary["papers"][paper]
                 head.append(f"| [{paper}](#{paper}) | {s['met']} / {s['judged']} | "
-                            f"{_fmt(read_json(metrics_dir / f'{paper}.json').get('profile'))} |")
+                            f"{_fmt(metrics_of[paper].get('profile'))} |")
             head.append("")
         if _claims_figure(all_rows, figs / "claims.png"):
             head += ["![measured vs target, every claim](figures/claims.png)", ""]

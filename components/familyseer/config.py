@@ -6,11 +6,11 @@ paper-scale experiment (five models, every policy, paper round sizes).
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from components.base import ComponentConfig
+from components.base import MAX_TIMEOUT_S, ComponentConfig, Seed
 
 #: models the zoo can build (components/familyseer/zoo.py)
 ModelName = Literal["mlp_tiny", "resnet_tiny", "resnet", "mobilenetv2", "bert", "unet", "gpt2"]
@@ -19,10 +19,12 @@ PolicyName = Literal["gradient", "round_robin", "familyseer", "familyseer_hash",
                      "familyseer_no_foresee"]
 #: the policies with foresee rounds (tuning.POLICIES[...].foresee; a test keeps the two in step)
 FORESEE_POLICIES = frozenset({"familyseer", "familyseer_hash", "familyseer_ind"})
+#: a thread count (the same bounds as the other thread settings)
+Threads = Annotated[int, Field(ge=1, le=512)]
 
 
 class ZooConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     models: list[ModelName] = Field(["resnet_tiny"], min_length=1,
                                     description="models to import, extract tasks from and tune")
     complex_tasks_only: bool = Field(True, description="tune only tasks with a reduction block (Ansor's "
@@ -38,7 +40,7 @@ class ZooConfig(BaseModel):
 class SearchConfig(BaseModel):
     """MetaSchedule evolutionary search; identical for every policy."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     population_size: int = Field(64, ge=8, le=4096, description="evolutionary-search population")
     init_min_unmeasured: int = Field(32, ge=1, description="minimum unmeasured schedules sampled per round")
     genetic_num_iters: int = Field(2, ge=1, le=16, description="genetic iterations per round")
@@ -55,7 +57,7 @@ class SearchConfig(BaseModel):
 class CostModelConfig(BaseModel):
     """XGBoost cost models (MetaSchedule's XGBModel); the same settings for the global and family models."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     warmup_rounds_per_task: float = Field(1.0, ge=0.0, le=100.0, description=(
         "a model predicts randomly until it holds (tasks sharing it) x trials_per_round x this many "
         "samples (Ansor and the FamilySeer artifact: num_warmup_sample = |tasks| x measures_per_round)"))
@@ -71,10 +73,10 @@ class CostModelConfig(BaseModel):
 
 
 class TuneConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     policies: list[PolicyName] = Field(["familyseer", "gradient", "round_robin"], min_length=1,
                                        description="task-scheduling policies, each at the same trial budget")
-    seeds: list[int] = Field([0, 1, 2], min_length=1, description="tuning seeds (each policy runs each seed)")
+    seeds: list[Seed] = Field([0, 1, 2], min_length=1, description="tuning seeds (each policy runs each seed)")
     trials_per_task: int = Field(12, ge=1, description="global trial budget = trials_per_task x tasks "
                                  "(paper: 900 x (tasks + 1))")
     trials_per_round: int = Field(8, ge=1, le=512, description="measurements per main round (paper: 64)")
@@ -93,8 +95,8 @@ class TuneConfig(BaseModel):
         "faster on a many-core node, but the picks then depend on thread timing, so seeds are not "
         "reproducible and the policies' runs of a seed are not paired"))
     builder_workers: int = Field(2, ge=1, le=512, description="parallel build processes")
-    build_timeout_s: float = Field(60.0, gt=0, description="per-candidate build timeout (then recorded, skipped)")
-    run_timeout_s: float = Field(10.0, gt=0, description="per-candidate run timeout (then recorded, skipped)")
+    build_timeout_s: float = Field(60.0, gt=0, le=MAX_TIMEOUT_S, description="per-candidate build timeout (then recorded, skipped)")
+    run_timeout_s: float = Field(10.0, gt=0, le=MAX_TIMEOUT_S, description="per-candidate run timeout (then recorded, skipped)")
     repeat: int = Field(3, ge=1, description="measurements per candidate (median used)")
     min_repeat_ms: int = Field(20, ge=0, description="minimum time of one measurement (ms)")
     replay: bool = Field(True, description="reuse a run's stored records when its fingerprint matches "
@@ -133,12 +135,12 @@ class TuneConfig(BaseModel):
 
 
 class EvaluateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     baseline: PolicyName = Field("gradient", description="policy whose final latency FamilySeer must reach")
     method: PolicyName = Field("familyseer", description="policy whose search-time speed-up is reported")
     latency_repeat: int = Field(15, ge=3, description="end-to-end latency samples per build (p50/p99)")
     latency_min_repeat_ms: int = Field(25, ge=1, description="minimum time of one latency sample (ms)")
-    torch_threads: list[int] = Field([1, 2], min_length=1, description="thread counts tried for the PyTorch "
+    torch_threads: list[Threads] = Field([1, 2], min_length=1, description="thread counts tried for the PyTorch "
                                      "eager baseline (the fastest is reported; OpenMP spin-waits make 2 threads "
                                      "slow on a busy machine)")
     ranking_min_records: int = Field(8, ge=2, description="held-out records a task needs to be scored")

@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from components.base import ComponentConfig
+from components.base import ComponentConfig, Seed
 from components.har.figures import ACTIONS
 
 
@@ -21,7 +21,7 @@ STREAM_FPS_MIN, STREAM_FPS_MAX = 0.1, 1000.0
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -62,10 +62,11 @@ class DataConfig(_Section):
     @model_validator(mode="after")
     def _ucf_root(self) -> "DataConfig":
         if self.source == "ucf101" and not self.ucf101_root:
-            raise ValueError("ucf101_root set to a folder when source=ucf101")
+            raise ValueError(f"source='ucf101' with ucf101_root={self.ucf101_root!r}: expected ucf101_root set to "
+                             f"the dataset's folder")
         lo, hi = self.noise_std
         if not 0 <= lo <= hi <= 64:
-            raise ValueError(f"noise_std as (low, high) with 0 <= low <= high <= 64, got {self.noise_std}")
+            raise ValueError(f"noise_std={self.noise_std}: expected (low, high) with 0 <= low <= high <= 64")
         return self
 
 
@@ -168,12 +169,12 @@ class TemporalConfig(_Section):
     @model_validator(mode="after")
     def _heads_divide(self) -> "TemporalConfig":
         if self.d_model % self.heads:
-            raise ValueError(f"d_model ({self.d_model}) divisible by heads ({self.heads})")
+            raise ValueError(f"d_model={self.d_model}: expected a width divisible by heads={self.heads}")
         return self
 
 
 class EvaluateConfig(_Section):
-    seeds: list[int] = Field([0, 1, 2], min_length=1, description="seeds of the temporal heads (every source alike)")
+    seeds: list[Seed] = Field([0, 1, 2], min_length=1, description="seeds of the temporal heads (every source alike)")
     sources: list[Literal["tvl1", "farneback", "dis", "imfe", "rgb"]] = Field(
         ["tvl1", "farneback", "dis", "imfe", "rgb"], min_length=1, description="motion sources compared")
     latency_chunks: int = Field(12, ge=1, le=10000, description="test chunks timed per motion source")
@@ -213,10 +214,11 @@ class HarConfig(ComponentConfig):
     def _chunking(self) -> "HarConfig":
         d, L = self.data, self.opticalflow.clip_len
         if d.source == "synthetic" and d.frames_per_clip % L:
-            raise ValueError(f"data.frames_per_clip ({d.frames_per_clip}) a multiple of opticalflow.clip_len ({L})")
+            raise ValueError(f"data.frames_per_clip={d.frames_per_clip}: expected a multiple of opticalflow.clip_len={L}")
         if self.imfe.distill_clips_per_class and d.source != "synthetic":
             raise ValueError(f"imfe.distill_clips_per_class={self.imfe.distill_clips_per_class} renders a synthetic "
                              f"distillation set; expected data.source=synthetic (got {d.source!r}) or 0")
         if d.height % self.imfe.downsample or d.width % self.imfe.downsample:
-            raise ValueError(f"frame size divisible by imfe.downsample ({self.imfe.downsample})")
+            raise ValueError(f"data.height={d.height}, data.width={d.width}: expected a frame size divisible by "
+                             f"imfe.downsample={self.imfe.downsample}")
         return self

@@ -404,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
            else None,
            f"--generate {args.generate}: expected at least 1 clip" if args.generate is not None and args.generate < 1
            else None,
+           f"--seed {args.seed}: expected a non-negative integer" if args.seed < 0 else None,
            f"--video {args.video}: file not found" if args.video is not None and not Path(args.video).is_file()
            else None,
            _json_path_problem(args.json) if args.json is not None else None]
@@ -427,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         rep = run_stream(frames, pipe, args.fps, deadline_ms=args.deadline_ms, queue_size=args.queue,
                          max_frames=args.max_frames)
     except (ConfigError, InputError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        # the reader's hint names its keyword argument; on the command line it is the --resize flag
+        print(f"error: {str(err).replace('(pass resize to rescale)', '(pass --resize to rescale)')}", file=sys.stderr)
         return 2
     out = rep.summary()
     out["source"], out["backend"], out["warmup_ms"] = args.source, args.backend, warmup_ms

@@ -5,19 +5,20 @@ profiling, the real pipelined runs and the simulation.
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from components.base import ComponentConfig
+from components.base import MAX_TIMEOUT_S, ComponentConfig
 from components.januspipe.schedules import SCHEDULE_NAMES
 from components.mlip.config import MlipDataConfig, MlipModelConfig, MlipTrainConfig
 
 ScheduleName = Literal["gpipe4", "1f1b4", "hanayo4", "symfold", "wavek"]
+PositiveInt = Annotated[int, Field(ge=1)]
 
 
 class ProfileConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     reps: int = Field(4, ge=1, le=100, description="timed repetitions of the four phases (after one warm-up)")
     microbatches: int = Field(2, ge=1, le=64, description="distinct micro-batches timed per repetition")
@@ -27,7 +28,7 @@ class ProfileConfig(BaseModel):
 class PipelineConfig(BaseModel):
     """Real four-phase pipelined runs (torch.distributed, gloo on CPU)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     num_blocks: int = Field(8, ge=1, le=512, description="interaction blocks of the pipelined model (>= the "
                             "largest virtual stage count run: 2 x processes for symfold/wavek, 4 x for hanayo4 W=2)")
@@ -40,7 +41,7 @@ class PipelineConfig(BaseModel):
     steps: int = Field(1, ge=1, le=100, description="timed steps per schedule")
     dtype: Literal["float32", "float64"] = Field("float32", description="dtype of the timed runs")
     backend: Literal["gloo", "nccl"] = Field("gloo", description="torch.distributed backend; nccl only with one process (multi-rank nccl is refused, see the README)")
-    timeout_s: float = Field(900.0, gt=0, description="kill a launch that runs longer")
+    timeout_s: float = Field(900.0, gt=0, le=MAX_TIMEOUT_S, description="kill a launch that runs longer")
 
     @field_validator("process_counts")
     @classmethod
@@ -63,15 +64,15 @@ class PipelineConfig(BaseModel):
 class SimulateConfig(BaseModel):
     """Discrete-event simulation at 2..32 devices fed by the measured costs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    devices: list[int] = Field([2, 4, 8, 16, 32], min_length=1, description="pipeline devices simulated")
+    devices: list[PositiveInt] = Field([2, 4, 8, 16, 32], min_length=1, description="pipeline devices simulated")
     microbatches_per_device: int = Field(2, ge=1, le=64, description="M = this x devices (fixed before "
                                          "looking at results: 1F1B's usual M >= 2D)")
     num_blocks: int = Field(128, ge=1, le=4096, description="blocks of the simulated (deep) model; >= 4 x the "
                             "largest device count so every placement fits")
     headline_devices: int = Field(32, ge=1, description="device count of the throughput claim")
-    extra_microbatch_factors: list[int] = Field([], description="also simulate M = f x D at the headline "
+    extra_microbatch_factors: list[PositiveInt] = Field([], description="also simulate M = f x D at the headline "
                                                 "device count (full profile: [1, 4])")
     timeline_devices: int = Field(4, ge=1, le=64, description="devices of the simulated timeline pictures")
 

@@ -5,19 +5,26 @@ These models are nested inside a paper's config (``januspipe.data``, ``januspipe
 """
 from __future__ import annotations
 
+import math
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: a thermostat temperature: finite and above 0 K (a negative one makes Langevin's noise amplitude
+#: sqrt(T) NaN, so the positions become NaN; at 0 K the run is a quench, not a thermal sample)
+Temperature = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class MlipDataConfig(BaseModel):
     """ASE molecular dynamics labelled by ASE's EMT calculator (energies, forces, stress)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     systems: list[str] = Field(
         ["Cu", "Al", "Ni", "Ag", "CuAu", "Cu3Pd", "NiAl"],
         min_length=1,
         description="chemical formulas of fcc metals/random alloys (EMT elements: Al Cu Ag Au Ni Pd Pt)")
-    temperatures_K: list[float] = Field([300.0, 700.0, 1100.0], min_length=1,
+    temperatures_K: list[Temperature] = Field([300.0, 700.0, 1100.0], min_length=1,
                                         description="Langevin thermostat temperatures, one trajectory each")
     supercell: int = Field(2, ge=1, le=4, description="repeats of the 4-atom cubic fcc cell per axis")
     frames_per_trajectory: int = Field(20, ge=3, le=10_000, description="labelled frames kept per trajectory")
@@ -45,7 +52,7 @@ class MlipDataConfig(BaseModel):
     @field_validator("split")
     @classmethod
     def _split_sums_to_one(cls, split: tuple[float, float, float]) -> tuple[float, float, float]:
-        if any(f <= 0 for f in split) or abs(sum(split) - 1.0) > 1e-6:
+        if not all(math.isfinite(f) and f > 0 for f in split) or abs(sum(split) - 1.0) > 1e-6:
             raise ValueError(f"split {split}: three positive fractions summing to 1")
         return split
 
@@ -53,7 +60,7 @@ class MlipDataConfig(BaseModel):
 class MlipModelConfig(BaseModel):
     """Shape of the MatRIS-style invariant model (quick profile: small enough for CPU steps of ms)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     hidden_dim: int = Field(16, ge=4, le=1024, description="atom/bond feature width")
     num_blocks: int = Field(3, ge=1, le=512, description="interaction blocks (the unit split into pipeline stages)")
@@ -74,7 +81,7 @@ class MlipModelConfig(BaseModel):
 class MlipTrainConfig(BaseModel):
     """Reference single-process trainer (energy + force [+ stress] loss, double backward)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: int = Field(2, ge=1, le=10_000, description="passes over the training split")
     batch_size: int = Field(4, ge=1, le=4096, description="structures per optimiser step")

@@ -5,7 +5,7 @@ from typing import Annotated, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from components.base import ComponentConfig
+from components.base import MAX_TIMEOUT_S, ComponentConfig
 
 Dataset = Literal["wikipedia", "lmsyschat1m", "chatqa2", "corpus"]
 PaperModel = Literal["qwen2.5-0.5b", "qwen2.5-7b"]
@@ -13,7 +13,7 @@ PositiveInt = Annotated[int, Field(ge=1)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class CorpusConfig(_Strict):
@@ -148,7 +148,7 @@ class ILPConfig(_Strict):
     dp: int = Field(2, ge=1, le=8, description="DP degree of the paper-preset instances")
     cp: int = Field(4, ge=1, le=8, description="CP degree of the paper-preset instances")
     model: PaperModel = Field("qwen2.5-0.5b", description="paper preset of the claimed gap")
-    time_limit_s: float = Field(10.0, gt=0, description="HiGHS time limit per instance")
+    time_limit_s: float = Field(10.0, gt=0, le=MAX_TIMEOUT_S, description="HiGHS time limit per instance")
 
     @model_validator(mode="after")
     def _enough_sequences(self):
@@ -168,7 +168,7 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, ge=0)
-    timeout_s: float = Field(1800.0, gt=0, description="the launch is killed after this (s)")
+    timeout_s: float = Field(1800.0, gt=0, le=MAX_TIMEOUT_S, description="the launch is killed after this (s)")
     variants: list[Literal["deepspeed", "packed", "skrull"]] = Field(
         ["deepspeed", "packed", "skrull"], min_length=2, description="schedules trained side by side")
 

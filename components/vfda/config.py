@@ -12,7 +12,7 @@ from typing import ClassVar, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from components.base import ComponentConfig
+from components.base import MAX_TIMEOUT_S, ComponentConfig, Seed
 
 Strategy = Literal["fedavg", "fedprox", "fedbn"]
 #: "vfda" uses ``vfda.rule``; "vfda-product" / "vfda-fedfa" force a rule; "vfda-local" fixes the
@@ -23,7 +23,7 @@ VARIANTS: tuple[str, ...] = get_args(Variant)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class InstituteConfig(_Strict):
@@ -115,7 +115,7 @@ class FederationConfig(_Strict):
 
     strategies: list[Strategy] = Field(["fedavg", "fedprox", "fedbn"], min_length=1)
     variants: list[Variant] = Field(["base", "mixup", "vfda"], min_length=1)
-    seeds: list[int] = Field([0, 1, 2], min_length=1, description="federation seeds (offset by the master seed)")
+    seeds: list[Seed] = Field([0, 1, 2], min_length=1, description="federation seeds (offset by the master seed)")
     ablation_strategies: list[Strategy] = Field(
         [], description="strategies that also run the ablation variants")
     ablation_variants: list[Variant] = Field(
@@ -131,7 +131,7 @@ class FederationConfig(_Strict):
     proximal_mu: float = Field(0.01, gt=0.0, le=10.0, description="FedProx proximal weight mu")
     mixup_alpha: float = Field(0.4, gt=0.0, le=10.0, description="local MixUp Beta(alpha, alpha)")
     min_train_clients: int = Field(2, ge=1, description="a round aggregates only with at least this many replies")
-    round_timeout_s: float = Field(600.0, gt=0.0, description="how long the server waits for replies; a client "
+    round_timeout_s: float = Field(600.0, gt=0.0, le=MAX_TIMEOUT_S, description="how long the server waits for replies; a client "
                                                                 "that has not replied by then is logged as failed")
 
     @field_validator("strategies", "variants", "seeds", "ablation_strategies", "ablation_variants")

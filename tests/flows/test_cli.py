@@ -96,3 +96,104 @@ def test_benchmark_params_files_validate(path):
         module = importlib.import_module(PAPERS[paper].module)
         cfg = load_config(module.CONFIG, params_path=path)
         assert cfg.model_dump() != module.CONFIG().model_dump()
+
+
+@pytest.mark.parametrize("item", ["seed=[1", "seed=*x"])
+def test_set_value_that_is_not_yaml_exits_2(paperworks_root, capsys, item):
+    """Was a yaml traceback, exit 1."""
+    assert main(["skrull", "simulate", "--set", item]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --set {item!r}: value {item.split('=', 1)[1]!r} is not valid YAML")
+    assert "expected KEY=VALUE with a YAML value" in err
+
+
+def test_params_file_that_is_not_utf8_exits_2(paperworks_root, capsys):
+    """Was a UnicodeDecodeError traceback, exit 1."""
+    bad = paperworks_root / "latin1.yaml"
+    bad.write_bytes("har:\n  data: {classes: [caf\xe9]}\n".encode("latin-1"))
+    assert main(["har", "data", "--params", str(bad)]) == 2
+    assert f"error: params file {bad}: not UTF-8 text (byte 0xe9" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, given", [
+    (["report", "build", "--set", "seed=1"], "--set seed=1"),
+    (["report", "--profile", "full"], "--profile full"),
+    (["report", "build", "--params", "p.yaml"], "--params p.yaml"),
+    (["serve", "--set", "seed=1", "--profile", "quick"], "--set seed=1 --profile quick"),
+    (["serve", "--params", "p.yaml"], "--params p.yaml"),
+])
+def test_report_and_serve_refuse_parameter_options(paperworks_root, capsys, argv, given):
+    """They used to ignore --set/--profile/--params silently."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: {argv[0]} takes no parameters (got {given}); expected `python -m flows {argv[0]}` alone" in err
+    assert not (paperworks_root / "reports").exists()
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("papers: [bogus]\n", "papers=['bogus']: unknown; expected 'all' or keys of"),
+    ("papers: har\n", "papers='har'; expected 'all' or a list of paper keys"),
+    ("papers: [har\n", "not valid YAML"),
+    ("- papers\n", "a YAML list; expected a mapping"),
+    ("profiles: [quick]\n", "profiles=['quick']; expected a mapping"),
+    ("limit: 0\n", "limit=0; expected an integer >= 1"),
+    ("paper: all\n", "unknown keys ['paper']"),
+])
+def test_serve_with_a_bad_deployments_file_exits_2(paperworks_root, capsys, monkeypatch, text, needle):
+    """Was a ValueError / YAMLError traceback (checked before a Prefect server is needed)."""
+    spec = paperworks_root / "infra" / "prefect" / "deployments.yaml"
+    spec.parent.mkdir(parents=True)
+    spec.write_text(text)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")   # nothing is contacted: the spec fails first
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {spec}: ") and needle in err
+
+
+def test_repo_deployments_file_is_valid():
+    from flows.serve import load_spec
+
+    assert load_spec(REPO / "infra" / "prefect" / "deployments.yaml")["papers"] == "all"
+
+
+def test_user_error_inside_a_flow_is_one_clean_line(paperworks_root):
+    """A ConfigError/InputError raised inside a stage used to print ~75 lines of Prefect tracebacks (task run
+    failed, flow run failed) before the ``error:`` line; the CLI filters the traceback out of those records."""
+    import os
+
+    env = {**os.environ, "PAPERWORKS_ROOT": str(paperworks_root), "DVC_STAGE": "har_teacher"}
+    proc = subprocess.run([sys.executable, "-m", "flows", "har", "teacher"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    manifest = paperworks_root / "data" / "har" / "manifest.json"
+    assert f"\nerror: {manifest}: manifest not found; run the har data stage first" in proc.stderr
+    written = [p for d in ("data", "models", "results", "metrics") for p in (paperworks_root / d).rglob("*")
+               if p.is_file()]
+    assert written == []                                             # nothing half-written
+
+
+def test_traceback_filter_keeps_real_crashes():
+    import logging
+
+    from components.base import ConfigError, InputError
+    from flows.__main__ import UserErrorTracebackFilter
+    from tasks.dvc import DataUnavailable
+    from tasks.launch import LaunchError, LaunchTimeout
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        try:
+            raise exc
+        except BaseException:
+            return logging.getLogger("prefect.task_runs").makeRecord(
+                "prefect.task_runs", logging.ERROR, __file__, 1, "Task run failed", (), sys.exc_info())
+
+    for user in (ConfigError("x=1: expected 2"), InputError("f.json: missing"), DataUnavailable("no data"),
+                 LaunchTimeout("timed out")):
+        rec = record(user)
+        assert UserErrorTracebackFilter().filter(rec) and rec.exc_info is None
+        assert "Traceback" not in logging.Formatter().format(rec)
+    for crash in (RuntimeError("boom"), LaunchError("rank 1 failed: ZeroDivisionError"), KeyError("k")):
+        rec = record(crash)
+        assert UserErrorTracebackFilter().filter(rec) and rec.exc_info is not None
+        assert "Traceback" in logging.Formatter().format(rec)

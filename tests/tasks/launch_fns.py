@@ -15,3 +15,18 @@ def fail_on_rank(rank: int, world: int, bad: int):
     if rank == bad:
         raise ValueError("bad shard")
     return rank
+
+
+def sleep_rank(rank: int, world: int, seconds: float):
+    import time
+
+    time.sleep(seconds)
+    return rank
+
+
+def bad_input_on_rank(rank: int, world: int, bad: int):
+    from components.base import InputError
+
+    if rank == bad:
+        raise InputError("shard.json: missing; expected the data stage's shard")
+    return rank

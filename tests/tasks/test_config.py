@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from components.base import ComponentConfig, ConfigError, parse_override, resolve_section
 
@@ -94,3 +94,66 @@ def test_parse_override_rejects_malformed(bad):
 def test_flat_dict_for_trackers():
     flat = ToyConfig().to_flat_dict()
     assert flat["train.epochs"] == 2 and flat["profile"] == "quick"
+
+
+@pytest.mark.parametrize("item, needle", [
+    ("seed=[1", "--set 'seed=[1': value '[1' is not valid YAML"),
+    ("seed=*x", "--set 'seed=*x': value '*x' is not valid YAML (found undefined alias 'x')"),
+    ("train={epochs: 3", "--set 'train={epochs: 3': value '{epochs: 3' is not valid YAML"),
+])
+def test_parse_override_rejects_invalid_yaml_naming_the_item(item, needle):
+    """Was a yaml traceback (exit 1) on the command line."""
+    with pytest.raises(ConfigError) as err:
+        parse_override(item)
+    assert needle in str(err.value) and "expected KEY=VALUE with a YAML value" in str(err.value)
+
+
+class FloatCfg(ComponentConfig):
+    paper: ClassVar[str] = "floaty"
+    rate: float = Field(1.0, gt=0)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), float("-inf")])
+def test_component_config_rejects_inf_and_nan(value):
+    with pytest.raises(ConfigError, match=r"floaty\.rate: got (inf|nan|-inf); expected input should be a finite number"):
+        resolve_section(FloatCfg, {}, {"rate": value})
+    assert resolve_section(FloatCfg, {}, {"rate": 1e300}).rate == 1e300     # finite: only the bounds decide
+
+
+@pytest.mark.parametrize("value", [True, 1.5, "3"])
+def test_seed_is_a_strict_integer(value):
+    with pytest.raises(ConfigError, match=rf"toy\.seed: got {value!r}; expected input should be a valid integer"):
+        resolve_section(ToyConfig, {}, {"seed": value})
+    assert resolve_section(ToyConfig, {}, {"seed": 3}).seed == 3
+
+
+class CrossCfg(ComponentConfig):
+    paper: ClassVar[str] = "cross"
+    train: TrainCfg = TrainCfg()
+    batches: int = 4
+
+    @model_validator(mode="after")
+    def _fits(self) -> "CrossCfg":
+        if self.batches < self.train.epochs:
+            raise ValueError(f"batches={self.batches} < train.epochs={self.train.epochs}; expected at least one "
+                             f"batch per epoch")
+        return self
+
+
+def test_cross_field_error_prints_the_reason_not_the_section():
+    """A model validator's error used to print the whole section (``cross: got {'profile': ...}``)."""
+    with pytest.raises(ConfigError) as err:
+        resolve_section(CrossCfg, {}, {"batches": 1})
+    msg = str(err.value)
+    assert msg == ("invalid parameters:\n  cross: batches=1 < train.epochs=2; expected at least one batch per epoch")
+    assert "got {" not in msg and "'profile'" not in msg
+
+
+def test_params_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    from tasks.params import load_params
+
+    bad = tmp_path / "params.yaml"
+    bad.write_bytes(b"har:\n  seed: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"params file .*params\.yaml: not UTF-8 text \(byte 0xff at offset 13\); "
+                                          r"expected a UTF-8 YAML file"):
+        load_params(bad)

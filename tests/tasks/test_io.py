@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from components.base import InputError
 from tasks.io import atomic_dir, read_json, write_json
 
 
@@ -35,9 +36,17 @@ def test_write_json_rejects_nan_and_leaves_nothing(tmp_path):
 
 
 def test_read_json_errors_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.json"):
+    """User errors (InputError: ``python -m flows`` prints them, exit 2), no FileNotFoundError or bare
+    ValueError escaping as a traceback; InputError is still a ValueError for callers that catch that."""
+    with pytest.raises(InputError, match=r"missing\.json: file not found; expected the JSON file the producing stage"):
         read_json(tmp_path / "missing.json")
+    with pytest.raises(InputError, match=r"a folder, not a file"):
+        read_json(tmp_path)
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")
-    with pytest.raises(ValueError, match="bad.json"):
+    with pytest.raises(InputError, match=r"bad\.json: not valid JSON \(.*\); expected"):
         read_json(bad)
+    bad.write_bytes(b'{"x": "\xff"}')
+    with pytest.raises(InputError, match=r"bad\.json: not UTF-8 text \(byte 0xff at offset 7\)"):
+        read_json(bad)
+    assert issubclass(InputError, ValueError)

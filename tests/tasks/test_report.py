@@ -81,7 +81,10 @@ def test_missing_metric_is_reported_not_invented(fixture_root):
 
 
 @pytest.mark.parametrize("value,target,ok", [(2.0, ">= 2", True), (1.99, ">= 2", False), (0.05, "< 0.1", True),
-                                             (float("nan"), ">= 1", False), ("x", ">= 1", None), (3, None, None)])
+                                             (float("nan"), ">= 1", False), ("x", ">= 1", None), (3, None, None),
+                                             # the boundaries: a gain of exactly 0 does not meet "> 0"
+                                             (0.0, "> 0", False), (1e-9, "> 0", True), (0.1, "<= 0.1", True),
+                                             (0.1, "< 0.1", False), (0.10001, "<= 0.1", False), (2, "== 2", True)])
 def test_check_target(value, target, ok):
     assert check_target(value, target) is ok
 
@@ -119,3 +122,29 @@ def test_compare_runs_judges_both_checkouts_and_flags_flips(fixture_root, tmp_pa
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "missing")], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "other=" in proc.stderr and "no metrics/ folder" in proc.stderr
+
+
+@pytest.mark.parametrize("text, found", [("[1, 2]", "a JSON list"), ('"done"', "a JSON string"), ("3.5", "a JSON number"),
+                                         ("null", "a JSON null")])
+def test_metrics_file_that_is_not_an_object_names_the_file(fixture_root, text, found):
+    """A metrics file holding a JSON list was an AttributeError ('list' object has no attribute 'get')."""
+    (fixture_root / "metrics" / "speedy.json").write_text(text)
+    with pytest.raises(ReportError) as err:
+        build_report(fixture_root)
+    assert f"speedy.json: {found}; expected a JSON object of metrics" in str(err.value)
+    assert not (fixture_root / "reports").exists()                  # nothing half-written
+
+
+def test_report_input_errors_are_user_errors(fixture_root):
+    from components.base import InputError
+
+    assert issubclass(ReportError, InputError) and issubclass(ReportError, ValueError)
+    (fixture_root / "metrics" / "speedy.json").write_text("{truncated")
+    with pytest.raises(InputError, match=r"speedy\.json: not valid JSON"):
+        build_report(fixture_root)
+    (fixture_root / "components" / "speedy" / "claims.yaml").write_text("claims: [unclosed\n")
+    with pytest.raises(ReportError, match=r"claims\.yaml: not valid YAML"):
+        load_claims("speedy", fixture_root)
+    (fixture_root / "components" / "speedy" / "claims.yaml").write_text("claims:\n  - just a string\n")
+    with pytest.raises(ReportError, match=r"claims\[0\]='just a string'; expected a mapping"):
+        load_claims("speedy", fixture_root)

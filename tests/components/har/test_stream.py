@@ -316,3 +316,21 @@ def test_stream_sequence_is_the_test_clips_back_to_back_and_never_cut_short():
     with pytest.raises(InputError, match=r"evaluate.stream_frames=37: the test split has 36 frames \(3 clips, "
                                          r"whole chunks\); expected at most 36"):
         stream_sequence(split, 37)
+
+
+def test_cli_rejects_a_negative_seed_before_loading_anything(tmp_path, capsys):
+    """``--generate 1 --seed -1`` used to load the models, then fail in numpy with a traceback."""
+    models = tiny_rgb_models(tmp_path / "models", ["walk_left", "wave"])
+    assert main(["--generate", "1", "--seed", "-1", "--source", "rgb", "--models", str(models)]) == 2
+    out = capsys.readouterr()
+    assert "error: --seed -1: expected a non-negative integer" in out.err and out.out == ""
+
+
+def test_cli_wrong_video_size_names_the_resize_flag(tmp_path, capsys):
+    from components.har.video import write_video
+
+    models = tiny_rgb_models(tmp_path / "models", ["walk_left", "wave"])          # 32x32 models
+    video = write_video(tmp_path / "v.mp4", np.zeros((12, 48, 48, 3), np.uint8), fps=30)
+    assert main(["--video", str(video), "--source", "rgb", "--models", str(models)]) == 2
+    err = capsys.readouterr().err
+    assert "frame size 48x48 (HxW); expected 32x32 (pass --resize to rescale)" in err
