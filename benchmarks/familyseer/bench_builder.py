@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._cli import output_file, positive_int  # noqa: E402
 
 
 def _child(mode: str, batches: int, per_batch: int, workers: int) -> dict:
@@ -71,14 +74,14 @@ def _child(mode: str, batches: int, per_batch: int, workers: int) -> dict:
             "cpu_s": own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batches", type=int, default=3)
-    p.add_argument("--per-batch", type=int, default=4)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batches", type=positive_int, default=3)
+    p.add_argument("--per-batch", type=positive_int, default=4)
+    p.add_argument("--workers", type=positive_int, default=2)
     p.add_argument("--child", choices=["stock", "persistent"], help=argparse.SUPPRESS)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "familyseer_builder.json"))
-    args = p.parse_args()
+    p.add_argument("--out", type=output_file, default=ROOT / "benchmarks" / "results" / "familyseer_builder.json")
+    args = p.parse_args(argv)
     if args.child:
         print(json.dumps(_child(args.child, args.batches, args.per_batch, args.workers)))
         return 0
@@ -86,7 +89,10 @@ def main() -> int:
     for mode in ("persistent", "stock"):
         out = subprocess.run([sys.executable, __file__, "--child", mode, "--batches", str(args.batches),
                               "--per-batch", str(args.per_batch), "--workers", str(args.workers)],
-                             capture_output=True, text=True, check=True, cwd=ROOT)
+                             capture_output=True, text=True, cwd=ROOT)
+        if out.returncode != 0:
+            print(f"error: the {mode} measurement exited {out.returncode}:\n{out.stderr.strip()}", file=sys.stderr)
+            return 1
         results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
         print(mode, json.dumps(results[mode]))
     results["speedup_wall_per_candidate"] = (results["stock"]["wall_per_candidate_s"]
@@ -96,8 +102,10 @@ def main() -> int:
         load = fh.read().split()[:3]
     results["machine"] = {"platform": platform.platform(), "cpus": __import__("os").cpu_count(),
                           "loadavg_at_end": load}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    from components.io import atomic_file
+
+    with atomic_file(args.out) as fh:
+        fh.write(json.dumps(results, indent=2))
     print(f"stock / persistent per candidate: {results['speedup_wall_per_candidate']:.1f}x -> {args.out}")
     return 0
 

@@ -1,11 +1,46 @@
 """Print the README tables of components/familyseer from the evaluate stage's outputs.
 
     .venv/bin/python benchmarks/familyseer/results_table.py [metrics/familyseer.json] [plots/familyseer/per_model.json]
+
+Both paths default to the files of this checkout (whatever the current folder).
 """
 from __future__ import annotations
 
-import json
+import argparse
+import contextlib
+import io
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from components.base import InputError  # noqa: E402
+from components.io import read_json_record  # noqa: E402
+
+WHAT = "the metrics/familyseer.json that the familyseer evaluate stage writes (`dvc repro familyseer_evaluate`)"
+KEYS = ("profile", "search_speedup", "final_latency", "cost_model", "timing", "latency")
+PER_WHAT = ("the plots/familyseer/per_model.json that the familyseer evaluate stage writes, one object per model "
+            "with keys ['tasks', 'budget', 'speedup', 'final_latency_us', 'latency', 'cost_model']")
+PER_KEYS = ("tasks", "budget", "speedup", "final_latency_us", "latency", "cost_model")
+
+
+def load_inputs(metrics: Path, per_model: Path) -> tuple[dict, dict]:
+    """The two records the tables read; InputError naming the file, what it holds and what is expected."""
+    m = read_json_record(metrics, KEYS, WHAT)
+    for key in KEYS[1:]:
+        if not isinstance(m[key], dict):
+            raise InputError(f"{metrics}: '{key}' is {m[key]!r}; expected a JSON object, in {WHAT}")
+    per = read_json_record(per_model, (), PER_WHAT)
+    if not per:
+        raise InputError(f"{per_model}: an empty JSON object (no model); expected {PER_WHAT}")
+    for model, d in per.items():
+        if not isinstance(d, dict):
+            raise InputError(f"{per_model}: model {model!r} is {d!r}; expected {PER_WHAT}")
+        missing = [k for k in PER_KEYS if k not in d]
+        if missing:
+            raise InputError(f"{per_model}: model {model!r} lacks keys {missing}; expected {PER_WHAT}")
+    return m, per
 
 
 def f(v, fmt="{:.3g}"):
@@ -14,9 +49,30 @@ def f(v, fmt="{:.3g}"):
     return "—" if v is None else (fmt.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v))
 
 
-def main() -> int:
-    m = json.load(open(sys.argv[1] if len(sys.argv) > 1 else "metrics/familyseer.json"))
-    per = json.load(open(sys.argv[2] if len(sys.argv) > 2 else "plots/familyseer/per_model.json"))
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("metrics", nargs="?", type=Path, default=ROOT / "metrics" / "familyseer.json",
+                    help="the evaluate stage's metrics (default: metrics/familyseer.json of this checkout)")
+    ap.add_argument("per_model", nargs="?", type=Path, default=ROOT / "plots" / "familyseer" / "per_model.json",
+                    help="its per-model record (default: plots/familyseer/per_model.json of this checkout)")
+    a = ap.parse_args(argv)
+    table = io.StringIO()
+    try:
+        m, per = load_inputs(a.metrics, a.per_model)
+        with contextlib.redirect_stdout(table):   # printed only when the whole table rendered
+            render(m, per)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        print(f"error: {a.metrics} / {a.per_model}: malformed entry ({type(err).__name__}: {err}); expected "
+              f"{WHAT} and {PER_WHAT}", file=sys.stderr)
+        return 2
+    sys.stdout.write(table.getvalue())
+    return 0
+
+
+def render(m: dict, per: dict) -> None:
     print(f"profile: {m['profile']}\n")
     print("**Search-time speed-up over `gradient`** (seed-mean curves, cut at the budget; `>` = never reached)\n")
     print("| model | tasks | budget | policy | baseline trials to its final latency | policy trials | speed-up (trials) | 90 % interval, seeds resampled | speed-up (wall) | at 90 % (trials) |")
@@ -68,7 +124,6 @@ def main() -> int:
         flat = {kk: vv for kk, vv in m[k].items() if not isinstance(vv, dict)}
         print(f"- {k}: " + ", ".join(f"{kk} = {f(vv)}" for kk, vv in flat.items()))
     print(f"- latency.speedup_tuned_vs_untuned_min = {f(m['latency']['speedup_tuned_vs_untuned_min'])}")
-    return 0
 
 
 if __name__ == "__main__":

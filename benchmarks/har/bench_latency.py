@@ -21,16 +21,25 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._cli import output_file, positive_int  # noqa: E402
 
-def main() -> int:
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[48, 64, 96, 128])
-    p.add_argument("--chunks", type=int, default=4, help="chunks timed per size (after one warm-up pass)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "har_latency.json"))
-    args = p.parse_args()
+    p.add_argument("--sizes", type=positive_int, nargs="+", default=[48, 64, 96, 128],
+                   help="frame sizes (pixels): multiples of 8 from 32 to 512, as har.data.height")
+    p.add_argument("--chunks", type=positive_int, default=4, help="chunks timed per size (after one warm-up pass)")
+    p.add_argument("--threads", type=positive_int, default=1)
+    p.add_argument("--out", type=output_file, default=ROOT / "benchmarks" / "results" / "har_latency.json")
+    args = p.parse_args(argv)
+    bad = [s for s in args.sizes if not (32 <= s <= 512 and s % 8 == 0)]
+    if bad:
+        p.error(f"--sizes {bad}: expected multiples of 8 from 32 to 512 (the range of har.data.height; "
+                "the IMFE encoder downsamples by 8)")
 
     import torch
+
+    from components.io import atomic_file
 
     from components.har.chunks import split_chunks
     from components.har.config import HarConfig
@@ -64,14 +73,12 @@ def main() -> int:
         results.append(row)
         print(f"{size:>4}px  " + "  ".join(f"{k} {v:8.2f} ms" for k, v in ms.items())
               + f"  speedup(onnx) {row['speedup_imfe_vs_tvl1']:.0f}x", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = args.out
     payload = {"benchmark": "har_latency", "threads": args.threads, "chunks": args.chunks,
                "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                "tvl1": base.opticalflow.tvl1.model_dump(by_alias=True), "results": results}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(out)
+    with atomic_file(out) as fh:
+        fh.write(json.dumps(payload, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
 

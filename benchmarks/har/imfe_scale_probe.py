@@ -39,44 +39,65 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._cli import fail, output_file, positive_int  # noqa: E402
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--clips-per-class", type=int, nargs="+", default=[20, 100],
+    ap.add_argument("--clips-per-class", type=positive_int, nargs="+", default=[20, 100],
                     help="distillation-set sizes to try (clips per class; nested subsets of the largest)")
-    ap.add_argument("--epochs", type=int, nargs="+", default=None,
+    ap.add_argument("--epochs", type=positive_int, nargs="+", default=None,
                     help="distillation epochs: one value for every size, or one per --clips-per-class "
                          "(default: params.yaml har.imfe.epochs)")
-    ap.add_argument("--workers", type=int, default=2, help="processes rendering clips and computing TV-L1 "
+    ap.add_argument("--workers", type=positive_int, default=2, help="processes rendering clips and computing TV-L1 "
                                                            "(sets opticalflow.workers)")
     ap.add_argument("--device", default="cpu", help="torch device for the distillation (cpu, cuda)")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     ap.add_argument("--teacher", type=Path, default=ROOT / "models/har/teacher/tvl1.pt")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    ap.add_argument("--out", type=Path, default=None, help="JSON file for the results (rewritten after every size)")
+    ap.add_argument("--out", type=output_file, default=None, help="JSON file for the results (rewritten after every size)")
     a = ap.parse_args(argv)
-    bad = [n for n in a.clips_per_class if n < 1]
     if a.epochs is not None and len(a.epochs) not in (1, len(a.clips_per_class)):
         ap.error(f"--epochs {a.epochs}: expected one value or one per --clips-per-class {a.clips_per_class}")
-    if bad or (a.epochs is not None and min(a.epochs) < 1) or a.workers < 1:
-        ap.error(f"--clips-per-class {a.clips_per_class} / --epochs {a.epochs} / --workers {a.workers}: "
-                 "expected positive integers")
+    if not a.params.is_file():
+        ap.error(f"--params {a.params}: not found; expected a params.yaml with a 'har' section")
     if not a.teacher.is_file():
         ap.error(f"--teacher {a.teacher}: not found; run `dvc repro har_teacher` first")
 
+    from components.base import ConfigError, InputError
+    from components.har.config import HarConfig
+    from tasks.params import load_config
+
+    try:  # bad YAML, a 'har' section that is not a mapping, an invalid value: named, exit 2
+        cfg = load_config(HarConfig, params_path=a.params)
+    except ConfigError as err:
+        return fail(err if str(err).startswith(str(a.params)) else f"--params {a.params}: {err}")
+    if cfg.data.source != "synthetic":
+        ap.error(f"params har.data.source={cfg.data.source!r}: the probe renders synthetic clips; expected 'synthetic'")
+
     import torch
-    import yaml
+
+    try:
+        dev = torch.device(a.device)
+    except RuntimeError:
+        ap.error(f"--device {a.device}: expected a torch device such as cpu, cuda or cuda:1")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {a.device}: no CUDA device is visible to torch {torch.__version__}")
+    try:
+        return _probe(a, cfg, dev)
+    except (ConfigError, InputError) as err:
+        return fail(err)
+
+
+def _probe(a: argparse.Namespace, cfg, dev) -> int:
+    import torch
 
     from components.har import imfe as I
     from components.har.chunks import flow_tensor, rgb_tensor
-    from components.har.config import HarConfig
     from components.har.experiment import load_stream_net, render_distill_set
 
     torch.set_num_threads(a.threads)
-    cfg = HarConfig(**yaml.safe_load(a.params.read_text())["har"])
     cfg = cfg.model_copy(update={"opticalflow": cfg.opticalflow.model_copy(update={"workers": a.workers})})
-    if cfg.data.source != "synthetic":
-        ap.error(f"params har.data.source={cfg.data.source!r}: the probe renders synthetic clips; expected 'synthetic'")
-    dev = torch.device(a.device)
     epochs = a.epochs or [cfg.imfe.epochs]
     plan = sorted(zip(a.clips_per_class, epochs * (len(a.clips_per_class) // len(epochs))))
     H, W = cfg.data.height, cfg.data.width

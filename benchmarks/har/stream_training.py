@@ -20,7 +20,6 @@ Needs the committed data, teacher and IMFE (``dvc repro har_imfe``); a few minut
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,27 +27,38 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._cli import fail, non_negative_int, output_file  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--stream-passes", type=int, nargs="+", default=[0, 1],
+    ap.add_argument("--stream-passes", type=non_negative_int, nargs="+", default=[0, 1],
                     help="values of temporal.stream_passes to compare")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    ap.add_argument("--out", type=Path, default=None, help="write the JSON result here")
+    ap.add_argument("--out", type=output_file, default=None, help="write the JSON result here")
     a = ap.parse_args(argv)
-    if min(a.stream_passes) < 0:
-        ap.error(f"--stream-passes {a.stream_passes}: expected values >= 0")
     if not a.params.is_file():
         ap.error(f"--params {a.params}: not found; expected a params.yaml with a 'har' section")
 
-    import torch
-    import yaml
-
-    from components.base import resolve_section
-    from components.har import experiment as ex
+    from components.base import ConfigError, InputError
     from components.har.config import HarConfig
+    from tasks.params import load_config
 
-    base = resolve_section(HarConfig, (yaml.safe_load(a.params.read_text()) or {}).get("har"))
+    try:  # bad YAML, a 'har' section that is not a mapping, an invalid value: named, exit 2
+        base = load_config(HarConfig, params_path=a.params)
+    except ConfigError as err:
+        return fail(err if str(err).startswith(str(a.params)) else f"--params {a.params}: {err}")
+    try:
+        return _run(a, base)
+    except (ConfigError, InputError) as err:
+        return fail(err)
+
+
+def _run(a: argparse.Namespace, base) -> int:
+    import torch
+
+    from components.har import experiment as ex
+
     torch.set_num_threads(base.torch_threads)
     manifest, splits, nets, flows, meta = ex.evaluation_inputs(base, ROOT / "data" / "har", ROOT / "models" / "har",
                                                                ROOT / "results" / "har")

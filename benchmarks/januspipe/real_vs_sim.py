@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._cli import output_file  # noqa: E402
+
 
 def _cuda_exactness(cfg, costs, structs, weights) -> dict[str, float]:
     """Every schedule at one stage on cuda:0 (nccl, one rank) vs the CPU float64 reference."""
@@ -44,17 +46,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a januspipe parameter, e.g. --set pipeline.num_blocks=16 (repeatable)")
     p.add_argument("--cuda-exactness", action="store_true", help="also check every schedule's gradients on the GPU")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "januspipe_real_vs_sim.json"))
+    p.add_argument("--out", type=output_file, default=ROOT / "benchmarks" / "results" / "januspipe_real_vs_sim.json")
     args = p.parse_args(argv)
 
     from components.base import ConfigError, InputError, deep_merge, parse_override
     from components.januspipe.config import JanuspipeConfig
     from tasks.params import load_config
 
+    import yaml
+
     try:
         overrides: dict = {}
         for item in args.overrides:
-            overrides = deep_merge(overrides, parse_override(item))
+            try:
+                overrides = deep_merge(overrides, parse_override(item))
+            except yaml.YAMLError as err:  # the VALUE is parsed as YAML
+                problem = " ".join(str(getattr(err, "problem", None) or err).split())
+                raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}); expected KEY=VALUE "
+                                  "with a YAML value, e.g. pipeline.num_blocks=16 or train.seeds=[0,1]") from None
         cfg = load_config(JanuspipeConfig, overrides)
         bad = [n for n in args.processes if n < 1]
         if bad:

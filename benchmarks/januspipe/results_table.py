@@ -5,6 +5,9 @@ stage's output) and the targets in components/januspipe/claims.yaml.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import operator
 import sys
@@ -13,6 +16,14 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from components.base import InputError  # noqa: E402
+from components.io import read_json_record  # noqa: E402
+
+WHAT = "the metrics/januspipe.json that the januspipe_simulate stage writes (`dvc repro januspipe_simulate`)"
+#: the sections the tables are built from (a metrics file without them would print a table of "—")
+KEYS = ("profile", "headline", "throughput", "real_runs", "accuracy")
 OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 
 
@@ -33,9 +44,36 @@ def _fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
-def main() -> int:
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "metrics" / "januspipe.json"
-    m = json.loads(path.read_text())
+def load_metrics(path: Path) -> dict:
+    """metrics/januspipe.json; InputError naming the file when it is missing, not JSON or lacks a section."""
+    m = read_json_record(path, KEYS, WHAT)
+    for key in KEYS[1:]:
+        if not isinstance(m[key], dict) or not m[key]:
+            raise InputError(f"{path}: '{key}' is {m[key]!r}; expected a non-empty JSON object, in {WHAT}")
+    return m
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("metrics", nargs="?", type=Path, default=ROOT / "metrics" / "januspipe.json",
+                    help="the januspipe_simulate stage's metrics (default: metrics/januspipe.json of this checkout)")
+    a = ap.parse_args(argv)
+    table = io.StringIO()
+    try:
+        m = load_metrics(a.metrics)
+        with contextlib.redirect_stdout(table):   # printed only when the whole table rendered
+            render(a.metrics, m)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as err:
+        print(f"error: {a.metrics}: malformed entry ({type(err).__name__}: {err}); expected {WHAT}", file=sys.stderr)
+        return 2
+    sys.stdout.write(table.getvalue())
+    return 0
+
+
+def render(path: Path, m: dict) -> None:
     claims = yaml.safe_load((ROOT / "components" / "januspipe" / "claims.yaml").read_text())["claims"]
 
     print(f"### Claims of the issue ({path.name}, profile {m.get('profile')})\n")
@@ -93,7 +131,6 @@ def main() -> int:
     print(f"| quick profile wall / CPU (s) | {_fmt(m.get('quick_profile_seconds'), 4)} / "
           f"{_fmt(m.get('quick_profile_cpu_seconds'), 4)} |")
     print("\nstage seconds: " + json.dumps({k: round(v, 1) for k, v in m.get("stage_seconds", {}).items()}))
-    return 0
 
 
 if __name__ == "__main__":

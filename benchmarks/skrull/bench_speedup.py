@@ -21,16 +21,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._cli import non_negative_int, output_file, positive_float, positive_int  # noqa: E402
 
-def main() -> int:
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batches", type=int, default=20, help="global batches per (model, dataset)")
-    p.add_argument("--tflops", type=float, nargs="+", default=[200.0, 400.0, 700.0],
+    p.add_argument("--batches", type=positive_int, default=20, help="global batches per (model, dataset)")
+    p.add_argument("--tflops", type=positive_float, nargs="+", default=[200.0, 400.0, 700.0],
                    help="achieved H100 TFLOP/s assumed by the preset (400 = the flow's default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "skrull_speedup.json"))
-    args = p.parse_args()
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--out", type=output_file, default=ROOT / "benchmarks" / "results" / "skrull_speedup.json")
+    args = p.parse_args(argv)
 
+    from components.io import atomic_file
     from components.skrull.config import PaperSimConfig
     from components.skrull.cost_model import paper_preset
     from components.skrull.gds import skrull_schedule
@@ -80,10 +83,8 @@ def main() -> int:
     out = {"benchmark": "skrull_speedup", "machine": platform.platform(), "python": platform.python_version(),
            "batches": args.batches, "seed": args.seed, "paper_avg": 3.76, "paper_peak": 7.54,
            "summary_by_tflops": summary, "rows": rows, "scheduling_overhead": overhead}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(args.out)
+    with atomic_file(args.out) as fh:
+        fh.write(json.dumps(out, indent=2) + "\n")
     for t, s in summary.items():
         print(f"{float(t):5.0f} TF/s: average x{s['speedup_vs_deepspeed']:.2f} vs DeepSpeed (best fixed b), "
               f"x{s['speedup_vs_deepspeed_b1']:.2f} vs b=1 (paper: 3.76 average)")

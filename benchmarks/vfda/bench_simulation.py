@@ -18,6 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._cli import output_file, positive_int  # noqa: E402
+
 TINY_DATA = {
     "field_of_view_mm": 16.0, "spatial_size": 16, "test_fraction": 0.34,
     "institutes": [
@@ -28,21 +30,18 @@ TINY_DATA = {
     ]}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--federations", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vfda_simulation.json"))
-    args = p.parse_args()
+    p.add_argument("--federations", type=positive_int, default=4)
+    p.add_argument("--rounds", type=positive_int, default=3)
+    p.add_argument("--out", type=output_file, default=ROOT / "benchmarks" / "results" / "vfda_simulation.json")
+    args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    import logging
+    from pydantic import ValidationError
 
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    from components.base import format_validation_error
     from components.vfda.config import VfdaConfig
-    from components.vfda.data import generate_dataset
-    from components.vfda.federation import RunSettings, plan
-    from components.vfda.simulation import simulate
 
     def config(lanes: int) -> VfdaConfig:
         return VfdaConfig.model_validate({
@@ -51,6 +50,20 @@ def main() -> int:
                            "seeds": list(range((args.federations + 1) // 2)), "ablation_strategies": [],
                            "num_rounds": args.rounds, "local_steps": 2},
             "simulation": {"lanes": lanes}})
+
+    try:  # e.g. --rounds above federation.num_rounds' bound: named before anything runs
+        config(2)
+    except ValidationError as err:
+        p.error(f"--federations {args.federations} / --rounds {args.rounds}: "
+                + format_validation_error("vfda", err))
+
+    import logging
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    from components.io import atomic_file
+    from components.vfda.data import generate_dataset
+    from components.vfda.federation import RunSettings, plan
+    from components.vfda.simulation import simulate
 
     results: dict = {"machine": platform.platform(), "cpus": os.cpu_count(), "federations": args.federations,
                      "rounds": args.rounds, "runs": {}}
@@ -74,8 +87,8 @@ def main() -> int:
     r = results["runs"]
     results["speedup_one_vs_separate"] = r["separate_simulations"]["wall_s"] / r["one_simulation_1_lane"]["wall_s"]
     results["speedup_2_lanes_vs_1"] = r["one_simulation_1_lane"]["wall_s"] / r["one_simulation_2_lanes"]["wall_s"]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    with atomic_file(args.out) as fh:
+        fh.write(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: v for k, v in results.items() if k.startswith("speedup")}, indent=2))
     return 0
 

@@ -36,7 +36,8 @@ from flwr.app import Context, Error, Message, RecordDict  # noqa: E402
 from flwr.serverapp import Grid  # noqa: E402
 
 import components.vfda.model as vfda_model  # noqa: E402
-from components.base import resolve_section  # noqa: E402
+from benchmarks._cli import fail, output_file  # noqa: E402
+from components.base import ConfigError, InputError, resolve_section  # noqa: E402
 from components.vfda.config import VfdaConfig  # noqa: E402
 from components.vfda.data import generate_dataset, read_manifest, training_institutes  # noqa: E402
 from components.vfda.federation import RunSettings, parse_federation_id  # noqa: E402
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--volumes-per-institute", type=int, default=None,
                     help="generate at most this many volumes per institute (a short timing run)")
     ap.add_argument("--data", type=Path, default=None, help="an existing VFDA dataset (default: generate one)")
-    ap.add_argument("--out", type=Path, default=None, help="write the JSON summary here")
+    ap.add_argument("--out", type=output_file, default=None, help="write the JSON summary here")
     args = ap.parse_args(argv)
     for dev in args.devices:
         if dev.startswith("cuda") and not torch.cuda.is_available():
@@ -167,12 +168,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.data is not None and not (args.data / "institutes.json").is_file():
         ap.error(f"--data {args.data}: no institutes.json there; expected a VFDA dataset (python -m flows vfda data)")
     fed_overrides = {k: v for k, v in (("num_rounds", args.rounds), ("local_steps", args.local_steps)) if v}
-    cfg = resolve_section(VfdaConfig, {}, {"profile": args.profile, "federation": fed_overrides})
+    try:  # a bad --federations id, an unknown --profile or an override out of range: named, exit 2
+        feds = tuple(parse_federation_id(f) for f in args.federations)
+    except ConfigError as err:
+        return fail(f"--federations: {err}")
+    try:
+        cfg = resolve_section(VfdaConfig, {}, {"profile": args.profile, "federation": fed_overrides})
+    except ConfigError as err:
+        return fail(err)
     if args.volumes_per_institute is not None:
         cap = args.volumes_per_institute
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"institutes": [
             i.model_copy(update={"num_volumes": min(i.num_volumes, cap)}) for i in cfg.data.institutes]})})
-    feds = tuple(parse_federation_id(f) for f in args.federations)
+    try:
+        runs = _run_devices(args, cfg, feds)
+    except (ConfigError, InputError) as err:  # e.g. a malformed --data dataset
+        return fail(err)
+    result = {"profile": args.profile, "num_rounds": cfg.federation.num_rounds,
+              "volumes": {i.name: i.num_volumes for i in cfg.data.institutes},
+              "local_steps": cfg.federation.local_steps, "torch": torch.__version__, "runs": runs,
+              "max_dice_gap_vs_first": {r["device"]: max_dice_gap(runs[0], r) for r in runs[1:]},
+              "speedup_vs_first": {r["device"]: runs[0]["wall_s"] / r["wall_s"] for r in runs[1:]}}
+    print(json.dumps({k: result[k] for k in ("max_dice_gap_vs_first", "speedup_vs_first")}), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = args.out.with_name(args.out.name + ".tmp")
+        tmp_out.write_text(json.dumps(result, indent=2) + "\n")
+        tmp_out.replace(args.out)
+    return 0
+
+
+def _run_devices(args: argparse.Namespace, cfg: VfdaConfig, feds: tuple) -> list[dict[str, Any]]:
+    """Every --devices entry in turn on the same dataset (--data, or one generated into a temporary folder)."""
     _task_identity()
     with tempfile.TemporaryDirectory(prefix="vfda-device-") as tmp:
         data_dir = args.data
@@ -191,18 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             for fid, rec in run["federations"].items():
                 print(f"  {fid}: held-in {rec['heldin_dice']} held-out {rec['heldout_dice']} "
                       f"({rec['wall_s']:.1f} s)", flush=True)
-    result = {"profile": args.profile, "num_rounds": cfg.federation.num_rounds,
-              "volumes": {i.name: i.num_volumes for i in cfg.data.institutes},
-              "local_steps": cfg.federation.local_steps, "torch": torch.__version__, "runs": runs,
-              "max_dice_gap_vs_first": {r["device"]: max_dice_gap(runs[0], r) for r in runs[1:]},
-              "speedup_vs_first": {r["device"]: runs[0]["wall_s"] / r["wall_s"] for r in runs[1:]}}
-    print(json.dumps({k: result[k] for k in ("max_dice_gap_vs_first", "speedup_vs_first")}), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = args.out.with_name(args.out.name + ".tmp")
-        tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-        tmp_out.replace(args.out)
-    return 0
+    return runs
 
 
 if __name__ == "__main__":

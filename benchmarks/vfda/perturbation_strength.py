@@ -31,26 +31,26 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import torch  # noqa: E402
+from benchmarks._cli import dataset_dir, fail, output_file, positive_int  # noqa: E402
 
-from components.vfda.client_app import client_seed  # noqa: E402
-from components.vfda.config import VfdaConfig  # noqa: E402
-from components.vfda.data import generate_dataset, load_split, read_manifest, training_institutes  # noqa: E402
-from components.vfda.federation import Federation  # noqa: E402
-from components.vfda.model import build_model, weights  # noqa: E402
-from components.vfda.training import round_lr, train_local  # noqa: E402
-from components.vfda.vfda import (VicinalStatistics, configure_vfda, global_variance,  # noqa: E402
-                                  local_statistics, vfda_layers)
+if TYPE_CHECKING:  # torch and the component are imported once the arguments are checked
+    import torch
+
+    from components.vfda.config import VfdaConfig
 
 RULES = ("product", "fedfa")
 
 
 def layer_inputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """The feature map entering each VFDA layer for batch ``x`` (training mode, VFDA off, on a copy)."""
+    import torch
+
+    from components.vfda.vfda import configure_vfda, vfda_layers
+
     net = copy.deepcopy(model)
     configure_vfda(net, enabled=False)
     net.train()
@@ -68,6 +68,10 @@ def relative_perturbation(z: torch.Tensor, rule: str, g_mu: torch.Tensor | None,
                           eps: float, draws: int, seed: int) -> float:
     """Mean over ``draws`` of ``||Ẑ - Z|| / ||Z - μ||`` for a VFDA layer with ``p = 1``; ``g_*`` None:
     the global variance stays 1 (round 1 / vfda-local)."""
+    import torch
+
+    from components.vfda.vfda import VicinalStatistics
+
     layer = VicinalStatistics(z.shape[1], p=1.0, eps=eps, rule=rule, enabled=True).train()  # type: ignore[arg-type]
     if g_mu is not None and g_sigma is not None:
         layer.global_var_mu.copy_(g_mu)
@@ -80,6 +84,15 @@ def relative_perturbation(z: torch.Tensor, rule: str, g_mu: torch.Tensor | None,
 
 
 def measure(data_dir: Path, cfg: VfdaConfig, draws: int) -> dict[str, Any]:
+    import torch
+
+    from components.vfda.client_app import client_seed
+    from components.vfda.data import load_split, read_manifest, training_institutes
+    from components.vfda.federation import Federation
+    from components.vfda.model import build_model, weights
+    from components.vfda.training import round_lr, train_local
+    from components.vfda.vfda import configure_vfda, global_variance, local_statistics, vfda_layers
+
     fcfg = cfg.federation
     fed = Federation("fedavg", "vfda", cfg.seed + fcfg.seeds[0])
     entries = training_institutes(read_manifest(data_dir))
@@ -120,19 +133,31 @@ def measure(data_dir: Path, cfg: VfdaConfig, draws: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=None, help="a vfda dataset folder (default: generate the quick one)")
-    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    ap.add_argument("--draws", type=int, default=50, help="VFDA samples per layer and batch")
+    ap.add_argument("--data", type=dataset_dir("institutes.json", "a VFDA dataset folder with institutes.json "
+                                                               "(python -m flows vfda data)"),
+                    default=None, help="a vfda dataset folder (default: generate the quick one)")
+    ap.add_argument("--out", type=output_file, default=None, help="write the results as JSON here")
+    ap.add_argument("--draws", type=positive_int, default=50, help="VFDA samples per layer and batch")
     args = ap.parse_args(argv)
+
+    import torch
+
+    from components.base import ConfigError, InputError
+    from components.vfda.config import VfdaConfig
+    from components.vfda.data import generate_dataset
+
     torch.set_num_threads(1)
     cfg = VfdaConfig()
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        data_dir = args.data
-        if data_dir is None:
-            data_dir = Path(tmp) / "data"
-            generate_dataset(cfg.data, data_dir, seed=cfg.seed)
-        res = measure(data_dir.resolve(), cfg, args.draws)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            data_dir = args.data
+            if data_dir is None:
+                data_dir = Path(tmp) / "data"
+                generate_dataset(cfg.data, data_dir, seed=cfg.seed)
+            res = measure(data_dir.resolve(), cfg, args.draws)
+    except (ConfigError, InputError) as err:
+        return fail(err)
     res["data"] = str(args.data) if args.data else "generated (VfdaConfig() defaults)"
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     print(f"relative feature perturbation ||Ẑ-Z|| / ||Z-μ|| at p=1, mean over {args.draws} draws and the "

@@ -8,7 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 
 from components.base import InputError  # noqa: E402
 from components.io import read_json_record  # noqa: E402
@@ -28,7 +29,7 @@ def load_metrics(path: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
-        m = load_metrics(Path(args[0] if args else "metrics/vfda.json"))
+        m = load_metrics(Path(args[0]) if args else ROOT / "metrics" / "vfda.json")
     except ValueError as err:
         print(f"results_table: {err}", file=sys.stderr)
         return 2

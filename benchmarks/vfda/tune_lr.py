@@ -16,15 +16,29 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._cli import dataset_dir, fail, non_negative_int, positive_float  # noqa: E402
 
-def main() -> int:
+#: argparse type of ``--data``: a folder with the vfda data stage's manifest
+VFDA_DATA = dataset_dir("institutes.json", "a VFDA dataset folder with institutes.json (python -m flows vfda data)")
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(ROOT / "data" / "vfda"))
-    p.add_argument("--lr", type=float, nargs="+", default=[2e-3, 4e-3])
+    p.add_argument("--data", type=VFDA_DATA, default=str(ROOT / "data" / "vfda"))  # a str: argparse checks it
+    p.add_argument("--lr", type=positive_float, nargs="+", default=[2e-3, 4e-3])
     p.add_argument("--schedule", choices=["constant", "cosine"], default="cosine")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    args = p.parse_args()
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2])
+    args = p.parse_args(argv)
 
+    from components.base import ConfigError, InputError
+
+    try:
+        return _tune(args)
+    except (ConfigError, InputError) as err:
+        return fail(err)
+
+
+def _tune(args: argparse.Namespace) -> int:
     import torch
 
     from components.vfda.config import VfdaConfig

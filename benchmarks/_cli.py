@@ -1,0 +1,80 @@
+"""Argument checks shared by the benchmark scripts (``benchmarks/<paper>/*.py``).
+
+The ``argparse`` types below reject a bad value while the arguments are parsed, before anything heavy
+is imported or run; argparse then prints ``error: argument --NAME: got 'VALUE'; expected ...`` and exits
+with status 2. :func:`fail` is the matching report for a ``ConfigError`` / ``InputError`` raised by the
+script's own work (exit status 2, no traceback). Only the standard library is imported here.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Callable
+
+
+def _int(text: str, ok: Callable[[int], bool], expected: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}; expected {expected}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"got {text!r}; expected {expected}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int(text, lambda v: v >= 1, "a positive integer (>= 1)")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int(text, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (``nan``, ``inf``, 0 and negatives are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"got {text!r}; expected a finite number > 0")
+    return value
+
+
+def output_file(text: str) -> Path:
+    """argparse type: a file path to write, checked before the run: not a folder, and its folder either
+    exists or can be created (no file in the way of a missing parent folder)."""
+    path = Path(text)
+    if not text or path.is_dir():
+        raise argparse.ArgumentTypeError(f"got {text!r}, a folder; expected a file path to write (e.g. "
+                                         f"{Path(text or '.') / 'result.json'})")
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"got {text!r}; {parent} is a file, not a folder; expected a file path "
+                                         "whose parent is (or can be made) a folder")
+    return path
+
+
+def dataset_dir(marker: str, expected: str) -> Callable[[str], Path]:
+    """argparse type: a folder holding the file ``marker`` (e.g. a dataset's manifest)."""
+    def check(text: str) -> Path:
+        path = Path(text)
+        if not (path / marker).is_file():
+            found = "not a folder" if path.exists() and not path.is_dir() else (
+                f"no {marker} there" if path.is_dir() else "missing")
+            raise argparse.ArgumentTypeError(f"got {text!r} ({found}); expected {expected}")
+        return path
+    check.__name__ = "dataset_dir"
+    return check
+
+
+def fail(err: BaseException) -> int:
+    """Report a user error (``ConfigError``, ``InputError``) raised by the script's work: exit status 2."""
+    print(f"error: {err}", file=sys.stderr)
+    return 2
