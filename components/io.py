@@ -24,6 +24,20 @@ from typing import Any, Iterable, Iterator
 from components.base import InputError
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc says it; Linux >= 4.7)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _tmp_sibling(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -39,6 +53,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes it 0700; the output gets what mkdir would give
     old = None
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -57,6 +72,7 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes it 0600; the output gets what open() would give
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

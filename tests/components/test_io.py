@@ -1,5 +1,5 @@
-"""The shared JSON-record reader of components/io.py: every bad input is an InputError naming the file,
-what was found and what was expected."""
+"""components/io.py: the shared JSON-record reader (every bad input is an InputError naming the file,
+what was found and what was expected) and the atomic output writers."""
 from __future__ import annotations
 
 import json
@@ -86,3 +86,37 @@ def test_without_what_the_expected_shape_alone_is_named(tmp_path):
 def test_the_error_is_a_value_error_for_callers_that_catch_those(tmp_path):
     with pytest.raises(ValueError):
         read_json_record(tmp_path / "missing.json")
+
+
+def test_atomic_outputs_get_the_permissions_plain_mkdir_and_open_would_give(tmp_path):
+    """mkdtemp/mkstemp make 0700/0600 temporaries; the committed outputs must not stay that private."""
+    import os
+    import stat
+
+    from components.io import atomic_dir, atomic_file
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "a.txt").write_text("x")
+        with atomic_file(tmp_path / "f.json") as fh:
+            fh.write("{}")
+        os.umask(0o077)
+        with atomic_file(tmp_path / "private.json") as fh:
+            fh.write("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
+
+
+def test_atomic_dir_leaves_only_the_output_after_repeated_replaces(tmp_path):
+    from components.io import atomic_dir
+
+    out = tmp_path / "paper"
+    for k in range(3):
+        with atomic_dir(out) as tmp:
+            (tmp / f"run{k}.txt").write_text(str(k))
+    assert [p.name for p in tmp_path.iterdir()] == ["paper"]
+    assert [p.name for p in out.iterdir()] == ["run2.txt"]

@@ -94,9 +94,14 @@ def test_bad_video_inputs_are_named(tmp_path):
 def test_ucf101_layout_loader(tmp_path):
     root = tmp_path / "ucf"
     rng = np.random.default_rng(0)
+    # smooth, orientation-revealing frames (bright top-left, dark bottom-right, moving a little per
+    # frame) that H.264 keeps nearly intact, so pixels can be compared after each re-encode
+    yy, xx = np.mgrid[0:40, 0:56]
     for cls in ("ApplyEyeMakeup", "Basketball"):
         for g in (1, 8):
-            frames = rng.integers(0, 255, (14, 40, 56, 3), dtype=np.uint8)
+            base = rng.integers(0, 40, 3)
+            frames = np.stack([np.stack([230 - 4 * yy - t, 200 - 3 * xx + 2 * t, 60 + 4 * yy - 2 * xx + t], -1) + base
+                               for t in range(14)]).clip(0, 255).astype(np.uint8)
             write_video(root / cls / f"v_{cls}_g{g:02d}_c01.mp4", frames, fps=25)
     classes, clips = scan_ucf101(root)
     assert classes == ["ApplyEyeMakeup", "Basketball"]
@@ -106,7 +111,19 @@ def test_ucf101_layout_loader(tmp_path):
     out = import_ucf101(cfg, tmp_path / "out", min_frames=6)
     manifest = load_manifest(tmp_path / "out")
     assert len(out) == 4 and manifest["classes"] == classes
-    assert load_clip(tmp_path / "out", out[0], manifest, 6).shape == (12, 32, 32, 3)   # resized, trimmed
+    loaded = load_clip(tmp_path / "out", out[0], manifest, 6)
+    assert loaded.shape == (12, 32, 32, 3)   # resized, trimmed
+    # resized pixel by pixel as cv2.resize (INTER_AREA) does: exactly on decoding, and after the
+    # import's re-encode within codec error (a flipped or mirrored frame is off by tens of levels)
+    import cv2
+
+    source = read_video(root / f"{out[0]['id']}.mp4")
+    expected = np.stack([cv2.resize(f, (32, 32), interpolation=cv2.INTER_AREA) for f in source])
+    assert np.array_equal(read_video(root / f"{out[0]['id']}.mp4", size=(32, 32), resize=True), expected)
+    err = np.abs(loaded.astype(float) - expected[:12])
+    assert err.mean() < 5 and err.max() < 40                     # measured: 2.0 and 13
+    assert np.abs(loaded.astype(float) - expected[:12, ::-1]).mean() > 25    # measured: 53
+    assert np.abs(loaded.astype(float) - expected[:12, :, ::-1]).mean() > 25  # measured: 47
     # the official split files win when present
     (root / "ucfTrainTestlist").mkdir()
     (root / "ucfTrainTestlist" / "testlist01.txt").write_text("Basketball/v_Basketball_g08_c01.mp4\n")

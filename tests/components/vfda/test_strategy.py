@@ -20,8 +20,9 @@ def _arrays(value: float) -> ArrayRecord:
     return ArrayRecord({"enc.weight": Array(np.full(3, value, np.float32))})
 
 
-def _reply(ins: Message, institute: str, value: float, mu: list[float] | None) -> Message:
-    content = RecordDict({"arrays": _arrays(value), "metrics": MetricRecord({"num-examples": 1, "train-loss": value}),
+def _reply(ins: Message, institute: str, value: float, mu: list[float] | None, num_examples: int = 1) -> Message:
+    content = RecordDict({"arrays": _arrays(value),
+                          "metrics": MetricRecord({"num-examples": num_examples, "train-loss": value}),
                           CLIENT_INFO: ConfigRecord({"institute": institute, "partition-id": 0})})
     if mu is not None:
         content[VFDA_STATS] = ArrayRecord({"enc.0.running_mu": Array(np.array(mu, np.float32)),
@@ -52,6 +53,31 @@ def test_vfda_statistics_are_exchanged_not_averaged():
     var = nxt[0].content[VFDA_GLOBAL]                                           # Eq. 4 goes out next round
     np.testing.assert_allclose(var["enc.0.global_var_mu"].numpy(), [1.0, 0.0])  # var of {0, 2} and {1, 1}
     np.testing.assert_allclose(var["enc.0.global_var_sigma"].numpy(), [0.0, 0.0])
+
+
+@pytest.mark.parametrize("strategy_name,variant", [("fedavg", "base"), ("fedprox", "base"), ("fedbn", "base"),
+                                                   ("fedavg", "vfda")])
+def test_weights_and_metrics_are_averaged_by_each_clients_number_of_examples(strategy_name, variant):
+    """FedAvg weights every client by the ``num-examples`` it reports: 1 example of value 1.0 and 3
+    examples of value 3.0 average to (1*1 + 3*3) / 4 = 2.5 (an unweighted mean would give 2.0),
+    the weights and the train loss alike; evaluation metrics too."""
+    strategy = make_strategy(Federation(strategy_name, variant, 0), num_clients=2, min_train_clients=2,
+                             proximal_mu=0.01, norm_keys=["enc.weight"])
+    msgs = _configure(strategy, 1, [11, 12])
+    mu = [0.0, 1.0] if variant == "vfda" else None
+    arrays, metrics = strategy.aggregate_train(1, [_reply(msgs[0], "A", 1.0, mu, num_examples=1),
+                                                   _reply(msgs[1], "B", 3.0, mu, num_examples=3)])
+    np.testing.assert_allclose(arrays["enc.weight"].numpy(), np.full(3, 2.5), rtol=1e-6)
+    assert metrics["train-loss"] == pytest.approx(2.5)
+    ev = list(strategy.configure_evaluate(1, _arrays(0.0), ConfigRecord({}), FakeGrid([11, 12])))
+    for i, m in enumerate(ev):
+        m.metadata.__dict__["_message_id"] = f"e{i}"
+    ev.sort(key=lambda m: m.metadata.dst_node_id)
+    got = strategy.aggregate_evaluate(1, [
+        Message(RecordDict({"metrics": MetricRecord({"num-examples": n, "dice": d}),
+                            CLIENT_INFO: ConfigRecord({"institute": name})}), reply_to=m)
+        for m, name, n, d in zip(ev, "AB", (3, 1), (0.2, 0.6))])
+    assert got["dice"] == pytest.approx((3 * 0.2 + 1 * 0.6) / 4)
 
 
 def test_too_few_replies_keep_the_previous_model():
