@@ -17,10 +17,13 @@ All times are one training iteration's forward + backward, in seconds, per rank.
   below a size threshold, linear above it (Eq. 16).
 * **Micro-batch time** (Eqs. 1–2): ``Time_j = max(T_comm(V), T_comp(Local_j)) + T_comp(Dist) + c_mb``
   on CP rank j — communication of the sharded sequences overlaps the local sequences' compute. As in
-  the paper, all of T_comm counts as overlappable; in this repo's CP implementation only the
-  forward all-gather is started before the local attention, while the backward's all-gather and
-  reduce-scatter block, so the profiled model over-credits the overlap by up to
-  ``layers · ((kv_gathers − 1)·AG + RS)`` per micro-batch (about 3 ms for 4 layers on gloo here).
+  the paper, the presets count all of T_comm as overlappable. ``exposed_bwd_comm`` [R] prices this
+  repo's CP implementation instead: only the forward all-gather is started before the local attention;
+  the backward's second all-gather and its reduce-scatter block (nothing is queued to overlap them), so
+  ``Time_j = max(T_ag(V), T_comp(Local_j)) + T_bwd(V) + T_comp(Dist) + c_mb`` with
+  ``T_ag = layers·AG`` and ``T_bwd = layers·((kv_gathers − 1)·AG + RS)`` (:meth:`CostModel.comm_split`).
+  The profiled CPU model sets it; before it did, that model over-credited the overlap by up to
+  ``T_bwd`` (about 3 ms per micro-batch for 4 layers on gloo here).
 
 Two calibrations: :func:`paper_preset` (H100, Qwen2.5 constants from the notes) and a CPU model
 fitted from offline profiling on this machine (:mod:`components.skrull.profiling`).
@@ -122,6 +125,7 @@ class CostModel:
     c_mb: float = 0.0                  # s per micro-batch per rank (framework overhead)
     overlap: bool = True               # Eq. 2: comm of sharded sequences overlaps local compute
     kv_gathers: int = 1                # K/V all-gathers per layer per step: 2 = gathered again in the backward
+    exposed_bwd_comm: bool = False     # the backward's collectives block: only the forward all-gather overlaps
     notes: str = ""
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -154,6 +158,20 @@ class CostModel:
             return 0.0
         return self.layers * (self.kv_gathers * self.all_gather.time(volume) + self.reduce_scatter.time(volume))
 
+    def comm_split(self, volume: float) -> tuple[float, float]:
+        """T_comm(V) as (the part that may hide under the local compute, the part that is always
+        exposed): ``(T_comm, 0)`` as in the paper's Eq. 2; with ``exposed_bwd_comm`` the forward
+        all-gathers may hide and the backward's gathers and reduce-scatters are exposed; without
+        ``overlap`` nothing hides."""
+        if volume <= 0:
+            return 0.0, 0.0
+        if not self.overlap:
+            return 0.0, self.t_comm(volume)
+        if not self.exposed_bwd_comm:
+            return self.t_comm(volume), 0.0
+        ag = self.all_gather.time(volume)
+        return self.layers * ag, self.layers * ((self.kv_gathers - 1) * ag + self.reduce_scatter.time(volume))
+
     def rank_times(self, lengths: Sequence[int], placement: Sequence[int], cp: int) -> list[float]:
         """Time_j of every CP rank for one micro-batch (Eqs. 1–5)."""
         local = [0.0] * cp
@@ -164,13 +182,14 @@ class CostModel:
                 volume += self.volume(s)
             else:
                 local[p] += self.t_comp(s)
-        comm = self.t_comm(volume)
-        return [self.c_mb + self.rank_time(loc, comm, dist) for loc in local]
+        hidden, exposed = self.comm_split(volume)
+        return [self.c_mb + self.rank_time(loc, hidden, dist, exposed) for loc in local]
 
-    def rank_time(self, local: float, comm: float, dist: float) -> float:
+    def rank_time(self, local: float, comm: float, dist: float, exposed: float = 0.0) -> float:
         """Eq. 2 for one rank (without ``c_mb``): its local sequences' compute, the sharded sequences'
-        communication (overlapping the local compute when ``overlap``) and their compute ``dist``."""
-        return (max(comm, local) if self.overlap else comm + local) + dist
+        communication that may overlap it (``comm``) and that may not (``exposed``; both from
+        :meth:`comm_split`), and their compute ``dist``."""
+        return max(comm, local) + exposed + dist
 
     def microbatch_time(self, lengths: Sequence[int], placement: Sequence[int], cp: int) -> float:
         """T_DACP (Eq. 1): the slowest CP rank."""
@@ -213,8 +232,9 @@ class CostModel:
                     _check_number(where, key, d[key], bound, integer=key in ("layers", "kv_gathers"))
                     if key in ("layers", "kv_gathers"):
                         d[key] = int(d[key])             # 2.0 in a record is the integer 2
-            if "overlap" in d and not isinstance(d["overlap"], bool):
-                raise InputError(f"{where}: overlap={d['overlap']!r}; expected true or false")
+            for key in ("overlap", "exposed_bwd_comm"):
+                if key in d and not isinstance(d[key], bool):
+                    raise InputError(f"{where}: {key}={d[key]!r}; expected true or false")
             model = cls(**d)
         except (KeyError, TypeError) as err:
             raise InputError(f"{where}: malformed record ({err}); expected the fields of CostModel") from None

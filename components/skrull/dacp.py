@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from components.skrull.cost_model import SHARDED, CostModel, shard_sizes
+from components.skrull.schedule import check_degree
 
 
 class DACPInfeasible(Exception):
@@ -40,9 +41,9 @@ class _Buckets:
                volume: float | None = None) -> float:
         """Eqs. 1–2 on the current (or a hypothetical) partial placement."""
         local = self.local if local is None else local
-        comm = self.cost.t_comm(self.volume if volume is None else volume)
+        hidden, exposed = self.cost.comm_split(self.volume if volume is None else volume)
         d = self.dist if dist is None else dist
-        return max(self.cost.rank_time(x, comm, d) for x in local)
+        return max(self.cost.rank_time(x, hidden, d, exposed) for x in local)
 
     def sharding_is_faster(self, k: int, t: int) -> bool:
         """Balance guard [R]: is sharding ``k`` better for T_DACP than keeping it whole on rank t?"""
@@ -74,6 +75,66 @@ class _Buckets:
         self.volume += self.cost.volume(s)
         self.ret[k] = SHARDED
 
+    def unshard(self, k: int, t: int) -> None:
+        """Keep the sharded sequence ``k`` whole on rank ``t`` instead."""
+        s = self.lengths[k]
+        for r, sh in enumerate(shard_sizes(s, self.cp)):
+            self.rb[r] += sh
+            self.load[r] -= self.cost.t_comp_shard(s, self.cp)
+        del self.ret[k]
+        self.dist, self.volume = self._sharded_totals()
+        self.place_local(k, t)
+
+    def _sharded_totals(self) -> tuple[float, float]:
+        """T_comp(Dist) and V of the sharded sequences, summed afresh (no drift from repeated updates)."""
+        ks = [k for k, p in self.ret.items() if p == SHARDED]
+        return (sum(self.cost.t_comp_shard(self.lengths[k], self.cp) for k in ks),
+                sum(self.cost.volume(self.lengths[k]) for k in ks))
+
+    def unshard_where_faster(self) -> int:
+        """Balance-guard refinement [R]: while some sharded sequence fits whole on a rank and keeping it
+        there lowers T_DACP (Eqs. 1–2), apply the best such move (ties: the lowest sequence index). The guard decides shortest first, before it sees the longer sequences that
+        will need the other ranks, so it can shard a sequence that a later placement makes better kept
+        whole. Returns the number of moves.
+
+        A candidate is priced without re-evaluating every rank: with ``k`` whole on rank ``t`` only rank
+        t's local compute grows, so T_DACP = max(T_hidden, the largest other local, local_t + T_comp(s))
+        + T_exposed + dist (Eq. 2 with :meth:`CostModel.comm_split`; equal to :meth:`t_dacp` of that
+        placement, a test checks it)."""
+        cost, cp, moves = self.cost, self.cp, 0
+        inv = {k: (self.lengths[k], shard_sizes(self.lengths[k], cp), cost.t_comp_shard(self.lengths[k], cp),
+                   cost.volume(self.lengths[k]), cost.t_comp(self.lengths[k]))
+               for k, p in self.ret.items() if p == SHARDED}
+        while True:
+            sharded = sorted(k for k, p in self.ret.items() if p == SHARDED)
+            if not sharded:
+                return moves
+            current, best = self.t_dacp(), None
+            dist_all, volume_all = self._sharded_totals()
+            top = max(range(cp), key=lambda r: (self.local[r], -r))          # the most loaded rank
+            for k in sharded:
+                s, shares, dist_k, volume_k, grown = inv[k]
+                # the best rank for k: the least loaded one where it fits (only that rank's local
+                # grows, and a less loaded one never gives a larger max); ties: the lowest rank
+                fits = [t for t in range(cp) if self.rb[t] + shares[t] >= s]
+                if not fits:
+                    continue
+                t = min(fits, key=lambda r: (self.local[r], r))
+                if len(sharded) == 1:                    # none left sharded: exactly no comm, no dist
+                    dist, volume = 0.0, 0.0
+                else:
+                    dist, volume = dist_all - dist_k, volume_all - volume_k
+                hidden, exposed = cost.comm_split(volume)
+                other = max((self.local[r] for r in range(cp) if r != t), default=0.0) if t == top else self.local[top]
+                time_ = max(hidden, other, self.local[t] + grown) + exposed + dist
+                if time_ < current * (1 - 1e-9) and (best is None or time_ < best[0]):
+                    best = (time_, k, t)
+            if best is None:
+                return moves
+            self.last_move = best                        # (predicted T_DACP, sequence, rank)
+            self.unshard(best[1], best[2])
+            moves += 1
+
     def binding_rank(self, k: int) -> int:
         """The rank with the least room for ``k``'s shard (argmin RB in the paper)."""
         shares = shard_sizes(self.lengths[k], self.cp)
@@ -103,15 +164,18 @@ class _Buckets:
 
 
 def dacp_place(lengths: Sequence[int], cp: int, bucket: int, cost: CostModel,
-               rollback: bool = True, balance_guard: bool = True) -> tuple[int, ...]:
+               rollback: bool = True, balance_guard: bool = True, refine: bool = True) -> tuple[int, ...]:
     """Alg. 1: placement (CP rank or SHARDED) of every sequence of one micro-batch.
 
     ``balance_guard`` [R]: before keeping a sequence whole on a rank, compare T_DACP (Eqs. 1–2) of
     that choice with sharding it, and shard when that is faster. The printed algorithm shards only
     under memory pressure; with an under-full bucket it then keeps long sequences whole and
-    unbalances compute badly (see the component README). ``balance_guard=False`` is the literal
-    pseudo-code.
+    unbalances compute badly (see the component README). ``refine`` [R], with the guard: afterwards
+    keep whole every sharded sequence whose sharding no longer pays (:meth:`_Buckets.unshard_where_faster`).
+    ``balance_guard=False`` is the literal pseudo-code.
     """
+    cp = check_degree("parallel degree cp", cp)
+    bucket = check_degree("bucket size C", bucket, "expected an integer >= 1 tokens")
     b = _Buckets(lengths, cp, bucket, cost)
     order = sorted(range(len(b.lengths)), key=lambda k: (b.lengths[k], k))   # shortest first
     i = 0
@@ -136,6 +200,8 @@ def dacp_place(lengths: Sequence[int], cp: int, bucket: int, cost: CostModel,
             else:
                 return _shard_all_or_raise(lengths, cp, bucket, k, b)
         i += 1
+    if balance_guard and refine:
+        b.unshard_where_faster()
     return b.placement(len(b.lengths))
 
 
@@ -159,6 +225,12 @@ def dacp_literal_place(lengths: Sequence[int], cp: int, bucket: int, cost: CostM
                        rollback: bool = True) -> tuple[int, ...]:
     """Alg. 1 exactly as printed (no balance guard)."""
     return dacp_place(lengths, cp, bucket, cost, rollback, balance_guard=False)
+
+
+def dacp_guard_only_place(lengths: Sequence[int], cp: int, bucket: int, cost: CostModel,
+                          rollback: bool = True) -> tuple[int, ...]:
+    """Alg. 1 with the balance guard but without its refinement (the ablation of ``refine``)."""
+    return dacp_place(lengths, cp, bucket, cost, rollback, refine=False)
 
 
 def round_robin_place(lengths: Sequence[int], cp: int, bucket: int, cost: CostModel,
@@ -197,4 +269,4 @@ def all_sharded(lengths: Sequence[int], cp: int, bucket: int, cost: CostModel | 
     return (SHARDED,) * len(ls)
 
 
-PLACERS = {"dacp": dacp_place, "dacp_literal": dacp_literal_place, "round_robin": round_robin_place, "all_sharded": all_sharded}
+PLACERS = {"dacp": dacp_place, "dacp_literal": dacp_literal_place, "dacp_guard_only": dacp_guard_only_place, "round_robin": round_robin_place, "all_sharded": all_sharded}

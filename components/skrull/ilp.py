@@ -108,8 +108,10 @@ def solve_exact(lengths: Sequence[int], dp: int, cp: int, cost: CostModel, *,
                 coef = dict(dist)
                 coef.update({x(k, i, j, r): tc[k] for k in range(K)})
                 coef.update({mb(U, i, j): cost.c_mb, mb(T, i, j): -1.0})
-                if not cost.overlap:
+                if not cost.overlap:                               # all comm adds to the local compute
                     coef.update({mb(AG, i, j): float(cost.kv_gathers), mb(RS, i, j): 1.0})
+                elif cost.exposed_bwd_comm:                        # the backward's collectives add
+                    coef.update({mb(AG, i, j): float(cost.kv_gathers - 1), mb(RS, i, j): 1.0})
                 rows.append((coef, -inf, 0.0))
             if j + 1 < M:                                          # symmetry: fill micro-batches in order
                 rows.append(({mb(U, i, j + 1): 1.0, mb(U, i, j): -1.0}, -inf, 0.0))

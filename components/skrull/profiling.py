@@ -279,7 +279,8 @@ def local_cost_model(name: str, model_cfg: Mapping[str, Any], compute: Mapping[s
         c_seq_shard=float(compute["c_seq_shard"]), c_mb=float(compute["c_mb"]) + zero2,
         mem_bytes_per_token=float(memory["alpha_bytes_per_token"]), mem_budget_bytes=float(budget_bytes),
         all_gather=comm["all_gather"], reduce_scatter=comm["reduce_scatter"], kv_gathers=2,
+        exposed_bwd_comm=True,
         notes="fitted from offline profiling on this machine (fp32, 1 thread per rank, gloo; K/V gathered "
-              "again in the backward)",
+              "again in the backward; the backward's collectives exposed)",
         meta={"fit_mape": float(compute.get("mape", 0.0)), "c_mb_compute": float(compute["c_mb"]),
               "c_mb_zero2_reduce": zero2, "grad_bytes": float(grad_bytes)})

@@ -17,13 +17,13 @@ import numpy as np
 from components.skrull.baselines import (best_fixed_micro_batch, dacp_only_schedule, deepspeed_schedule,
                                          packed_schedule, round_robin_schedule, sorted_schedule)
 from components.skrull.cost_model import CostModel, shard_sizes
-from components.skrull.dacp import dacp_literal_place, round_robin_place
+from components.skrull.dacp import dacp_guard_only_place, dacp_literal_place, round_robin_place
 from components.skrull.gds import skrull_schedule
 from components.skrull.ilp import solve_exact
 from components.skrull.schedule import Schedule, price, validate
 
 #: every scheduler in the tables, in display order
-VARIANTS = ("skrull", "gds_printed", "dacp_literal", "dacp_only", "round_robin", "sorted", "packed", "deepspeed",
+VARIANTS = ("skrull", "gds_printed", "dacp_literal", "guard_only", "dacp_only", "round_robin", "sorted", "packed", "deepspeed",
             "deepspeed_b1")
 
 Progress = Callable[..., None]
@@ -80,6 +80,7 @@ def compare(batches: Sequence[np.ndarray], dp: int, cp: int, cost: CostModel, se
     run("skrull", lambda b: skrull_schedule(b, dp, cp, cost))
     run("gds_printed", lambda b: skrull_schedule(b, dp, cp, cost, isolate=False, name="gds_printed"))  # Alg. 2 as printed
     run("dacp_literal", lambda b: skrull_schedule(b, dp, cp, cost, placer=dacp_literal_place, name="dacp_literal"))
+    run("guard_only", lambda b: skrull_schedule(b, dp, cp, cost, placer=dacp_guard_only_place, name="guard_only"))
     run("round_robin", lambda b: round_robin_schedule(b, dp, cp, cost))
     run("packed", lambda b: packed_schedule(b, dp, cp, cost))
     run("deepspeed_b1", lambda b: deepspeed_schedule(b, dp, cp, cost, 1))

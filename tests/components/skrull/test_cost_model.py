@@ -134,3 +134,25 @@ def test_comm_fit_without_a_visible_bandwidth_term_predicts_the_latency():
     assert [fit.time(s) for s in sizes] == pytest.approx([fit.latency_s] * 3)
     assert fit.latency_s == 1.17e-3 and fit.base_s == 0.0
     assert max(abs(e["rel_error"]) for e in fit.relative_errors(sizes, times)) < 0.6
+
+
+def test_exposed_backward_comm_is_outside_eq_2s_max():
+    """The profiled model's Eq. 2: only the forward all-gathers may hide under the local compute; the
+    backward's second gather and reduce-scatter always add (this repo's CP attention blocks on them)."""
+    base = replace(paper_preset("qwen2.5-0.5b"), kv_gathers=2)
+    cost = replace(base, exposed_bwd_comm=True)
+    v = cost.volume(30000)
+    ag, rs = cost.layers * cost.all_gather.time(v), cost.layers * cost.reduce_scatter.time(v)
+    assert cost.comm_split(v) == pytest.approx((ag, ag + rs))
+    assert base.comm_split(v) == pytest.approx((2 * ag + rs, 0.0))
+    assert replace(cost, overlap=False).comm_split(v) == pytest.approx((0.0, 2 * ag + rs))
+    assert cost.comm_split(0.0) == (0.0, 0.0)
+    dist = cost.t_comp_shard(30000, 8)
+    for local_len in (100, 60000):                  # comm-bound and compute-bound rank 0
+        t = cost.rank_times([local_len, 30000], [0, SHARDED], 8)
+        assert t[0] == pytest.approx(max(ag, cost.t_comp(local_len)) + ag + rs + dist)
+        assert t[1] == pytest.approx(2 * ag + rs + dist)   # no local work: the whole comm shows
+        assert t[0] >= base.rank_times([local_len, 30000], [0, SHARDED], 8)[0]
+    assert CostModel.from_dict(cost.to_dict()) == cost
+    with pytest.raises(InputError, match=r"exposed_bwd_comm=1; expected true or false"):
+        CostModel.from_dict({**cost.to_dict(), "exposed_bwd_comm": 1})

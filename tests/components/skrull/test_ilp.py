@@ -14,9 +14,10 @@ from components.skrull.schedule import price, validate
 from components.skrull.simulate import ilp_study, max_group_length
 
 
-@pytest.mark.parametrize("kv_gathers", [1, 2])
-def test_ilp_optimum_is_a_valid_schedule_no_slower_than_any_heuristic(kv_gathers):
-    cost = replace(paper_preset("qwen2.5-0.5b").with_bucket(6000), kv_gathers=kv_gathers)   # tight bucket: memory binds
+@pytest.mark.parametrize("kv_gathers,exposed", [(1, False), (2, False), (2, True)])
+def test_ilp_optimum_is_a_valid_schedule_no_slower_than_any_heuristic(kv_gathers, exposed):
+    cost = replace(paper_preset("qwen2.5-0.5b").with_bucket(6000), kv_gathers=kv_gathers,   # tight bucket: memory binds
+                   exposed_bwd_comm=exposed)
     rng = np.random.default_rng(4)
     lengths = np.minimum(TABLE1["chatqa2"].sample(6, rng), max_group_length(2, 6000))
     res = solve_exact(lengths, 2, 2, cost, time_limit_s=60)
@@ -40,3 +41,17 @@ def test_ilp_study_reports_gaps():
 def test_ilp_refuses_large_instances():
     with pytest.raises(ConfigError, match="expected <= 16"):
         solve_exact(np.full(20, 100), 1, 2, paper_preset("qwen2.5-7b"))
+
+
+@pytest.mark.parametrize("kv_gathers,exposed", [(1, False), (2, False), (2, True)])
+@pytest.mark.parametrize("dp", [1, 2])
+def test_ilp_prices_micro_batches_that_mix_sharded_and_local_sequences_exactly(kv_gathers, exposed, dp):
+    """Two sequences longer than the bucket must be sharded; the short ones hide their comm as local
+    work in the same micro-batches, where Eq. 2's max and the exposed backward comm both matter."""
+    cost = replace(paper_preset("qwen2.5-0.5b").with_bucket(6000), kv_gathers=kv_gathers, exposed_bwd_comm=exposed,
+                   c_seq=2e-5, c_seq_shard=1e-5, c_mb=3e-5)       # per-sequence/micro-batch costs (profiled model)
+    lengths = np.array([9000, 9000, 1200, 1000, 800, 700])
+    res = solve_exact(lengths, dp, 2, cost, time_limit_s=60)
+    assert res.optimal, res.status
+    assert any(-1 in mb.placement and len(set(mb.placement)) > 1 for mbs in res.schedule.ranks for mb in mbs)
+    assert price(res.schedule, lengths, cost).iteration_s == pytest.approx(res.objective_s, rel=1e-9)

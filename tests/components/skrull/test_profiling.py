@@ -46,6 +46,7 @@ def test_saved_activation_bytes_grow_linearly_with_tokens():
                             budget_bytes=m64 * 10)
     assert cost.bucket_size == 640 and cost.kv_bytes_per_token == 2 * 2 * 8 * 4
     assert cost.kv_gathers == 2                      # the backward gathers the K/V again (context_parallel)
+    assert cost.exposed_bwd_comm                     # ... and blocks on it and on the reduce-scatter
 
 
 # --- the profiling design and the fit's uncertainty ---------------------------------------------------

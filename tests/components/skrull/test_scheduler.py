@@ -7,7 +7,7 @@ import pytest
 from components.base import ConfigError, InputError
 from components.skrull.baselines import (best_fixed_micro_batch, dacp_only_schedule, deepspeed_schedule,
                                          packed_schedule, round_robin_schedule, sorted_schedule)
-from components.skrull.cost_model import SHARDED, CommModel, CostModel, paper_preset
+from components.skrull.cost_model import SHARDED, CommModel, CostModel, paper_preset, shard_sizes
 from components.skrull.dacp import DACPInfeasible, dacp_literal_place, dacp_place, round_robin_place
 from components.skrull.gds import binpack, skrull_schedule
 from components.skrull.lengths import TABLE1
@@ -141,15 +141,17 @@ def test_balance_guard_shards_a_sequence_that_would_straggle():
     assert cost.microbatch_time(lengths, guarded, 8) < cost.microbatch_time(lengths, literal, 8) / 3
 
 
-@pytest.mark.parametrize("overlap", [True, False])
-def test_balance_guard_estimates_the_cost_models_micro_batch_time(overlap):
+@pytest.mark.parametrize("overlap,exposed", [(True, False), (False, False), (True, True)])
+def test_balance_guard_estimates_the_cost_models_micro_batch_time(overlap, exposed):
     """The guard's T_DACP of a partial placement is the cost model's Eq. 1 time (without the
-    per-micro-batch constant), with and without comm/compute overlap (Eq. 2)."""
+    per-micro-batch constant), with and without comm/compute overlap (Eq. 2), and with the backward's
+    collectives exposed."""
     import dataclasses
 
     from components.skrull.dacp import _Buckets
 
-    cost = dataclasses.replace(toy_cost(10_000), overlap=overlap, c_seq=2e-5, c_seq_shard=1e-5, c_mb=3e-5)
+    cost = dataclasses.replace(toy_cost(10_000), overlap=overlap, c_seq=2e-5, c_seq_shard=1e-5, c_mb=3e-5,
+                               kv_gathers=2 if exposed else 1, exposed_bwd_comm=exposed)
     rng = np.random.default_rng(3)
     for _ in range(50):
         lengths = [int(x) for x in rng.integers(10, 400, 7)]
@@ -158,6 +160,41 @@ def test_balance_guard_estimates_the_cost_models_micro_batch_time(overlap):
         for k, p in enumerate(placement):
             b.shard(k) if p == SHARDED else b.place_local(k, p)
         assert b.t_dacp() + cost.c_mb == pytest.approx(cost.microbatch_time(lengths, placement, 3), rel=1e-12)
+
+
+def test_binpack_is_lpt_heaviest_first_onto_the_least_loaded_bin():
+    # heaviest first: 5 -> bin 0, 4 -> bin 1, 3 (k=0) -> bin 1 (4 < 5), 3 (k=2) -> bin 0 (5 < 7), 3 -> bin 1 (7 < 8);
+    # input order would give [[0, 2, 4], [1, 3]], ascending order [[0, 4, 1], [2, 3]]
+    assert binpack([3, 5, 3, 4, 3], 2) == [[1, 2], [3, 0, 4]]
+
+
+def test_gds_mixes_long_and_short_sequences_in_every_micro_batch():
+    """Alg. 2's strided split: micro-batch j takes the j-th, (j+m)-th, ... shortest sequences, so each
+    one holds short and long sequences (design principle ii), not the short ones together."""
+    from components.skrull.gds import gds_microbatches
+
+    cost = toy_cost(1000)                                            # C·N = 2000 tokens per micro-batch
+    lengths = np.arange(100, 900, 100)                               # 3600 tokens: at least 2 micro-batches
+    mbs = gds_microbatches(list(range(8)), lengths, 2, cost)
+    assert [mb.seqs for mb in mbs] == [(0, 2, 4, 6), (1, 3, 5, 7)]
+    for mb in mbs:
+        assert min(mb.seqs) < 4 <= max(mb.seqs)                      # a short and a long one
+
+
+def test_price_reports_sharded_tokens_and_rank_peaks_of_mixed_micro_batches():
+    from components.skrull.schedule import MicroBatch, Schedule
+
+    lengths = [10, 15, 50, 95]
+    # zigzag over 2 ranks: 50 -> chunks 13, 13, 12, 12 -> ranks 25 / 25; 95 -> 24, 24, 24, 23 -> 47 / 48
+    mixed = Schedule("t", 1, 2, ((MicroBatch((0, 1, 2, 3), (0, 1, SHARDED, SHARDED)),),))
+    p = price(mixed, lengths, toy_cost(1000))
+    assert p.sharded_fraction == pytest.approx(145 / 170)
+    assert p.peak_tokens == (10 + 25 + 47, 15 + 25 + 48)
+    split = Schedule("t", 1, 2, ((MicroBatch((3,), (SHARDED,)), MicroBatch((0, 1, 2), (0, 1, 0))),))
+    p = price(split, lengths, toy_cost(1000))
+    assert p.sharded_fraction == pytest.approx(95 / 170)
+    assert p.peak_tokens == (48, 60)          # (min, max) over ranks of the peak: rank 0 max(47, 60), rank 1 max(48, 15)
+    assert p.microbatches == (2,)
 
 
 def test_gds_balances_flops_across_dp_ranks():
@@ -184,9 +221,11 @@ def test_fixed_micro_batch_baseline_picks_the_fastest_size_that_fits():
             validate(s, lengths, cost.bucket_size)
 
 
-@pytest.mark.parametrize("kv_gathers", [1, 2])
-def test_fast_price_of_all_sharded_equals_eq_1_2(kv_gathers):
-    cost = replace(paper_preset("qwen2.5-7b"), kv_gathers=kv_gathers)
+@pytest.mark.parametrize("kv_gathers,exposed", [(1, False), (2, False), (2, True)])
+def test_fast_price_of_all_sharded_equals_eq_1_2(kv_gathers, exposed):
+    # per-sequence and per-micro-batch costs as in the profiled CPU model (the preset has none)
+    cost = replace(paper_preset("qwen2.5-7b"), kv_gathers=kv_gathers, exposed_bwd_comm=exposed, c_seq=2e-5,
+                   c_seq_shard=1e-5, c_mb=3e-5)
     lengths = np.random.default_rng(2).integers(16, 12000, 40)
     s = deepspeed_schedule(lengths, 2, 8, cost, 5)
     slow = max(sum(cost.microbatch_time([int(lengths[k]) for k in mb.seqs], mb.placement, 8) for mb in mbs)
@@ -204,6 +243,10 @@ def test_bad_input_gets_a_clear_error():
         skrull_schedule([10], 0, 2, cost)
     with pytest.raises(InputError, match="positive lengths"):
         deepspeed_schedule([10, 0], 1, 2, cost, 1)
+    with pytest.raises(ConfigError, match=r"parallel degree cp=0: expected an integer >= 1"):
+        dacp_place([10], 0, 100, cost)
+    with pytest.raises(ConfigError, match=r"bucket size C=0\.5: expected an integer >= 1 tokens"):
+        dacp_place([10], 2, 0.5, cost)
 
 
 def test_gds_isolates_a_sequence_that_fills_the_group_instead_of_one_sequence_per_microbatch():
@@ -259,3 +302,64 @@ def test_fixed_micro_batch_size_must_be_a_positive_integer(b):
             build([10, 20], 1, 2, cost, b)
     with pytest.raises(InputError, match="no batches"):
         best_fixed_micro_batch([], 1, 2, cost, lambda l, b: deepspeed_schedule(l, 1, 2, cost, b))
+
+
+def test_refinement_keeps_whole_a_sequence_the_guard_sharded_too_early():
+    """The guard places shortest first: alone on the group, the 444-token sequence is faster sharded;
+    once the longer ones are placed, keeping it whole on rank 1 is faster (refine [R])."""
+    cost = paper_preset("qwen2.5-0.5b").with_bucket(4000)
+    lengths = [1448, 444, 2793, 1193, 1530]
+    greedy = dacp_place(lengths, 2, cost.bucket_size, cost, refine=False)
+    refined = dacp_place(lengths, 2, cost.bucket_size, cost)
+    assert greedy == (0, SHARDED, SHARDED, 1, SHARDED)
+    assert refined == (0, 1, SHARDED, 1, SHARDED)
+    assert cost.microbatch_time(lengths, refined, 2) < cost.microbatch_time(lengths, greedy, 2) * 0.97
+
+
+def test_refinement_never_slows_a_micro_batch_nor_overfills_a_bucket():
+    cost = replace(paper_preset("qwen2.5-0.5b").with_bucket(4000), c_seq=2e-4, c_seq_shard=1e-4, kv_gathers=2,
+                   exposed_bwd_comm=True)
+    rng = np.random.default_rng(7)
+    moved = 0
+    for _ in range(300):
+        lengths = [int(x) for x in rng.integers(50, 3000, int(rng.integers(2, 7)))]
+        if sum(lengths) > 2 * cost.bucket_size:
+            continue
+        greedy = dacp_place(lengths, 2, cost.bucket_size, cost, refine=False)
+        refined = dacp_place(lengths, 2, cost.bucket_size, cost)
+        moved += greedy != refined
+        assert cost.microbatch_time(lengths, refined, 2) <= cost.microbatch_time(lengths, greedy, 2) * (1 + 1e-12)
+        tokens = [0, 0]
+        for s, p in zip(lengths, refined):
+            for r, sh in enumerate(shard_sizes(s, 2) if p == SHARDED else [s if r == p else 0 for r in range(2)]):
+                tokens[r] += sh
+        assert max(tokens) <= cost.bucket_size
+        assert all(q == SHARDED for p, q in zip(refined, greedy) if p != q)     # only un-sharding moves
+    assert moved > 0
+
+
+def test_refinement_prices_each_move_as_eq_1_2_does(monkeypatch):
+    """unshard_where_faster prices a move without re-evaluating every rank; the T_DACP it predicts is
+    the one of the placement after the move (Eqs. 1-2 via _Buckets.t_dacp), with exposed and hidden comm."""
+    from components.skrull.dacp import _Buckets
+
+    checked = []
+    original = _Buckets.unshard
+
+    def checked_unshard(self, k, t):
+        original(self, k, t)
+        assert self.last_move[1:] == (k, t)
+        assert self.t_dacp() == pytest.approx(self.last_move[0], rel=1e-12)
+        checked.append(k)
+
+    monkeypatch.setattr(_Buckets, "unshard", checked_unshard)
+    rng = np.random.default_rng(11)
+    for exposed in (False, True):
+        cost = replace(paper_preset("qwen2.5-0.5b").with_bucket(4000), c_seq=2e-4, c_seq_shard=1e-4, kv_gathers=2,
+                       exposed_bwd_comm=exposed)
+        for _ in range(200):
+            cp = int(rng.choice([2, 3, 4]))
+            lengths = [int(x) for x in rng.integers(50, 3000, int(rng.integers(2, 9)))]
+            if sum(lengths) <= cp * cost.bucket_size:
+                dacp_place(lengths, cp, cost.bucket_size, cost)
+    assert len(checked) >= 8                   # moves happen (seeded: 8)
