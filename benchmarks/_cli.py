@@ -8,10 +8,12 @@ script's own work (exit status 2, no traceback). Only the standard library is im
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 def _int(text: str, ok: Callable[[int], bool], expected: str) -> int:
@@ -78,3 +80,24 @@ def fail(err: BaseException) -> int:
     """Report a user error (``ConfigError``, ``InputError``) raised by the script's work: exit status 2."""
     print(f"error: {err}", file=sys.stderr)
     return 2
+
+
+def print_table(load: Callable[[], Any], render: Callable[[Any], None], where: str, expected: str) -> int:
+    """A results table: ``load()`` the record, ``render(record)`` into a buffer, and print the table only
+    once all of it rendered (exit status 0). An ``InputError`` from ``load`` (missing or malformed file)
+    or a malformed entry met while rendering is reported as ``error: <where>: ...`` with exit status 2,
+    with nothing printed on stdout."""
+    from components.base import InputError
+
+    table = io.StringIO()
+    try:
+        record = load()
+        with contextlib.redirect_stdout(table):
+            render(record)
+    except InputError as err:
+        return fail(err)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as err:
+        print(f"error: {where}: malformed entry ({type(err).__name__}: {err}); expected {expected}", file=sys.stderr)
+        return 2
+    sys.stdout.write(table.getvalue())
+    return 0

@@ -7,8 +7,6 @@ Both paths default to the files of this checkout (whatever the current folder).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import sys
 from pathlib import Path
 
@@ -16,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from components.base import InputError  # noqa: E402
+from benchmarks._cli import print_table  # noqa: E402
 from components.io import read_json_record  # noqa: E402
 
 WHAT = "the metrics/familyseer.json that the familyseer evaluate stage writes (`dvc repro familyseer_evaluate`)"
@@ -56,20 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("per_model", nargs="?", type=Path, default=ROOT / "plots" / "familyseer" / "per_model.json",
                     help="its per-model record (default: plots/familyseer/per_model.json of this checkout)")
     a = ap.parse_args(argv)
-    table = io.StringIO()
-    try:
-        m, per = load_inputs(a.metrics, a.per_model)
-        with contextlib.redirect_stdout(table):   # printed only when the whole table rendered
-            render(m, per)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
-        print(f"error: {a.metrics} / {a.per_model}: malformed entry ({type(err).__name__}: {err}); expected "
-              f"{WHAT} and {PER_WHAT}", file=sys.stderr)
-        return 2
-    sys.stdout.write(table.getvalue())
-    return 0
+    return print_table(lambda: load_inputs(a.metrics, a.per_model), lambda mp: render(*mp),
+                       f"{a.metrics} / {a.per_model}", f"{WHAT} and {PER_WHAT}")
 
 
 def render(m: dict, per: dict) -> None:

@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import sys
 from pathlib import Path
@@ -15,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from components.base import InputError  # noqa: E402
+from benchmarks._cli import print_table  # noqa: E402
 from components.io import read_json_record  # noqa: E402
 
 WHAT = "the metrics/har.json that the har_evaluate stage writes (`dvc repro har_evaluate`)"
@@ -54,19 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("metrics", nargs="?", type=Path, default=ROOT / "metrics" / "har.json",
                     help="the har_evaluate stage's metrics (default: metrics/har.json of this checkout)")
     a = ap.parse_args(argv)
-    table = io.StringIO()
-    try:
-        m = load_metrics(a.metrics)
-        with contextlib.redirect_stdout(table):   # printed only when the whole table rendered
-            render(m)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        print(f"error: {a.metrics}: malformed entry ({type(err).__name__}: {err}); expected {WHAT}", file=sys.stderr)
-        return 2
-    sys.stdout.write(table.getvalue())
-    return 0
+    return print_table(lambda: load_metrics(a.metrics), render, str(a.metrics), WHAT)
 
 
 if __name__ == "__main__":

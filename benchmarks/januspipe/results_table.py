@@ -6,8 +6,6 @@ stage's output) and the targets in components/januspipe/claims.yaml.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import operator
 import sys
@@ -19,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from components.base import InputError  # noqa: E402
+from benchmarks._cli import print_table  # noqa: E402
 from components.io import read_json_record  # noqa: E402
 
 WHAT = "the metrics/januspipe.json that the januspipe_simulate stage writes (`dvc repro januspipe_simulate`)"
@@ -58,19 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("metrics", nargs="?", type=Path, default=ROOT / "metrics" / "januspipe.json",
                     help="the januspipe_simulate stage's metrics (default: metrics/januspipe.json of this checkout)")
     a = ap.parse_args(argv)
-    table = io.StringIO()
-    try:
-        m = load_metrics(a.metrics)
-        with contextlib.redirect_stdout(table):   # printed only when the whole table rendered
-            render(a.metrics, m)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as err:
-        print(f"error: {a.metrics}: malformed entry ({type(err).__name__}: {err}); expected {WHAT}", file=sys.stderr)
-        return 2
-    sys.stdout.write(table.getvalue())
-    return 0
+    return print_table(lambda: load_metrics(a.metrics), lambda m: render(a.metrics, m), str(a.metrics), WHAT)
 
 
 def render(path: Path, m: dict) -> None:
