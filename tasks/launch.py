@@ -31,9 +31,9 @@ class LaunchError(RuntimeError):
     """A rank failed or the launch timed out."""
 
 
-class LaunchTimeout(LaunchError, InputError):
-    """The launch ran past its ``timeout`` (a parameter of the run): a user error (``python -m flows``
-    prints the message, exit 2), and still a :class:`LaunchError`."""
+class LaunchTimeout(LaunchError):
+    """The launch ran past its ``timeout``: too small a ``timeout_s`` for the work, or a rank that hung
+    (e.g. mismatched collectives). Not a user error: the traceback stays and the exit status is 1."""
 
 
 class RankInputError(LaunchError, InputError):
@@ -114,7 +114,7 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | No
             if remaining <= 0:
                 raise LaunchTimeout(f"launch of {fn.__qualname__} on {world_size} ranks timed out after {timeout:.0f} s; "
                                     f"expected it to finish within timeout={timeout:g} s (raise the stage's "
-                                    f"timeout_s parameter if the work needs longer)")
+                                    f"timeout_s parameter if the work needs longer; otherwise a rank hung)")
             try:
                 rank, status, payload = q.get(timeout=min(remaining, 1.0))
             except queue_mod.Empty:

@@ -340,13 +340,25 @@ def test_refinement_never_slows_a_micro_batch_nor_overfills_a_bucket():
 
 def test_refinement_prices_each_move_as_eq_1_2_does(monkeypatch):
     """unshard_where_faster prices a move without re-evaluating every rank; the T_DACP it predicts is
-    the one of the placement after the move (Eqs. 1-2 via _Buckets.t_dacp), with exposed and hidden comm."""
+    the one of the placement after the move (Eqs. 1-2 via _Buckets.t_dacp), with exposed and hidden comm,
+    and the move it makes is the best single move."""
     from components.skrull.dacp import _Buckets
 
     checked = []
     original = _Buckets.unshard
 
     def checked_unshard(self, k, t):
+        import copy
+
+        # the chosen move is the best single un-sharding move (brute force over every sequence and rank)
+        best = float("inf")
+        for j in [j for j, p in self.ret.items() if p == SHARDED]:
+            for r in range(self.cp):
+                if self.rb[r] + shard_sizes(self.lengths[j], self.cp)[r] >= self.lengths[j]:
+                    trial = copy.deepcopy(self)
+                    original(trial, j, r)
+                    best = min(best, trial.t_dacp())
+        assert self.last_move[0] == pytest.approx(best, rel=1e-12)
         original(self, k, t)
         assert self.last_move[1:] == (k, t)
         assert self.t_dacp() == pytest.approx(self.last_move[0], rel=1e-12)
