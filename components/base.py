@@ -86,14 +86,9 @@ class ComponentConfig(BaseModel):
                 f"{cls.paper}.profile={profile!r}: no profile file {path}; expected one of "
                 f"'quick' or a profile with a file under {path.parent}"
             )
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{cls.paper}.profile={profile!r}: {path} is not valid YAML ({err}); expected a "
-                              f"mapping of parameters") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of parameters, got {type(data).__name__}")
-        return data
+        from components.io import read_yaml_mapping   # here: components.io imports this module
+
+        return read_yaml_mapping(path, f"the parameters of {cls.paper}.profile={profile!r}, by section")
 
     @model_validator(mode="before")
     @classmethod

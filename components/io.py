@@ -1,5 +1,5 @@
-"""Atomic writes for components (an output appears whole or not at all) and the shared reader of
-JSON records (:func:`read_json_record`).
+"""Atomic writes for components (an output appears whole or not at all), the shared reader of
+JSON records (:func:`read_json_record`) and of YAML mapping files (:func:`read_yaml_mapping`).
 
 The same primitives back :mod:`tasks.io` (which re-exports them), so a component that writes its own
 outputs (a CLI, a tuning run's folder) needs no import from ``tasks/`` (imports point one way:
@@ -9,7 +9,9 @@ never leaves a half-written file or folder where a reader would take it for a re
 
 A stage that reads another stage's JSON record reads it with :func:`read_json_record`: one wording for a
 missing file, bad JSON, a top level that is not an object and missing keys, raised as
-:class:`~components.base.InputError`.
+:class:`~components.base.InputError`. A user's YAML file of settings (a profile, a params file, the
+serving spec) is read with :func:`read_yaml_mapping`: the same wording, raised as
+:class:`~components.base.ConfigError`.
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from components.base import InputError
+import yaml
+
+from components.base import ConfigError, InputError
 
 
 def _umask() -> int:
@@ -118,4 +122,49 @@ def read_json_record(path: str | os.PathLike[str], required: Iterable[str] = (),
         keys = list(data)
         has = f"{keys[:12]}" if len(keys) <= 12 else f"{str(keys[:12])[:-1]}, ...]"
         raise InputError(f"{path}: keys {missing} missing (it has {has}); expected {expected}")
+    return data
+
+
+#: YAML's names for what :func:`yaml.safe_load` returns (for "a YAML list; expected a mapping: ...")
+_YAML_TYPE = {list: "list", str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """The parser's complaint on one line, with where it found it (its own message spans several lines)."""
+    problem = "; ".join(str(x) for x in (getattr(err, "context", None), getattr(err, "problem", None)) if x)
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return (problem or str(err).splitlines()[0] or type(err).__name__) + where
+
+
+def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """The mapping at the top of the YAML file ``path`` (``{}`` for an empty file).
+
+    :class:`~components.base.ConfigError` (a ``ValueError``) names the file, what was found there and
+    what was expected when the file is missing (or a folder), unreadable, not UTF-8 text or not valid
+    YAML (``<path>: <found>; expected <what>``), or holds something other than a mapping
+    (``<path>: a YAML list; expected a mapping: <what>``). ``what`` says what the file is, e.g.
+    "the serving spec (papers, profiles, report, tags, limit)". Checks of the keys and values are the
+    caller's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        found = "a folder, not a file" if path.is_dir() else "file not found"
+        raise ConfigError(f"{path}: {found}; expected {what}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                          f"expected {what}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or err}); expected {what}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(err)}); expected {what}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a YAML {_YAML_TYPE.get(type(data), type(data).__name__)}; expected a mapping: "
+                          f"{what}")
     return data

@@ -5,7 +5,7 @@ Examples::
     python -m flows --help                       # papers and their stages
     python -m flows har data                     # one stage (what `dvc repro har_data` runs)
     python -m flows har all --profile full       # every stage, paper-scale parameters
-    python -m flows skrull simulate --set seed=3 --set simulate.global_batch=128
+    python -m flows skrull simulate --set seed=3 --set paper_sim.num_batches=20
     python -m flows report build                 # reports/README.md from metrics/*.json
     python -m flows serve                        # serve every paper as a Prefect deployment
 

@@ -30,15 +30,17 @@ def _timing_file(paths, stage: str) -> Path:
 
 @stage_task
 def data(ctx: StageContext) -> dict:
-    """Render the synthetic action clips (or import a UCF101-layout folder) into data/har."""
-    from components.har.data import class_counts, generate_dataset, import_ucf101
+    """Render the synthetic action clips (or import a UCF101-layout folder) into data/har. A UCF101
+    folder is scanned (InputError naming ``data.ucf101_root``) before data/har is created."""
+    from components.har.data import class_counts, generate_dataset, import_ucf101, scan_ucf101
 
     cfg = ctx.config
+    scanned = scan_ucf101(cfg.data.ucf101_root or "", cfg.data.ucf101_split) if cfg.data.source == "ucf101" else None
     with atomic_dir(ctx.paths.data) as tmp:
         if cfg.data.source == "synthetic":
             clips = generate_dataset(cfg.data, tmp, seed=cfg.seed, progress=ctx.progress)
         else:
-            clips = import_ucf101(cfg.data, tmp, cfg.opticalflow.clip_len, progress=ctx.progress)
+            clips = import_ucf101(cfg.data, tmp, cfg.opticalflow.clip_len, progress=ctx.progress, scanned=scanned)
     counts = {s: class_counts(clips, s) for s in ("train", "test")}
     out = {"num_clips": len(clips), "train_clips": sum(counts["train"].values()),
            "test_clips": sum(counts["test"].values())}
@@ -50,11 +52,13 @@ def data(ctx: StageContext) -> dict:
 
 @stage_task
 def teacher(ctx: StageContext) -> dict:
-    """TV-L1 / Farnebäck / DIS flow of every chunk; RGB and flow stream CNNs (TV-L1 = the teacher)."""
-    from components.har.experiment import run_teacher
+    """TV-L1 / Farnebäck / DIS flow of every chunk; RGB and flow stream CNNs (TV-L1 = the teacher).
+    The clips are read and checked before the outputs are created: a bad input leaves nothing behind."""
+    from components.har.experiment import load_splits, run_teacher
 
+    inputs = load_splits(ctx.paths.data, ctx.config.opticalflow.clip_len)
     with atomic_dir(ctx.paths.models / "teacher") as models, atomic_dir(ctx.paths.results / "teacher") as res:
-        summary = run_teacher(ctx.config, ctx.paths.data, models, res, ctx.progress)
+        summary = run_teacher(ctx.config, ctx.paths.data, models, res, ctx.progress, inputs=inputs)
         ctx.log_metrics({"teacher.chunk_accuracy": summary["chunk_accuracy"],
                          "teacher.flow_ms_per_pair": {m: t["ms_per_pair"] for m, t in summary["flow_cpu"].items()}})
         write_json(res / "timing.json", {"stage": "teacher", **stage_cost()})    # after the MLflow logging
@@ -64,12 +68,15 @@ def teacher(ctx: StageContext) -> dict:
 @stage_task
 def imfe(ctx: StageContext) -> dict:
     """Distil IMFE onto the TV-L1 flow stream; export to ONNX and check onnxruntime parity (the stage
-    fails when ONNX and PyTorch disagree by more than ``experiment.ONNX_PARITY_TOL``)."""
-    from components.har.experiment import run_imfe
+    fails when ONNX and PyTorch disagree by more than ``experiment.ONNX_PARITY_TOL``). The clips, the
+    teacher and its flow are read and checked before the outputs are created."""
+    from components.har.experiment import imfe_inputs, run_imfe
 
+    teacher_models, flows_dir = ctx.paths.models / "teacher", ctx.paths.results / "teacher"
+    inputs = imfe_inputs(ctx.config, ctx.paths.data, teacher_models, flows_dir)
     with atomic_dir(ctx.paths.models / "imfe") as models, atomic_dir(ctx.paths.results / "imfe") as res:
-        summary = run_imfe(ctx.config, ctx.paths.data, ctx.paths.models / "teacher", ctx.paths.results / "teacher",
-                           models, res, ctx.progress)
+        summary = run_imfe(ctx.config, ctx.paths.data, teacher_models, flows_dir, models, res, ctx.progress,
+                           inputs=inputs)
         val = summary["val_mse"] or [None] * len(summary["train_mse"])    # no val curve: log none (not train's)
         for epoch, (tr, va) in enumerate(zip(summary["train_mse"], val)):
             ctx.log_metrics({"imfe.train_mse": tr, **({"imfe.val_mse": va} if va is not None else {})}, step=epoch)
@@ -83,18 +90,20 @@ def evaluate(ctx: StageContext) -> dict:
     """Every motion source through the LSTR head (accuracy), the latency benchmark, the streaming
     runtime; metrics/har.json, plots/har, MLflow tables and figures.
 
-    The earlier stages' records (teacher.json, imfe.json, timing.json) and ``evaluate.stream_frames``
-    are checked first (InputError before minutes of head training). The outputs -- models/har/heads,
-    results/har/evaluate, plots/har and metrics/har.json -- are built in temporary siblings and
-    replace the old ones together at the very end (metrics last): a failure anywhere leaves every old
-    output as it was, never new results or heads next to old metrics or plots."""
+    The earlier stages' records (teacher.json, imfe.json, timing.json), then the clips, nets, flows,
+    the IMFE ONNX model and ``evaluate.stream_frames`` are read and checked first (InputError before
+    minutes of head training, and before any output or its folder is created). The outputs --
+    models/har/heads, results/har/evaluate, plots/har and metrics/har.json -- are built in temporary
+    siblings and replace the old ones together at the very end (metrics last): a failure anywhere
+    leaves every old output as it was, never new results or heads next to old metrics or plots."""
     upstream = _upstream_records(ctx.paths)
+    inputs = _evaluation_inputs(ctx)
     with contextlib.ExitStack() as stack:           # entered first = committed last
         metrics_file = stack.enter_context(atomic_file(ctx.paths.metrics))
         heads_dir = stack.enter_context(atomic_dir(ctx.paths.models / "heads"))
         plots_dir = stack.enter_context(atomic_dir(ctx.paths.plots))
         res_dir = stack.enter_context(atomic_dir(ctx.paths.results / "evaluate"))
-        metrics = _evaluate(ctx, upstream, heads_dir, res_dir, plots_dir)
+        metrics = _evaluate(ctx, upstream, inputs, heads_dir, res_dir, plots_dir)
         json.dump(metrics, metrics_file, indent=2, allow_nan=False)        # as tasks.io.write_json writes
         metrics_file.write("\n")
     return metrics
@@ -147,9 +156,27 @@ def _upstream_records(paths) -> dict[str, Any]:
     return {"teacher": teacher, "imfe": imfe, "timings": timings}
 
 
-def _evaluate(ctx: StageContext, upstream: dict[str, Any], heads_dir: Path, res: Path, plots_dir: Path) -> dict:
-    """The evaluate stage's work, written into the temporary ``heads_dir``, ``res`` (results/har/evaluate)
-    and ``plots_dir``; returns the metrics (the caller writes them and commits everything)."""
+def _evaluation_inputs(ctx: StageContext) -> dict[str, Any]:
+    """What the evaluate stage reads besides the records, read and checked: ``experiment.evaluation_inputs``
+    (clips, stream CNNs, IMFE, every split's flow), the IMFE ONNX model (the latency benchmark's and the
+    streaming runtime's) and the streaming runtime's video frames (test clips back to back, at most
+    ``evaluate.stream_frames``). InputError naming the file or parameter."""
+    from components.har import experiment as ex
+    from components.har.imfe import onnx_session
+
+    cfg, paths = ctx.config, ctx.paths
+    manifest, splits, nets, flows, meta = ex.evaluation_inputs(cfg, paths.data, paths.models, paths.results)
+    stream_frames, truth = ex.stream_sequence(splits["test"], cfg.evaluate.stream_frames)
+    onnx_session(paths.models / "imfe" / "imfe.onnx")
+    return {"manifest": manifest, "splits": splits, "nets": nets, "flows": flows, "meta": meta,
+            "stream_frames": stream_frames, "truth": truth}
+
+
+def _evaluate(ctx: StageContext, upstream: dict[str, Any], inputs: dict[str, Any], heads_dir: Path, res: Path,
+              plots_dir: Path) -> dict:
+    """The evaluate stage's work on ``inputs`` (``_evaluation_inputs``), written into the temporary
+    ``heads_dir``, ``res`` (results/har/evaluate) and ``plots_dir``; returns the metrics (the caller
+    writes them and commits everything)."""
     import numpy as np
     import torch
 
@@ -160,10 +187,9 @@ def _evaluate(ctx: StageContext, upstream: dict[str, Any], heads_dir: Path, res:
     cfg, paths = ctx.config, ctx.paths
     teacher_sum, imfe_sum = upstream["teacher"], upstream["imfe"]
     torch.set_num_threads(cfg.torch_threads)
-    manifest, splits, nets, flows, meta = ex.evaluation_inputs(cfg, paths.data, paths.models, paths.results)
+    manifest, splits, nets, flows, meta = (inputs[k] for k in ("manifest", "splits", "nets", "flows", "meta"))
     classes = manifest["classes"]
-    # the streaming runtime's video file: test clips back to back (checked here, before the heads train)
-    stream_frames, truth = ex.stream_sequence(splits["test"], cfg.evaluate.stream_frames)
+    stream_frames, truth = inputs["stream_frames"], inputs["truth"]
 
     rows, per_source = ex.evaluate_heads(cfg, classes, splits, flows, nets, heads_dir, meta, ctx.progress)
     for r in rows:

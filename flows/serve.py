@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from flows import PAPERS, REPORT
 from tasks.paths import repo_root
 
@@ -23,18 +21,10 @@ def load_spec(path: Path | None = None) -> dict[str, Any]:
     """The serving spec (``infra/prefect/deployments.yaml``), checked: a :class:`ConfigError` names the
     file, the key, the value found and what is expected."""
     from components.base import ConfigError
+    from components.io import read_yaml_mapping
 
     path = path or repo_root() / "infra" / "prefect" / "deployments.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found; expected the serving spec (papers, profiles, report, tags, limit)")
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid YAML ({err}); expected the serving spec (papers, profiles, report, "
-                          f"tags, limit)") from None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{path}: a YAML {type(spec).__name__}; expected a mapping with keys papers, profiles, "
-                          f"report, tags, limit")
+    spec = read_yaml_mapping(path, "the serving spec (papers, profiles, report, tags, limit)")
     unknown_keys = sorted(set(spec) - {"papers", "profiles", "report", "tags", "limit"}, key=str)
     if unknown_keys:
         raise ConfigError(f"{path}: unknown keys {unknown_keys}; expected only papers, profiles, report, tags, limit")

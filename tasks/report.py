@@ -36,7 +36,7 @@ from tasks.io import atomic_dir, read_json
 from tasks.paths import repo_root
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
-_TARGET = re.compile(r"^\s*(>=|<=|>|<|==)\s*(-?[0-9.eE+-]+)\s*$")
+_TARGET = re.compile(r"^\s*(>=|<=|>|<|==)\s*([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*$")
 
 
 class ReportError(InputError):

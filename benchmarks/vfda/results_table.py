@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -27,9 +28,12 @@ def load_metrics(path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("metrics", nargs="?", type=Path, default=ROOT / "metrics" / "vfda.json",
+                    help="the vfda_evaluate stage's metrics (default: metrics/vfda.json of this checkout)")
+    a = ap.parse_args(argv)
     try:
-        m = load_metrics(Path(args[0]) if args else ROOT / "metrics" / "vfda.json")
+        m = load_metrics(a.metrics)
     except ValueError as err:
         print(f"results_table: {err}", file=sys.stderr)
         return 2

@@ -201,8 +201,9 @@ def foresee_picks(candidates: Sequence[Any], seen: set[int], k: int, n_rand: int
     ``PickWithEpsGreedy`` returns it (model-ranked bests first, ``n_rand`` random picks last): the best
     ``k - n_rand`` and the ``n_rand`` random ones not measured yet (``seen``, by ``key``, default
     :func:`module_hash` of the candidate's module), topped up in order from the rest when either part
-    falls short."""
+    falls short. ``n_rand`` is clamped to ``k`` (a round of ``k`` picks has at most ``k`` random ones)."""
     key = key or (lambda c: module_hash(c.sch.mod))
+    n_rand = min(n_rand, k)
     cut = len(candidates) - n_rand
     fresh = [(i, c) for i, c in enumerate(candidates) if key(c) not in seen]
     bests = [ic for ic in fresh if ic[0] < cut][:k - n_rand]
@@ -211,6 +212,21 @@ def foresee_picks(candidates: Sequence[Any], seen: set[int], k: int, n_rand: int
     rest = [ic for ic in fresh if ic[0] not in picked]
     chosen = sorted(bests + rands + rest[:max(0, k - len(bests) - len(rands))], key=lambda ic: ic[0])
     return [c for _, c in chosen]
+
+
+def foresee_eps_greedy(n_rand: int, size: int) -> float:
+    """The ``eps_greedy`` of a foresee round's search of ``size`` candidates with ``n_rand`` random picks:
+    MetaSchedule's ``PickWithEpsGreedy`` takes ``int(size x eps_greedy)`` random picks (truncated), so
+    ``n_rand / size`` could round down to ``n_rand - 1``; half a pick more truncates to ``n_rand``. At most
+    1: when every pick is random (``n_rand == size``) MetaSchedule refuses ``eps_greedy > 1``."""
+    return min(1.0, (n_rand + 0.5) / size) if n_rand else 0.0
+
+
+def cost_model_samples(builds: Sequence[Any], results: Sequence[Any]) -> list[int]:
+    """Indices of the measured candidates a cost model learns from (MetaSchedule's
+    ``update_cost_model.cc`` filter): built, and either failed to run or ran for a positive total time."""
+    return [i for i, (b, r) in enumerate(zip(builds, results)) if b.error_msg is None and (
+        r.error_msg is not None or (r.run_secs is not None and sum(float(s) for s in r.run_secs) > 0))]
 
 
 def runner_device_type(target: Any) -> str:
@@ -325,7 +341,7 @@ def _scheduler_class():
             # room for the database's best records (init_measured_ratio of the population), which the
             # round may rank high again, and for children of the population that were measured before
             size = min(k + len(seen), max(k, self.search_params.get("population_size", 512)))
-            params = dict(self.search_params, eps_greedy=(n_rand + 0.5) / size if n_rand else 0.0)
+            params = dict(self.search_params, eps_greedy=foresee_eps_greedy(n_rand, size))
             search = EvolutionarySearch(**params)
             search._initialize_with_tune_context(ctx)
             search.pre_tuning(size, size, self.design_spaces[j], sched.database_, sched.cost_model_)
@@ -359,8 +375,7 @@ def _scheduler_class():
                 results[i] = fut.result()
             # the family model learns from the foresee round too (update_cost_model.cc's filter);
             # first, as MetaSchedule's own rounds retrain before the ledger timestamps them
-            kept = [i for i, (b, r) in enumerate(zip(builds, results)) if b.error_msg is None and (
-                r.error_msg is not None or (r.run_secs is not None and sum(float(s) for s in r.run_secs) > 0))]
+            kept = cost_model_samples(builds, results)
             if sched.cost_model_ is not None:
                 sched.cost_model_.update(ctx, [picks[i] for i in kept], [results[i] for i in kept])
             self.ledger.kind = "foresee"

@@ -25,6 +25,7 @@ from components.base import InputError
 from components.har.config import DataConfig
 from components.har.figures import SHIN, THIGH, sample_action, skeleton
 from components.har.video import read_video, write_video
+from components.io import read_json_record
 
 SPLITS = ("train", "test")
 VIDEO_EXTS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg")
@@ -158,22 +159,36 @@ def write_manifest(out: Path, cfg: DataConfig, clips: list[dict[str, Any]], clas
 
 
 def load_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and check ``<root>/manifest.json`` (InputError naming the file and the problem)."""
+    """Read and check ``<root>/manifest.json``: InputError naming the file, what was found and what is
+    expected when it is missing, not a JSON object, lacks a key or has a malformed value or clip."""
     path = Path(root) / "manifest.json"
     if not path.is_file():
         raise InputError(f"{path}: manifest not found; run the har data stage first (python -m flows har data)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: not valid JSON ({err})") from None
-    for key in ("classes", "clips", "fps", "height", "width"):
-        if key not in manifest:
-            raise InputError(f"{path}: missing key {key!r}; expected a har manifest")
+    what = "a har manifest (the har data stage writes it: python -m flows har data)"
+    manifest = read_json_record(path, ("classes", "clips", "fps", "height", "width"), what)
+
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    classes = manifest["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise InputError(f"{path}: classes={repr(classes)[:80]}; expected a non-empty list of class names in {what}")
+    for key in ("fps", "height", "width"):
+        if not count(manifest[key]):
+            raise InputError(f"{path}: {key}={repr(manifest[key])[:80]}; expected a positive integer in {what}")
+    if manifest.get("frames_per_clip") is not None and not count(manifest["frames_per_clip"]):
+        raise InputError(f"{path}: frames_per_clip={repr(manifest['frames_per_clip'])[:80]}; expected a positive "
+                         f"integer or null in {what}")
+    if not isinstance(manifest["clips"], list):
+        raise InputError(f"{path}: clips={repr(manifest['clips'])[:80]}; expected a list of clips in {what}")
     for i, clip in enumerate(manifest["clips"]):
-        missing = [k for k in ("id", "split", "label", "path") if k not in clip]
-        if missing or clip["split"] not in SPLITS or not 0 <= int(clip["label"]) < len(manifest["classes"]):
-            raise InputError(f"{path}: clips[{i}] = {clip!r}; expected id, split in {list(SPLITS)}, "
-                             f"label in [0, {len(manifest['classes'])}) and path")
+        ok = (isinstance(clip, dict) and all(k in clip for k in ("id", "split", "label", "path"))
+              and isinstance(clip["id"], str) and isinstance(clip["path"], str) and clip["split"] in SPLITS
+              and isinstance(clip["label"], int) and not isinstance(clip["label"], bool)
+              and 0 <= clip["label"] < len(classes))
+        if not ok:
+            raise InputError(f"{path}: clips[{i}] = {repr(clip)[:200]}; expected an object with a string id, split "
+                             f"in {list(SPLITS)}, an integer label in [0, {len(classes)}) and a string path")
     return manifest
 
 
@@ -236,10 +251,13 @@ def scan_ucf101(root: str | os.PathLike[str], split: int = 1) -> tuple[list[str]
 
 
 def import_ucf101(cfg: DataConfig, out: str | os.PathLike[str], min_frames: int,
-                  progress: Callable[..., None] | None = None) -> list[dict[str, Any]]:
-    """Resize (H, W) and trim (frames_per_clip) a UCF101-layout dataset into ``out``."""
+                  progress: Callable[..., None] | None = None,
+                  scanned: tuple[list[str], list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """Resize (H, W) and trim (frames_per_clip) a UCF101-layout dataset into ``out``. ``scanned``: what
+    :func:`scan_ucf101` found in ``cfg.ucf101_root`` (scanned here when None), so that a caller can check
+    the dataset before it creates ``out``."""
     out = Path(out)
-    classes, found = scan_ucf101(cfg.ucf101_root or "", cfg.ucf101_split)
+    classes, found = scanned if scanned is not None else scan_ucf101(cfg.ucf101_root or "", cfg.ucf101_split)
     clips = []
     for n, item in enumerate(found):
         frames = read_video(item["source_path"], size=(cfg.height, cfg.width), resize=True,

@@ -179,13 +179,26 @@ def save_flows(path: Path, flows: dict[str, np.ndarray]) -> None:
 
 
 def load_flows(path: Path, ids: list[str]) -> list[np.ndarray]:
+    """The stacked flow of clips ``ids`` from a ``save_flows`` archive; InputError naming the file when
+    it is missing, not a readable archive of the har teacher stage or lacks a clip."""
     if not path.is_file():
         raise InputError(f"{path}: flow file not found; run the har teacher stage first")
-    with np.load(path) as z:
+    unreadable = f"{path}: not a readable flow archive (%s); expected the .npz of clip id -> flow the har " \
+                 f"teacher stage writes (re-run it)"
+    try:
+        z = np.load(path)
+    except Exception as err:  # truncated, not an npz, pickled: name the file, not numpy's internals
+        raise InputError(unreadable % f"{type(err).__name__}: {err}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise InputError(unreadable % f"a single array of shape {z.shape}")
+    with z:
         missing = [i for i in ids if i not in z.files]
         if missing:
             raise InputError(f"{path}: no flow for clips {missing[:3]}...; re-run the har teacher stage")
-        return [z[i] for i in ids]
+        try:
+            return [z[i] for i in ids]
+        except Exception as err:  # a corrupt member (bad CRC, truncated data)
+            raise InputError(unreadable % f"{type(err).__name__}: {err}") from None
 
 
 # ------------------------------------------------------------------------------------ nets on disk
@@ -253,15 +266,19 @@ def _parallel(cfg: HarConfig, jobs: int) -> tuple[int, int]:
 
 # ------------------------------------------------------------------------------------ stages
 def run_teacher(cfg: HarConfig, data_dir: Path, models_dir: Path, results_dir: Path,
-                progress: Progress = _noop) -> dict[str, Any]:
+                progress: Progress = _noop,
+                inputs: tuple[dict[str, Any], dict[str, Split]] | None = None) -> dict[str, Any]:
     """Flow of every chunk + the RGB and flow stream CNNs. Writes ``results_dir/flows_<m>.npz``,
-    ``models_dir/<stream>.pt`` and ``results_dir/teacher.json``; returns the summary."""
+    ``models_dir/<stream>.pt`` and ``results_dir/teacher.json``; returns the summary. ``inputs``: the
+    clips, ``load_splits(data_dir, cfg.opticalflow.clip_len)``, when the caller has read them already
+    (read here when None): a caller that reads them before it creates ``models_dir`` and ``results_dir``
+    leaves nothing behind on a bad input."""
     import torch
 
     from components.har.streams import stream_accuracy, train_stream
 
     torch.set_num_threads(cfg.torch_threads)
-    manifest, splits = load_splits(data_dir, cfg.opticalflow.clip_len)
+    manifest, splits = inputs if inputs is not None else load_splits(data_dir, cfg.opticalflow.clip_len)
     classes = manifest["classes"]
     flows, timing = compute_flows(data_dir, manifest, cfg.opticalflow, FLOW_METHODS, progress)
     for m in FLOW_METHODS:
@@ -331,10 +348,25 @@ def check_onnx_parity(parity: dict[str, float], onnx_path: Path, chunks: int, to
             f"version; the imfe stage's outputs were not kept")
 
 
+def imfe_inputs(cfg: HarConfig, data_dir: Path, teacher_models: Path, flows_dir: Path) -> dict[str, Any]:
+    """What ``run_imfe`` reads, read and checked before anything is written: ``manifest`` and ``splits``
+    (the clips), ``teacher`` (the TV-L1 flow CNN, ``teacher_models/tvl1.pt``), ``flows`` (split -> the
+    TV-L1 flow of its clips, ``flows_dir/flows_tvl1.npz``; the test split, and the train split unless
+    ``imfe.distill_clips_per_class`` renders a distillation set) and ``device`` (``imfe.device``).
+    InputError naming the file (or parameter) when one is missing or malformed."""
+    manifest, splits = load_splits(data_dir, cfg.opticalflow.clip_len)
+    teacher = load_stream_net(teacher_models / "tvl1.pt")
+    needed = ("test",) if cfg.imfe.distill_clips_per_class else ("test", "train")
+    flows = {s: load_flows(flows_dir / "flows_tvl1.npz", splits[s].ids) for s in needed}
+    return {"manifest": manifest, "splits": splits, "teacher": teacher, "flows": flows,
+            "device": torch_device(cfg.imfe.device)}
+
+
 def run_imfe(cfg: HarConfig, data_dir: Path, teacher_models: Path, flows_dir: Path, models_dir: Path,
-             results_dir: Path, progress: Progress = _noop) -> dict[str, Any]:
+             results_dir: Path, progress: Progress = _noop, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Distil IMFE onto the TV-L1 flow stream; ONNX export and parity. Writes ``models_dir/imfe.pt``,
-    ``models_dir/imfe.onnx`` and ``results_dir/imfe.json``.
+    ``models_dir/imfe.onnx`` and ``results_dir/imfe.json``. ``inputs``: :func:`imfe_inputs` of the same
+    arguments when the caller has read them already (read here when None).
 
     The ONNX model must reproduce the PyTorch one on the first 8 test chunks to within
     ``ONNX_PARITY_TOL`` (1e-4, max absolute difference of the motion feature), else
@@ -345,11 +377,12 @@ def run_imfe(cfg: HarConfig, data_dir: Path, teacher_models: Path, flows_dir: Pa
     from components.har.streams import stream_features
 
     torch.set_num_threads(cfg.torch_threads)
-    manifest, splits = load_splits(data_dir, cfg.opticalflow.clip_len)
-    teacher = load_stream_net(teacher_models / "tvl1.pt")
+    if inputs is None:
+        inputs = imfe_inputs(cfg, data_dir, teacher_models, flows_dir)
+    manifest, splits, teacher = inputs["manifest"], inputs["splits"], inputs["teacher"]
     for p in teacher.parameters():
         p.requires_grad_(False)
-    te = _imfe_inputs(splits["test"], load_flows(flows_dir / "flows_tvl1.npz", splits["test"].ids))
+    te = _imfe_inputs(splits["test"], inputs["flows"]["test"])
     distill_set: dict[str, Any] = {"source": "har train split"}
     if cfg.imfe.distill_clips_per_class:
         t0 = time.perf_counter()
@@ -359,9 +392,9 @@ def run_imfe(cfg: HarConfig, data_dir: Path, teacher_models: Path, flows_dir: Pa
                        "clips_per_class": cfg.imfe.distill_clips_per_class,
                        "render_and_tvl1_seconds": time.perf_counter() - t0}
     else:
-        tr = _imfe_inputs(splits["train"], load_flows(flows_dir / "flows_tvl1.npz", splits["train"].ids))
+        tr = _imfe_inputs(splits["train"], inputs["flows"]["train"])
     distill_set["chunks"] = int(len(tr[0]))
-    device = torch_device(cfg.imfe.device)
+    device = inputs["device"]
     teacher.to(device)
     t0 = time.perf_counter()
     net, hist = distill(tr[0], tr[1], teacher.features, cfg.imfe, manifest["height"], manifest["width"],

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from components.base import MAX_TIMEOUT_S, ComponentConfig
 from components.januspipe.schedules import SCHEDULE_NAMES
@@ -16,13 +16,31 @@ from components.mlip.config import MlipDataConfig, MlipModelConfig, MlipTrainCon
 ScheduleName = Literal["gpipe4", "1f1b4", "hanayo4", "symfold", "wavek"]
 PositiveInt = Annotated[int, Field(ge=1)]
 
+#: the largest gloo ping-pong message of the profile (``profiling.p2p_sizes_bytes``): 1 GiB. Each of the
+#: two ranks allocates a buffer of the size; 10**12 bytes would exhaust the memory before the first send
+MAX_P2P_BYTES = 1 << 30
+#: a ping-pong message size: a strict integer (``true`` is not 1 byte) in [1, MAX_P2P_BYTES]
+P2pBytes = Annotated[StrictInt, Field(ge=1, le=MAX_P2P_BYTES)]
+
 
 class ProfileConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     reps: int = Field(4, ge=1, le=100, description="timed repetitions of the four phases (after one warm-up)")
     microbatches: int = Field(2, ge=1, le=64, description="distinct micro-batches timed per repetition")
-    p2p_sizes_bytes: list[int] = Field([8, 1 << 20], min_length=2, description="gloo ping-pong message sizes")
+    p2p_sizes_bytes: list[P2pBytes] = Field(
+        [8, 1 << 20], min_length=2,
+        description="gloo ping-pong message sizes in bytes: at least two distinct sizes, each from 1 to 1 GiB "
+                    "(1073741824; each of the two ranks holds a buffer of it); the latency and bandwidth fit uses "
+                    "the smallest and the largest, in any order")
+
+    @model_validator(mode="after")
+    def _distinct_sizes(self) -> "ProfileConfig":
+        sizes = self.p2p_sizes_bytes
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"profiling.p2p_sizes_bytes={sizes}: expected distinct sizes (a repeat is measured "
+                             f"once; equal smallest and largest sizes give the bandwidth fit no slope)")
+        return self
 
 
 class PipelineConfig(BaseModel):

@@ -57,7 +57,8 @@ class ProfilingConfig(_Strict):
                                                             "(the largest n of a length S is tokens_per_config // S)")
     repeats: int = Field(5, ge=1, le=100, description="timed passes over the whole grid, interleaved; a point's time "
                                                       "is the fastest of them")
-    activation_budget_mb: float = Field(24.0, gt=0, description="activation memory per rank → BucketSize C")
+    activation_budget_mb: float = Field(24.0, gt=0, description="activation memory per rank in MiB (2^20 "
+                                                                   "bytes) → BucketSize C")
     comm_sizes_kb: list[int] = Field([4, 64, 256, 1024, 4096], min_length=3, description="collective sizes")
     comm_repeats: int = Field(10, ge=1, description="timed passes over every (size, collective), interleaved in a "
                                                     "seeded order; a size's time is the fastest of them")

@@ -23,7 +23,10 @@ All times are one training iteration's forward + backward, in seconds, per rank.
   ``Time_j = max(T_ag(V), T_comp(Local_j)) + T_bwd(V) + T_comp(Dist) + c_mb`` with
   ``T_ag = layers·AG`` and ``T_bwd = layers·((kv_gathers − 1)·AG + RS)`` (:meth:`CostModel.comm_split`).
   The profiled CPU model sets it; before it did, that model over-credited the overlap by up to
-  ``T_bwd`` (about 3 ms per micro-batch for 4 layers on gloo here).
+  ``T_bwd`` (about 3 ms per micro-batch for 4 layers on gloo here). One approximation remains [R]:
+  ``max(T_ag, T_comp(Local_j))`` lets the forward all-gathers hide under the rank's *whole* local
+  compute, while the code overlaps each layer's gather with that layer's local forward attention
+  only; the over-credit is at most ``T_ag`` and only matters when the local sequences are short.
 
 Two calibrations: :func:`paper_preset` (H100, Qwen2.5 constants from the notes) and a CPU model
 fitted from offline profiling on this machine (:mod:`components.skrull.profiling`).

@@ -93,6 +93,8 @@ def solve_exact(lengths: Sequence[int], dp: int, cp: int, cost: CostModel, *,
             used[mb(U, i, j)] = -float(K)
             rows.append((used, -inf, 0.0))
             for cm, base in ((cost.all_gather, AG), (cost.reduce_scatter, RS)):   # Eq. 16, linearised
+                if cost.kv_bytes_per_token <= 0:                   # nothing to exchange: no collective runs
+                    continue                                       # (CostModel.t_comm of volume 0 is 0)
                 rows.append(({mb(Zs, i, j): L * cm.latency_s, mb(base, i, j): -1.0}, -inf, 0.0))
                 coef = {y(k, i, j): L * vol[k] / cm.bandwidth_Bps for k in range(K)}
                 coef[mb(Zs, i, j)] = L * cm.base_s

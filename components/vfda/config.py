@@ -158,6 +158,18 @@ class SimulationConfig(_Strict):
                              "client crashes in fault_round, in every lane; must be below the number of "
                              "training institutes")
 
+    @model_validator(mode="after")
+    def _one_client_fits(self) -> "SimulationConfig":
+        # Ray gets num_cpus CPUs and Flower sizes its actor pool as int(num_cpus / cpus_per_client):
+        # a client asking for more CPUs than the backend has leaves the pool empty (Flower's "ActorPool is
+        # empty" deep inside the run, after the Ray start-up). There is no num_gpus to check
+        # gpus_per_client against: Ray detects the GPUs itself
+        if self.cpus_per_client > self.num_cpus:
+            raise ValueError(f"simulation.cpus_per_client={self.cpus_per_client:g} is more than "
+                             f"simulation.num_cpus={self.num_cpus}: the simulation backend could not place a "
+                             f"single ClientApp actor; expected cpus_per_client <= num_cpus")
+        return self
+
 
 class VfdaConfig(ComponentConfig):
     paper: ClassVar[str] = "vfda"

@@ -108,9 +108,8 @@ def settings_from_run_config(run_config: Mapping[str, Any], cwd: Path | None = N
     ``profile``, ``data-dir``, ``out-dir``, ``federations`` (comma-separated ids, empty = all).
     Relative paths are taken from the current directory (the repository root when run as documented).
     """
-    import yaml
-
     from components.base import resolve_section
+    from components.io import read_yaml_mapping
 
     cwd = cwd or Path.cwd()
     section: dict[str, Any] = {}
@@ -120,7 +119,10 @@ def settings_from_run_config(run_config: Mapping[str, Any], cwd: Path | None = N
         if not path.is_file():
             raise ConfigError(f"run config params-file={params_file!r}: {path} not found; expected a "
                               f"params.yaml with a 'vfda' section")
-        section = (yaml.safe_load(path.read_text()) or {}).get("vfda") or {}
+        what = "a params.yaml with a 'vfda' section"
+        section = read_yaml_mapping(path, what).get("vfda") or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: vfda={repr(section)[:80]}; expected a mapping of vfda parameters in {what}")
     overrides: dict[str, Any] = {}
     if run_config.get("profile"):
         overrides["profile"] = str(run_config["profile"])

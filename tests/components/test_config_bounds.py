@@ -79,6 +79,16 @@ def test_timeouts_have_an_upper_bound(paper, key):
     ("januspipe", ["simulate.devices=[0,32]"], "januspipe.simulate.devices.0: got 0; expected input should be greater "
                                                "than or equal to 1"),
     ("januspipe", ["simulate.extra_microbatch_factors=[0]"], "januspipe.simulate.extra_microbatch_factors.0: got 0"),
+    # gloo ping-pong sizes: 0 or negative sizes and a 1 TB buffer reached the profiler's ranks
+    ("januspipe", ["profiling.p2p_sizes_bytes=[0, 1024]"], "januspipe.profiling.p2p_sizes_bytes.0: got 0; expected "
+                                                           "input should be greater than or equal to 1"),
+    ("januspipe", ["profiling.p2p_sizes_bytes=[8, -8]"], "januspipe.profiling.p2p_sizes_bytes.1: got -8; expected "
+                                                         "input should be greater than or equal to 1"),
+    ("januspipe", ["profiling.p2p_sizes_bytes=[8, 1000000000000]"],
+     "januspipe.profiling.p2p_sizes_bytes.1: got 1000000000000; expected input should be less than or equal to "
+     "1073741824"),
+    ("januspipe", ["profiling.p2p_sizes_bytes=[true, 8]"], "januspipe.profiling.p2p_sizes_bytes.0: got True; expected "
+                                                           "input should be a valid integer"),
     # seeds are strict integers: true is not the seed 1
     ("har", ["seed=true"], "har.seed: got True; expected input should be a valid integer"),
     ("har", ["evaluate.seeds=[0, true]"], "har.evaluate.seeds.1: got True; expected input should be a valid integer"),
@@ -100,12 +110,24 @@ def test_bad_values_are_named(paper, items, needle):
                                "for the CP degree it schedules"),
     ("familyseer", ["tune.seeds=[0,0]"], "familyseer.tune: seeds must be unique non-negative integers, got [0, 0]"),
     ("januspipe", ["pipeline.backend=nccl"], "januspipe.pipeline: pipeline.backend='nccl' with process_counts=[2, 4]"),
+    ("vfda", ["simulation.cpus_per_client=4"], "vfda.simulation: simulation.cpus_per_client=4 is more than "
+                                               "simulation.num_cpus=2"),
+    ("januspipe", ["profiling.p2p_sizes_bytes=[1024, 8, 1024]"], "januspipe.profiling: profiling.p2p_sizes_bytes="
+                                                                 "[1024, 8, 1024]: expected distinct sizes"),
 ])
 def test_cross_field_errors_print_the_reason_and_the_section_not_its_input(paper, items, line):
     """These used to print the whole section first (``januspipe: got {'profile': 'quick', ...}``, 1.2 KB)."""
     msg = _error(paper, *items)
     assert f"\n  {line}" in msg
     assert "got {" not in msg and "'profile'" not in msg and len(msg) < 600
+
+
+def test_p2p_sizes_accept_1_byte_to_1_gib_in_any_order():
+    from components.januspipe.config import MAX_P2P_BYTES, ProfileConfig
+
+    assert MAX_P2P_BYTES == 1 << 30 and "1 GiB" in ProfileConfig.model_fields["p2p_sizes_bytes"].description
+    cfg = _resolve("januspipe", f"profiling.p2p_sizes_bytes=[{MAX_P2P_BYTES}, 1, 4096]")
+    assert cfg.profiling.p2p_sizes_bytes == [MAX_P2P_BYTES, 1, 4096]
 
 
 @pytest.mark.parametrize("paper", sorted(PAPERS))

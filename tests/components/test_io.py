@@ -1,14 +1,16 @@
 """components/io.py: the shared JSON-record reader (every bad input is an InputError naming the file,
-what was found and what was expected) and the atomic output writers."""
+what was found and what was expected), the YAML-mapping reader (the same for a settings file, as a
+ConfigError) and the atomic output writers."""
 from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
-from components.base import InputError
-from components.io import read_json_record
+from components.base import ConfigError, InputError
+from components.io import read_json_record, read_yaml_mapping
 
 WHAT = "the record the data stage writes (run `python -m flows p data` first)"
 
@@ -120,3 +122,42 @@ def test_atomic_dir_leaves_only_the_output_after_repeated_replaces(tmp_path):
             (tmp / f"run{k}.txt").write_text(str(k))
     assert [p.name for p in tmp_path.iterdir()] == ["paper"]
     assert [p.name for p in out.iterdir()] == ["run2.txt"]
+
+
+YAML_WHAT = "the serving spec (papers, tags)"
+
+
+def test_a_yaml_mapping_is_returned_and_an_empty_file_is_an_empty_mapping(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("papers: [har]\ntags: []\n")
+    assert read_yaml_mapping(path, YAML_WHAT) == {"papers": ["har"], "tags": []}
+    for empty in ("", "# only a comment\n", "---\n"):
+        path.write_text(empty)
+        assert read_yaml_mapping(str(path), YAML_WHAT) == {}
+
+
+@pytest.mark.parametrize("content, found", [
+    (None, "file not found; expected"),
+    (b"papers: [caf\xe9]\n", r"not UTF-8 text \(byte 0xe9 at offset 12\); expected"),
+    (b"papers: [har\n", r"not valid YAML \(while parsing a flow sequence; expected ',' or '\]', but got "
+                        r"'<stream end>' at line 2, column 1\); expected"),
+    (b"papers: *undefined\n", r"not valid YAML \(found undefined alias 'undefined' at line 1, column 9\); expected"),
+    (b"- papers\n- tags\n", "a YAML list; expected a mapping:"),
+    (b"just text\n", "a YAML string; expected a mapping:"),
+    (b"3\n", "a YAML integer; expected a mapping:"),
+])
+def test_a_bad_yaml_file_is_a_config_error_naming_the_file(tmp_path, content, found):
+    """One line: the file, what was found and what was expected (the YAML parser's own message spans
+    several lines)."""
+    path = tmp_path / "infra" / "spec.yaml"
+    if content is not None:
+        path.parent.mkdir()
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: {found} the serving spec \(papers, tags\)$"):
+        read_yaml_mapping(path, YAML_WHAT)
+
+
+def test_a_folder_is_not_a_yaml_file(tmp_path):
+    (tmp_path / "spec.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"spec.yaml: a folder, not a file; expected the serving spec"):
+        read_yaml_mapping(tmp_path / "spec.yaml", YAML_WHAT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -241,3 +242,139 @@ def test_evaluate_checks_the_earlier_stages_records_first(tmp_path):
     write("data", "timing.json", {"stage": "data", "wall_s": 13.2, "cpu_s": 14.5})
     rec = _upstream_records(paths)
     assert rec["imfe"] == imfe and rec["teacher"] == teacher and set(rec["timings"]) == {"data"}
+
+
+# ---- bad inputs: each stage reads and checks its inputs before it creates any output (or its folder)
+SMALL = {**TINY, "data": {**TINY["data"], "classes": ["walk_left", "wave"], "train_clips_per_class": 1,
+                          "test_clips_per_class": 2}}
+
+
+@pytest.fixture(scope="module")
+def har_inputs(tmp_path_factory):
+    """What the stages read, built small: data/har, the teacher stage's stream CNNs, flows and record, and
+    IMFE's bundle and record (no ONNX model)."""
+    import torch
+
+    from components.har import experiment as ex
+    from components.har.config import HarConfig
+    from components.har.data import generate_dataset
+    from components.har.imfe import ImfeNet
+    from components.har.opticalflow import FLOW_METHODS
+    from components.har.streams import StreamNet
+
+    torch.set_num_threads(1)
+    cfg = HarConfig(**SMALL)
+    root = tmp_path_factory.mktemp("har-inputs")
+    data, models, results = root / "data" / "har", root / "models" / "har", root / "results" / "har"
+    generate_dataset(cfg.data, data, seed=0)
+    manifest, _ = ex.load_splits(data, cfg.opticalflow.clip_len)
+    flows, _ = ex.compute_flows(data, manifest, cfg.opticalflow)
+    for d in (models / "teacher", models / "imfe", results / "teacher", results / "imfe"):
+        d.mkdir(parents=True)
+    classes, channels = manifest["classes"], {"rgb": 3, **{m: 2 * (cfg.opticalflow.clip_len - 1) for m in FLOW_METHODS}}
+    for kind, c in channels.items():
+        net = StreamNet(c, len(classes), cfg.streams.widths)
+        ex.save_bundle(models / "teacher" / f"{kind}.pt", state_dict=net.state_dict(), in_channels=c,
+                       classes=classes, config=cfg.streams.model_dump(), kind=kind)
+        if kind != "rgb":
+            ex.save_flows(results / "teacher" / f"flows_{kind}.npz", flows[kind])
+    (results / "teacher" / "teacher.json").write_text(json.dumps(
+        {"chunk_accuracy": {k: 0.5 for k in channels}, "flow_cpu": {m: {"ms_per_pair": 1.0} for m in FLOW_METHODS}}))
+    net = ImfeNet(32, 32, cfg.opticalflow.clip_len, cfg.streams.widths[-1], cfg.imfe)
+    ex.save_bundle(models / "imfe" / "imfe.pt", state_dict=net.state_dict(), height=32, width=32,
+                   num_frames=net.num_frames, feature_dim=net.feature_dim, config=cfg.imfe.model_dump())
+    (results / "imfe" / "imfe.json").write_text(json.dumps(
+        {"train_mse": [1.0], "val_mse": [1.0], "val_relative_mse": 1.0, "params": 1, "onnx": {"max_abs_diff": 0.0},
+         "train_seconds": 1.0}))
+    return root
+
+
+def _tree(root):
+    """Every folder and file under ``root`` (relative paths)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def _stage_ctx(root, stage, cfg):
+    from tasks.paths import paper_paths
+    from tasks.pipeline import StageContext
+
+    return StageContext(paper="har", stage=stage, config=cfg, paths=paper_paths("har", root), run=None)
+
+
+def _copy(src, dest, rels):
+    import shutil
+
+    for rel in rels:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (src / rel).is_dir() else shutil.copy)(src / rel, dest / rel)
+
+
+def _break_manifest(text):
+    def edit(root):
+        (root / "data/har/manifest.json").write_text(text)
+    return edit
+
+
+def _break_flows(root):
+    (root / "results/har/teacher/flows_tvl1.npz").write_bytes(b"PK\x03\x04 truncated")
+
+
+@pytest.mark.parametrize("stage, present, edit, error", [
+    ("teacher", [], None, r"data/har/manifest.json: manifest not found; run the har data stage first"),
+    ("teacher", ["data/har"], _break_manifest('{"classes": ["a", "b"], "clips'),
+     r"data/har/manifest.json: not valid JSON .*expected a har manifest"),
+    ("teacher", ["data/har"], _break_manifest('[{"classes": ["a", "b"]}]'),
+     r"data/har/manifest.json: a JSON list, not an object; expected a har manifest"),
+    ("teacher", ["data/har"], _break_manifest('{"classes": ["a", "b"], "clips": [["x"]], "fps": 30, "height": 32, '
+                                              '"width": 32}'),
+     r"data/har/manifest.json: clips\[0\] = \['x'\]; expected an object with a string id"),
+    ("teacher", ["data/har"], _break_manifest('{"classes": ["a", "b"], "clips": [], "fps": "30", "height": 32, '
+                                              '"width": 32}'),
+     r"data/har/manifest.json: fps='30'; expected a positive integer in a har manifest"),
+    ("imfe", ["data/har"], None, r"models/har/teacher/tvl1.pt: model file not found"),
+    ("imfe", ["data/har", "models/har/teacher"], None, r"results/har/teacher/flows_tvl1.npz: flow file not found"),
+    ("imfe", ["data/har", "models/har/teacher", "results/har/teacher"], _break_flows,
+     r"results/har/teacher/flows_tvl1.npz: not a readable flow archive \(BadZipFile"),
+    ("evaluate", ["results/har/teacher", "results/har/imfe"], None,
+     r"data/har/manifest.json: manifest not found"),
+    ("evaluate", ["data/har", "results/har/teacher", "results/har/imfe"], None,
+     r"models/har/teacher/rgb.pt: model file not found"),
+    ("evaluate", ["data/har", "models/har/teacher", "models/har/imfe", "results/har/teacher", "results/har/imfe"],
+     None, r"models/har/imfe/imfe.onnx: IMFE ONNX model not found"),
+], ids=["teacher-no-data", "teacher-bad-json", "teacher-json-list", "teacher-bad-clip", "teacher-bad-fps",
+        "imfe-no-teacher", "imfe-no-flows", "imfe-corrupt-flows", "evaluate-no-data", "evaluate-no-models",
+        "evaluate-no-onnx"])
+def test_stage_with_a_bad_input_creates_nothing(har_inputs, tmp_path, stage, present, edit, error):
+    """A missing or malformed input of a stage is an InputError naming the file, raised before the stage
+    creates anything: no output, no temporary sibling and no empty folder (models/har, results/har,
+    plots/har or metrics/ used to be left behind)."""
+    import flows.har as har_mod
+    from components.base import InputError
+    from components.har.config import HarConfig
+
+    root = tmp_path / "root"
+    root.mkdir()
+    _copy(har_inputs, root, present)
+    if edit is not None:
+        edit(root)
+    before = _tree(root)
+    with pytest.raises(InputError, match=error):
+        getattr(har_mod, stage).fn(_stage_ctx(root, stage, HarConfig(**SMALL)))
+    assert _tree(root) == before
+
+
+def test_data_stage_checks_the_ucf101_folder_before_creating_data(tmp_path):
+    import flows.har as har_mod
+    from components.base import InputError
+    from components.har.config import HarConfig
+
+    root = tmp_path / "root"
+    root.mkdir()
+    missing = tmp_path / "ucf"
+    cfg = HarConfig(**{**SMALL, "data": {**SMALL["data"], "source": "ucf101", "ucf101_root": str(missing)}})
+    with pytest.raises(InputError, match=re.escape(f"data.ucf101_root='{missing}': not a folder")):
+        har_mod.data.fn(_stage_ctx(root, "data", cfg))
+    (missing / "OnlyClass").mkdir(parents=True)                 # one class, no video
+    with pytest.raises(InputError, match=r"found 1 class folders and 0 videos"):
+        har_mod.data.fn(_stage_ctx(root, "data", cfg))
+    assert _tree(root) == []

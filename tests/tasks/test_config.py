@@ -1,6 +1,7 @@
 """Config validation: unknown keys, wrong types, out-of-range values, profiles, CLI overrides."""
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 import pytest
@@ -73,6 +74,26 @@ def test_unknown_profile_is_rejected():
     with pytest.raises(ConfigError) as err:
         resolve_section(ToyConfig, {"profile": "huge"})
     assert "toy.profile" in str(err.value) or "huge" in str(err.value)
+
+
+@pytest.mark.parametrize("content, found", [
+    (b"train: [epochs\n", r"not valid YAML \(while parsing a flow sequence; .* at line 2, column 1\); expected"),
+    (b"- train\n", r"a YAML list; expected a mapping:"),
+    (b"mode: caf\xe9\n", r"not UTF-8 text \(byte 0xe9 at offset 9\); expected"),
+])
+def test_a_malformed_profile_file_is_a_config_error_naming_it(toy_profiles, content, found):
+    """components.io.read_yaml_mapping reads the profile file: the file, the problem and the parameter."""
+    path = toy_profiles / "full.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: {found} the parameters of "
+                                          rf"toy.profile='full', by section$"):
+        resolve_section(ToyConfig, {"profile": "full"})
+
+
+def test_an_empty_profile_file_changes_nothing(toy_profiles):
+    (toy_profiles / "full.yaml").write_text("# nothing yet\n")
+    assert resolve_section(ToyConfig, {"profile": "full"}).model_dump() == {**ToyConfig().model_dump(),
+                                                                            "profile": "full"}
 
 
 @pytest.mark.parametrize("item,expected", [

@@ -96,6 +96,23 @@ def test_bad_claims_file_is_rejected(tmp_path):
         load_claims("bad", tmp_path)
 
 
+@pytest.mark.parametrize("target", [">= 1-2", ">= .", ">= e", ">= 1e", ">= --1", ">= 1.2.3", ">= +", ">= inf"])
+def test_a_target_that_is_not_a_number_is_rejected_when_the_claims_are_read(tmp_path, target):
+    """The pattern used to accept any run of digits, dots, e, + and - ('1-2', '.', 'e'): load_claims passed
+    them and check_target then failed on float() without naming the file."""
+    (tmp_path / "components" / "bad").mkdir(parents=True)
+    (tmp_path / "components" / "bad" / "claims.yaml").write_text(
+        f"claims:\n  - id: x\n    claim: y\n    metric: z\n    target: '{target}'\n")
+    with pytest.raises(ReportError, match=r"claims\.yaml: claims\[0\]\.target="):
+        load_claims("bad", tmp_path)
+
+
+@pytest.mark.parametrize("target,ok", [(">= -1.5", True), ("<= +2", True), ("> .5", True), ("< 5.", True),
+                                       ("<= 1e-6", False), ("< 2E+1", True), ("== -0", False)])
+def test_number_forms_in_targets(target, ok):
+    assert check_target(1.0, target) is ok
+
+
 def test_experiment_description_lists_claims(fixture_root):
     md = experiment_description("speedy", fixture_root)
     assert md.startswith("# SPEEDY: A Paper About Speed") and "**speedup**" in md and "dvc repro speedy_evaluate" in md
@@ -148,3 +165,64 @@ def test_report_input_errors_are_user_errors(fixture_root):
     (fixture_root / "components" / "speedy" / "claims.yaml").write_text("claims:\n  - just a string\n")
     with pytest.raises(ReportError, match=r"claims\[0\]='just a string'; expected a mapping"):
         load_claims("speedy", fixture_root)
+
+
+def test_booleans_are_not_judged_against_numeric_targets():
+    """bool is an int subclass: True >= 1 would read as 'met'; a flag is not a measurement."""
+    assert check_target(True, ">= 1") is None
+    assert check_target(False, "< 1") is None
+
+
+def test_lookup_through_a_non_mapping_is_absent():
+    from tasks.report import lookup
+
+    assert lookup({"a": 3.0}, "a.b") is None
+    assert lookup({"a": "xbx"}, "a.b") is None          # a string 'contains' b, but is not a mapping
+    assert lookup({"a": {"b": 4}}, "a.b") == 4
+
+
+def test_summary_totals_count_judged_and_met_claims(fixture_root):
+    """speedy: speedup 2.5 >= 2 met, err 0.2 < 0.1 not met, info has no target -> 2 judged, 1 met."""
+    summary = build_report(fixture_root)
+    assert summary["claims_total"] == 2 and summary["claims_met"] == 1
+
+
+def _add_other_paper(root):
+    """A second paper 'other' with one judged claim, met (0.9 >= 0.5)."""
+    (root / "components" / "other").mkdir(parents=True)
+    (root / "components" / "other" / "claims.yaml").write_text(
+        "title: Other\nshort: OTHER\nclaims:\n  - id: acc\n    claim: accuracy\n    metric: acc\n    target: '>= 0.5'\n")
+    (root / "metrics" / "other.json").write_text(json.dumps({"acc": 0.9, "profile": "quick"}))
+
+
+def test_summary_totals_add_up_over_papers(fixture_root):
+    """other: 1 judged, 1 met; speedy: 2 judged, 1 met -> 3 judged, 2 met in all."""
+    _add_other_paper(fixture_root)
+    summary = build_report(fixture_root)
+    assert summary["papers"]["other"] == {"claims": 1, "met": 1, "judged": 1}
+    assert summary["claims_total"] == 3 and summary["claims_met"] == 2
+
+
+def test_papers_argument_selects_among_the_metrics_found(fixture_root):
+    _add_other_paper(fixture_root)
+    summary = build_report(fixture_root, papers=["speedy"])
+    assert list(summary["papers"]) == ["speedy"]
+    text = (fixture_root / "reports" / "README.md").read_text()
+    assert '<a id="speedy"></a>' in text and '<a id="other"></a>' not in text and "OTHER" not in text
+
+    summary = build_report(fixture_root, papers=["nope"])   # no metrics/nope.json: nothing to report
+    assert summary == {"papers": {}, "claims_total": 0, "claims_met": 0}
+    text = (fixture_root / "reports" / "README.md").read_text()
+    assert "No metrics found: run `dvc repro` first." in text and "<a id=" not in text
+
+
+def test_report_starts_with_title_then_intro_then_summary_table(fixture_root):
+    build_report(fixture_root)
+    text = (fixture_root / "reports" / "README.md").read_text()
+    assert text.startswith("# paperworks results report\n")
+    lines = text.splitlines()
+    table = lines.index("| paper | claims met / judged | profile |")
+    intro_end = next(i for i, ln in enumerate(lines) if ln.endswith("profile column says otherwise."))
+    anchor = lines.index('<a id="speedy"></a>')
+    assert intro_end < table < anchor
+    assert table == intro_end + 2 and lines[intro_end + 1] == ""   # a blank line, then the table

@@ -109,3 +109,99 @@ def test_task_gradient_matches_metaschedule_formula():
     assert g == pytest.approx((0.2 * (10.0 - 6.0) / 3 + 0.8 * 6.0 / 4) * 2.0)
     assert task_gradient(hist[:2], best=8.0, weight=1.0, alpha=0.2, window=3) == pytest.approx(0.8 * 8.0 / 2)
     assert task_gradient([], best=FAILED_MS, weight=1.0, alpha=0.2, window=3) == -1e9
+
+
+def test_speedup_within_a_budget_cuts_every_curve_there():
+    # cut at 3 trials: the baseline's final latency is 6 (not 4), which the method (10, 9, 9) never reaches
+    sp = search_speedup([_run([10, 8, 6, 4])], [_run([10, 9, 9, 3], dt=2.0)], budget=3)
+    assert sp.threshold_ms == 6.0 and sp.baseline_trials == 3
+    assert not sp.reached and sp.method_trials is None
+    assert sp.speedup_trials == 1.0                      # 3 / its last trial (3): an upper bound
+    assert sp.method_wall_s is None                      # no wall time at a reach that never happened
+    assert sp.baseline_wall_s == 3.0 and sp.speedup_wall == pytest.approx(3.0 / 6.0)
+
+
+def test_first_reach_tolerates_rounding():
+    assert first_reach(np.array([0.1 + 0.2]), 0.3) == 1  # 0.30000000000000004 reaches 0.3
+
+
+def test_interval_is_the_central_percentile_range():
+    lo, hi = interval(np.arange(101.0), 0.9)
+    assert (lo, hi) == (pytest.approx(5.0), pytest.approx(95.0))
+    assert interval(np.array([1.0, np.inf, 3.0]), 1.0) == (1.0, 3.0)  # non-finite samples dropped
+
+
+def test_a_tied_score_never_orders_a_pair_correctly():
+    assert pairwise_accuracy([1.0, 1.0], [2.0, 1.0]) == (0, 1)
+
+
+def test_to_jsonable_turns_non_finite_floats_into_none():
+    from components.familyseer.analysis import to_jsonable
+
+    got = to_jsonable({"a": float("inf"), "b": np.float64("nan"), "c": [1.5], "d": (np.int64(3), np.float32(2.5))})
+    assert got == {"a": None, "b": None, "c": [1.5], "d": [3, 2.5]}
+    assert type(got["d"][0]) is int and type(got["d"][1]) is float
+
+
+def test_load_records_keeps_only_runs_of_positive_time(monkeypatch):
+    pytest.importorskip("tvm")
+    from types import SimpleNamespace
+
+    import tvm.s_tir.meta_schedule.utils as ms_utils
+
+    from components.familyseer import latency
+    from components.familyseer.analysis import load_records
+
+    def rec(trace, secs):
+        return SimpleNamespace(run_secs=secs, workload=SimpleNamespace(mod="wl"),
+                               trace=SimpleNamespace(as_json=lambda: trace))
+
+    db = [rec("zero", [0.0]), rec("fast", [1e-3]), rec("none", None), rec("failed", [1e9])]
+    monkeypatch.setattr(latency, "load_database", lambda run_dir: SimpleNamespace(get_all_tuning_records=lambda: db))
+    monkeypatch.setattr(ms_utils, "shash2hex", lambda mod: f"hash-{mod}")
+    got = load_records([(0, "run")], {"hash-wl": "t"})
+    assert [(r.task, r.key, r.latency_ms) for r in got] == [("t", "fast", pytest.approx(1.0))]
+
+
+class _Ranker:
+    """make_model(members, samples) stand-in: ranks candidates (numbers = latencies) perfectly."""
+
+    def update(self, ctx, candidates, results):
+        pass
+
+    def predict(self, ctx, candidates):
+        return [-c for c in candidates]
+
+
+def _records(task, seed, keyed_latencies):
+    from components.familyseer.analysis import Record
+
+    return [Record(task, seed, key, float(ms), None, float(ms)) for key, ms in keyed_latencies]
+
+
+def _quality(records, min_test):
+    pytest.importorskip("tvm")
+    from components.familyseer.analysis import ranking_quality
+
+    return ranking_quality(records, {"a": None}, {"a": "F"}, lambda members, samples: _Ranker(), min_test=min_test)
+
+
+def test_ranking_quality_of_a_single_seed_has_no_fold():
+    rq = _quality(_records("a", 0, [("x1", 1), ("x2", 2), ("x3", 3)]), min_test=2)
+    assert rq["folds"] == 0 and rq["pairs"] == 0
+    assert rq["global_accuracy"] is None and rq["family_accuracy"] is None
+
+
+def test_held_out_records_already_in_training_are_not_scored():
+    # seed 1 measured x1..x3 again (same traces) and y1..y3: only what the other seed never saw is held out
+    records = (_records("a", 0, [("x1", 1), ("x2", 2), ("x3", 3)])
+               + _records("a", 1, [("x1", 1), ("x2", 2), ("x3", 3), ("y1", 11), ("y2", 12), ("y3", 13)]))
+    rq = _quality(records, min_test=2)
+    # fold 0: no held-out record is new; fold 1: y1..y3, 3 pairs
+    assert rq["folds"] == 2 and rq["pairs"] == 3 and rq["family_accuracy"] == 1.0
+
+
+def test_a_task_with_exactly_min_test_held_out_records_is_scored():
+    records = _records("a", 0, [("x1", 1), ("x2", 2), ("x3", 3)]) + _records("a", 1, [("y1", 1), ("y2", 2), ("y3", 3)])
+    assert _quality(records, min_test=3)["pairs"] == 6   # 3 pairs per fold
+    assert _quality(records, min_test=4)["pairs"] == 0

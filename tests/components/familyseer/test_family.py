@@ -111,3 +111,10 @@ def test_every_task_in_exactly_one_family(tasks):
 def test_unknown_grouping_is_a_config_error():
     with pytest.raises(ConfigError, match="'op', 'hash', 'ind'"):
         family_key({"name": "matmul", "core_op": "matmul", "subgraph_hash": "h"}, "shape")  # type: ignore[arg-type]
+
+
+def test_families_are_listed_in_first_appearance_order():
+    tasks = [{"core_op": "matmul"}, {"core_op": "conv2d"}, {"core_op": "matmul"}]
+    groups = make_family_group(tasks, "op")
+    assert list(groups) == ["matmul", "conv2d"]           # not sorted: the order tasks first name them
+    assert groups == {"matmul": [0, 2], "conv2d": [1]}

@@ -109,3 +109,149 @@ def test_with_a_synchronous_runner_only_finished_rounds_are_joined_in_the_same_o
 @pytest.mark.parametrize("synchronous", [True, False])
 def test_a_picked_task_never_has_a_round_in_flight(monkeypatch, synchronous):
     simulate(monkeypatch, synchronous, steps=30)
+
+
+# --------------------------------------------------------------------------------------------------
+# the gradient rule, the ledger, the foresee step's pure parts (expected values derived by hand)
+
+
+def _scheduler(families, n, max_trials=100, foresee_trials=1, foresee_random=0, seed=0):
+    """A FamilySeerScheduler over ``n`` fake live tasks of weight 1 (no MetaSchedule loop)."""
+    from components.familyseer.scheduler import FamilySeerScheduler
+
+    ledger = Ledger(n)
+    tasks = [SimpleNamespace(is_terminated=False, task_weight=1.0, ctx=None) for _ in range(n)]
+    inst = FamilySeerScheduler(families, ledger, None, None, max_trials, foresee_trials, foresee_random,
+                               seed=seed)._inst
+    inst._sched = lambda: SimpleNamespace(tasks_=tasks)
+    inst.history = [[] for _ in range(n)]
+    return inst, ledger
+
+
+def test_a_task_whose_best_is_still_a_failure_is_skipped_by_the_gradient_rule():
+    # gradient_based.cc tunes a task only once its best latency is below 1e9 (a failed trial's)
+    from components.familyseer.scheduler import task_gradient
+
+    assert task_gradient([FAILED_MS, FAILED_MS], best=FAILED_MS, weight=1.0, alpha=0.2, window=3) == -1e9
+
+
+def test_the_gradient_uses_the_ledgers_best_not_the_last_history_entry():
+    """A foresee round can improve a sibling's best after its last main round: the gradient reads the
+    ledger's best. n=4, w=3: g = 0.2 * (history[0] - best) / 3 + 0.8 * best / 4."""
+    inst, ledger = _scheduler({"f": [0, 1]}, 2)
+    inst.history[1] = [10.0, 10.0, 10.0, 10.0]
+    ledger.best_ms[1] = 5.0
+    assert inst._gradient(1) == pytest.approx(0.2 * (10.0 - 5.0) / 3 + 0.8 * 5.0 / 4)  # = 1/3 + 1
+
+
+def test_argmax_breaks_ties_at_random_and_otherwise_takes_the_first_maximum():
+    inst, _ = _scheduler({"f": [0, 1, 2]}, 3, seed=0)
+    # all gradients equal (e.g. every task still unmeasured): a seeded random pick, not always the first
+    picks = [inst._argmax([3, 5, 7], [1.0, 1.0, 1.0]) for _ in range(30)]
+    assert set(picks) <= {3, 5, 7} and len(set(picks)) > 1
+    # otherwise the first maximum, as std::max_element
+    assert inst._argmax([3, 5, 7], [1.0, 2.0, 2.0]) == 5
+
+
+def test_the_ledger_records_the_median_run_time_not_the_mean():
+    from components.familyseer.scheduler import TrialLedger
+
+    ledger = TrialLedger(1)._inst
+    ok = SimpleNamespace(error_msg=None)
+    # median of 1, 2, 9 ms is 2 ms (the mean would be 4 ms)
+    ledger.apply(None, 0, [SimpleNamespace(sch=SimpleNamespace(mod="s0"))], [ok],
+                 [SimpleNamespace(run_secs=[0.001, 0.002, 0.009], error_msg=None)])
+    assert ledger.trials[0].latency_ms == pytest.approx(2.0)
+    assert ledger.best_ms == [pytest.approx(2.0)]
+
+
+def test_the_ledger_reports_progress_every_n_trials():
+    from components.familyseer.scheduler import TrialLedger
+
+    calls = []
+    ledger = TrialLedger(1, progress=lambda n, best, now: calls.append((n, best)), every=2)._inst
+    ok = SimpleNamespace(error_msg=None)
+    secs = [5e-3, 4e-3, 3e-3, 2e-3, 1e-3]
+    ledger.apply(None, 0, [SimpleNamespace(sch=SimpleNamespace(mod=f"s{i}")) for i in range(5)], [ok] * 5,
+                 [SimpleNamespace(run_secs=[s], error_msg=None) for s in secs])
+    assert [n for n, _ in calls] == [2, 4]
+    assert calls[0][1] == [pytest.approx(4.0)] and calls[1][1] == [pytest.approx(2.0)]  # the best so far
+
+
+def test_foresee_picks_never_pick_more_than_k_when_asked_for_more_random_picks_than_k():
+    from components.familyseer.scheduler import foresee_picks
+
+    same = lambda c: c  # noqa: E731
+    round_ = ["b0", "b1", "r0", "r1"]
+    for k in (1, 2):
+        got = foresee_picks(round_, set(), k, 3, key=same)
+        assert len(got) == k and set(got) <= set(round_)
+        # n_rand is clamped to k: the same picks as asking for k random ones
+        assert got == foresee_picks(round_, set(), k, k, key=same)
+    assert foresee_picks(round_, set(), 1, 2, key=same) == ["r1"]  # clamped to 1 random: the last one
+
+
+def test_the_foresee_eps_greedy_truncates_to_exactly_the_random_picks_asked_for():
+    """MetaSchedule's PickWithEpsGreedy takes int(num x eps_greedy) random picks (truncated)."""
+    from components.familyseer.scheduler import foresee_eps_greedy
+
+    assert foresee_eps_greedy(0, 7) == 0.0
+    bad = [(n, size) for size in range(1, 601) for n in range(1, size + 1)
+           if int(size * foresee_eps_greedy(n, size)) != n]
+    assert not bad, bad[:5]
+    assert int(22 * (15 / 22)) == 14  # why not n / size: it can truncate one pick short
+
+
+def test_the_cost_model_learns_from_built_candidates_that_failed_to_run_or_ran_for_some_time():
+    """update_cost_model.cc: keep a candidate iff it built and (its run failed or sum(run_secs) > 0)."""
+    from components.familyseer.scheduler import cost_model_samples
+
+    built, broken = SimpleNamespace(error_msg=None), SimpleNamespace(error_msg="build failed")
+    run = lambda secs=None, err=None: SimpleNamespace(run_secs=secs, error_msg=err)  # noqa: E731
+    builds = [broken, built, built, built, built]
+    results = [run(err="not run"), run(err="run failed"), run([0.0, 0.0]), run([1e-3]), run(None)]
+    assert cost_model_samples(builds, results) == [1, 3]
+
+
+def _recording_foresee(inst):
+    calls = []
+    inst._foresee_candidates = lambda j, k: calls.append((j, k)) or []  # an empty round: nothing measured
+    return calls
+
+
+def test_a_foresee_round_goes_to_a_sibling_never_to_the_task_just_tuned():
+    inst, ledger = _scheduler({"f": [0, 1]}, 2)
+    # the task just tuned has the larger gradient (0.8 * 9 > 0.8 * 5): it must still not be picked
+    inst.history = [[9.0], [5.0]]
+    ledger.best_ms = [9.0, 5.0]
+    calls = _recording_foresee(inst)
+    inst._foresee(0)
+    assert calls == [(1, 1)]
+
+
+def test_a_sibling_without_a_main_round_gets_no_foresee_round():
+    inst, ledger = _scheduler({"f": [0, 1]}, 2)
+    inst.history = [[5.0], []]
+    ledger.best_ms = [5.0, FAILED_MS]
+    calls = _recording_foresee(inst)
+    inst._foresee(0)
+    assert calls == []
+
+
+def test_a_foresee_round_is_cut_to_the_budget_left():
+    inst, ledger = _scheduler({"f": [0, 1]}, 2, max_trials=10, foresee_trials=3)
+    inst.history = [[5.0], [6.0]]
+    ledger.best_ms = [5.0, 6.0]
+    ledger.num_trials = 9
+    calls = _recording_foresee(inst)
+    inst._foresee(0)
+    assert calls == [(1, 1)]
+
+
+def test_the_foresee_eps_greedy_is_a_probability_when_every_pick_is_random():
+    """MetaSchedule raises on eps_greedy > 1 (evolutionary_search.cc); n_rand == size gave 1.5 for 1 of 1."""
+    from components.familyseer.scheduler import foresee_eps_greedy
+
+    for size in range(1, 601):
+        eps = foresee_eps_greedy(size, size)
+        assert eps == 1.0 and int(size * eps) == size

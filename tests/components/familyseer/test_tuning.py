@@ -285,11 +285,11 @@ def test_a_foresee_round_skips_the_siblings_measured_schedules(mlp_zoo):
         _quiet_metaschedule()
         return ctxs[0], list(ctxs[0].space_generator.generate_design_space(ctxs[0].mod))
 
-    def foresee(seen: set[int], k: int) -> list[int]:
+    def foresee(seen: set[int], k: int, foresee_random: int = 0) -> list[int]:
         ctx, spaces = context()
         ledger = TrialLedger(1, task_names=[infos[0].name])._inst
         ledger.measured[infos[0].name] = seen
-        inst = FamilySeerScheduler({"matmul": [0]}, ledger, None, None, 100, k, 0, search_params=params,
+        inst = FamilySeerScheduler({"matmul": [0]}, ledger, None, None, 100, k, foresee_random, search_params=params,
                                    design_spaces=[spaces])._inst
         fake = SimpleNamespace(tasks_=[SimpleNamespace(ctx=ctx)], database_=ms.database.MemoryDatabase(),
                                cost_model_=ms.cost_model.RandomModel(seed=0))
@@ -300,6 +300,9 @@ def test_a_foresee_round_skips_the_siblings_measured_schedules(mlp_zoo):
     assert len(first) == 3 and first == foresee(set(), 3)  # deterministic from the seed
     again = foresee(set(first), 3)
     assert again and not set(again) & set(first)
+    # more random picks than the round has room for (the budget left cut it to 1): one candidate. (A
+    # sibling always has measured schedules: it had a main round; they widen the search's round.)
+    assert len(foresee(set(first), 1, foresee_random=2)) == 1
 
 
 def test_store_features_equal_metaschedules_on_any_thread_count_and_from_the_cache(runs):

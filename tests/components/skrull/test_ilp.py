@@ -55,3 +55,14 @@ def test_ilp_prices_micro_batches_that_mix_sharded_and_local_sequences_exactly(k
     assert res.optimal, res.status
     assert any(-1 in mb.placement and len(set(mb.placement)) > 1 for mbs in res.schedule.ranks for mb in mbs)
     assert price(res.schedule, lengths, cost).iteration_s == pytest.approx(res.objective_s, rel=1e-9)
+
+
+def test_ilp_charges_no_collective_when_a_sharded_sequence_exchanges_no_bytes():
+    """With kv_bytes_per_token = 0 the simulator prices T_comm(0) = 0; the ILP must not charge the
+    collectives' latency floor for a micro-batch that shards (it did: ag >= L * latency * z)."""
+    cost = replace(paper_preset("qwen2.5-0.5b").with_bucket(6000), kv_bytes_per_token=0.0)
+    lengths = np.array([9000, 7000])                               # both > C: sharded, no local work hides comm
+    res = solve_exact(lengths, 1, 2, cost, time_limit_s=60)
+    assert res.optimal, res.status
+    assert any(-1 in mb.placement for mbs in res.schedule.ranks for mb in mbs)
+    assert price(res.schedule, lengths, cost).iteration_s == pytest.approx(res.objective_s, rel=1e-9)

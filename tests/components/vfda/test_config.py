@@ -62,3 +62,45 @@ def test_instance_norm_gives_fedbn_weights_to_keep_local():
     assert keys and all(k.endswith((".weight", ".bias")) for k in keys)   # affine, no running statistics
     batch = norm_keys(build_model(ModelConfig(channels=[4, 8, 16]), num_classes=3))
     assert any(k.endswith("running_mean") for k in batch)
+
+
+@pytest.mark.parametrize("section, overrides, cpus, per_client", [
+    ({"simulation": {"cpus_per_client": 3}}, {}, 2, "3"),
+    ({"simulation": {"num_cpus": 4, "cpus_per_client": 4.5}}, {}, 4, "4.5"),
+    ({}, {"profile": "full", "simulation": {"num_cpus": 2}}, 2, "4"),          # the full profile: 4 CPUs a client
+])
+def test_a_client_needing_more_cpus_than_the_backend_has_is_refused(section, overrides, cpus, per_client):
+    """Flower's actor pool holds int(num_cpus / cpus_per_client) actors: none at all used to fail only after
+    the Ray start-up ("ActorPool is empty")."""
+    with pytest.raises(ConfigError) as err:
+        resolve_section(VfdaConfig, section, overrides)
+    assert (f"vfda.simulation: simulation.cpus_per_client={per_client} is more than simulation.num_cpus={cpus}: the "
+            f"simulation backend could not place a single ClientApp actor; expected cpus_per_client <= num_cpus"
+            ) in str(err.value)
+
+
+def test_a_client_may_take_every_cpu_of_the_backend():
+    cfg = resolve_section(VfdaConfig, {"simulation": {"num_cpus": 2, "cpus_per_client": 2}})
+    assert (cfg.simulation.num_cpus, cfg.simulation.cpus_per_client) == (2, 2.0)
+    assert resolve_section(VfdaConfig, {"simulation": {"num_cpus": 3, "cpus_per_client": 0.5}})
+
+
+@pytest.mark.parametrize("content, found", [
+    (b"vfda: {seed: [1\n", r"not valid YAML \(.*\); expected a params.yaml with a 'vfda' section"),
+    (b"- vfda\n", r"a YAML list; expected a mapping: a params.yaml with a 'vfda' section"),
+    (b"vfda: caf\xe9\n", r"not UTF-8 text \(byte 0xe9 at offset 9\)"),
+    (b"vfda: [1, 2]\n", r"vfda=\[1, 2\]; expected a mapping of vfda parameters"),
+])
+def test_a_malformed_run_config_params_file_is_named(tmp_path, content, found):
+    """``flwr run``'s params-file was read with a bare yaml.safe_load (a YAMLError or AttributeError
+    traceback); it is read with components.io.read_yaml_mapping."""
+    import re
+
+    path = tmp_path / "params.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: {found}"):
+        settings_from_run_config({"params-file": "params.yaml"}, cwd=tmp_path)
+    path.write_text("vfda:\n  seed: 7\n")
+    assert settings_from_run_config({"params-file": "params.yaml"}, cwd=tmp_path).config.seed == 7
+    path.write_text("")                                   # an empty params file: the quick defaults
+    assert settings_from_run_config({"params-file": "params.yaml"}, cwd=tmp_path).config == VfdaConfig()
