@@ -36,11 +36,17 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int, crf:
             stream = container.add_stream("libx264", rate=fps)
             stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
             stream.pix_fmt = "yuv444p"   # full-resolution chroma: the clips are tiny
-            stream.options = {"crf": str(crf), "preset": "fast"}
-            stream.codec_context.thread_count = 1   # x264 threads make the bytes nondeterministic
+            # x264 threads make the bytes nondeterministic, and so, even on one thread, does its
+            # macroblock-tree rate control: on this VM it gave different bytes for the same frames in
+            # 24 of 64 48x48 clips encoded twice in one process (0 of 64 with mbtree=0; the lookahead's
+            # low-resolution planes of these tiny frames appear to be read uninitialised)
+            stream.options = {"crf": str(crf), "preset": "fast", "x264-params": "mbtree=0"}
+            stream.codec_context.thread_count = 1
             container.metadata["comment"] = "paperworks har synthetic action clip"
-            for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            for i, frame in enumerate(frames):
+                vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+                vf.pts = i   # explicit timestamps, in frames (the codec's time base is 1/fps)
+                for packet in stream.encode(vf):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
