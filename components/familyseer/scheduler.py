@@ -318,12 +318,13 @@ def _scheduler_class():
             task = sched.tasks_[i]
             if task.is_terminated or task.runner_futures is None:
                 return
-            before = self.ledger.num_trials
             if wait:
                 _ffi_api.TaskSchedulerJoinRunningTask(sched, i)
             else:
                 _ffi_api.TaskSchedulerTouchTask(sched, i)
-            if self.ledger.num_trials > before:
+            if sched.tasks_[i].runner_futures is None:     # joined: the join clears the measure state
+                # one history entry per joined round, as gradient_based.cc's JoinRunningTask pushes one on
+                # every join, also for a round with no candidates (all measured by foresee rounds before)
                 self.history[i].append(self.ledger.best_ms[i])
 
         def _join_finished(self) -> None:

@@ -255,3 +255,37 @@ def test_the_foresee_eps_greedy_is_a_probability_when_every_pick_is_random():
     for size in range(1, 601):
         eps = foresee_eps_greedy(size, size)
         assert eps == 1.0 and int(size * eps) == size
+
+
+def test_every_joined_round_adds_one_history_entry_even_without_candidates(monkeypatch):
+    """gradient_based.cc's JoinRunningTask pushes the task's best onto its history on every join, also for
+    a round with no candidates (here: a main round whose candidates foresee rounds had all measured), so
+    n grows and the task's gradient best/n falls. A TouchTask that does not join (a future still
+    running) adds nothing. The join is seen as MetaSchedule's clearing of the round's runner futures."""
+    from tvm.s_tir.meta_schedule import _ffi_api   # the module the scheduler class calls into
+
+    inst, ledger = _scheduler({"f": [0, 1]}, 2)
+    tasks = inst._sched().tasks_
+    ledger.best_ms[0] = 4.0
+    done = {"touch": False}
+
+    def join(sched, i):                       # a round of zero candidates: no trial reaches the ledger
+        sched.tasks_[i].runner_futures = None
+
+    def touch(sched, i):                      # joins only when every future is done
+        if done["touch"]:
+            join(sched, i)
+
+    monkeypatch.setattr(_ffi_api, "TaskSchedulerJoinRunningTask", join)
+    monkeypatch.setattr(_ffi_api, "TaskSchedulerTouchTask", touch)
+    tasks[0].runner_futures = []              # an empty round in flight
+    inst._join(0, wait=True)
+    assert inst.history[0] == [4.0]
+    inst._join(0, wait=True)                  # nothing in flight now: left alone
+    assert inst.history[0] == [4.0]
+    tasks[0].runner_futures = ["running"]
+    inst._join(0, wait=False)                 # a future still running: not joined, no entry
+    assert inst.history[0] == [4.0] and tasks[0].runner_futures == ["running"]
+    done["touch"] = True
+    inst._join(0, wait=False)
+    assert inst.history[0] == [4.0, 4.0]
