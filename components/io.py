@@ -42,20 +42,39 @@ def _umask() -> int:
     return mask
 
 
-def _tmp_sibling(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+def _make_parents(directory: Path) -> list[Path]:
+    """``mkdir -p directory``; returns the folders it created, deepest first (for :func:`_remove_parents`)."""
+    created, d = [], directory
+    while not d.exists() and d.parent != d:
+        created.append(d)
+        d = d.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _remove_parents(created: list[Path]) -> None:
+    """Remove the folders :func:`_make_parents` created, deepest first, while they are empty: a failed
+    output leaves no empty ``results/<paper>`` behind, and a folder another output (or a nested atomic
+    output still open) has put something in stays."""
+    for d in created:
+        try:
+            d.rmdir()
+        except OSError:
+            return
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty temporary folder; on success it replaces ``path`` (old contents removed)."""
+    """Yield an empty temporary folder; on success it replaces ``path`` (old contents removed). On a
+    failure the temporary folder and the parent folders this call created are removed."""
     path = Path(path)
-    tmp = _tmp_sibling(path)
+    created = _make_parents(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_parents(created)
         raise
     os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes it 0700; the output gets what mkdir would give
     old = None
@@ -69,9 +88,10 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
-    """Open a temporary file for writing; on success it is renamed onto ``path``."""
+    """Open a temporary file for writing; on success it is renamed onto ``path``. On a failure the
+    temporary file and the parent folders this call created are removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_parents(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as fh:
@@ -81,6 +101,7 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _remove_parents(created)
         raise
 
 

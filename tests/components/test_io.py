@@ -3,6 +3,7 @@ what was found and what was expected), the YAML-mapping reader (the same for a s
 ConfigError) and the atomic output writers."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -10,7 +11,7 @@ import re
 import pytest
 
 from components.base import ConfigError, InputError
-from components.io import read_json_record, read_yaml_mapping
+from components.io import atomic_dir, atomic_file, read_json_record, read_yaml_mapping
 
 WHAT = "the record the data stage writes (run `python -m flows p data` first)"
 
@@ -161,3 +162,45 @@ def test_a_folder_is_not_a_yaml_file(tmp_path):
     (tmp_path / "spec.yaml").mkdir()
     with pytest.raises(ConfigError, match=r"spec.yaml: a folder, not a file; expected the serving spec"):
         read_yaml_mapping(tmp_path / "spec.yaml", YAML_WHAT)
+
+
+def _fail_inside(ctx):
+    with pytest.raises(RuntimeError, match="stage failed"):
+        with ctx:
+            raise RuntimeError("stage failed")
+
+
+def test_a_failed_atomic_output_removes_the_parent_folders_it_created(tmp_path):
+    _fail_inside(atomic_dir(tmp_path / "results" / "paper" / "stage"))
+    _fail_inside(atomic_file(tmp_path / "metrics" / "deep" / "paper.json"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nested_failed_outputs_leave_nothing_and_shared_parents_go_last(tmp_path):
+    """As the HAR evaluate stage opens them: one ExitStack, several outputs under shared new parents."""
+    with pytest.raises(RuntimeError):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(atomic_file(tmp_path / "metrics" / "har.json")).write("{}")
+            stack.enter_context(atomic_dir(tmp_path / "models" / "har" / "heads"))
+            stack.enter_context(atomic_dir(tmp_path / "results" / "har" / "evaluate"))
+            stack.enter_context(atomic_dir(tmp_path / "results" / "har" / "plots"))
+            raise RuntimeError("late failure")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_output_keeps_parents_that_existed_or_hold_other_outputs(tmp_path):
+    (tmp_path / "results" / "other").mkdir(parents=True)         # existed before, and not empty
+    (tmp_path / "plots").mkdir()                                 # existed before, empty
+    _fail_inside(atomic_dir(tmp_path / "results" / "paper" / "stage"))
+    _fail_inside(atomic_file(tmp_path / "plots" / "paper" / "fig.csv"))
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "plots", "results", "results/other"]
+
+
+def test_a_successful_output_keeps_the_parents_it_created(tmp_path):
+    with atomic_dir(tmp_path / "a" / "b" / "out") as d:
+        (d / "x").write_text("1")
+    with atomic_file(tmp_path / "c" / "d" / "f.txt") as fh:
+        fh.write("2")
+    assert (tmp_path / "a" / "b" / "out" / "x").read_text() == "1"
+    assert (tmp_path / "c" / "d" / "f.txt").read_text() == "2"
