@@ -150,7 +150,8 @@ def test_the_kernel_pool_probe_leaves_this_process_as_it_was():
     kernel_threads.cache_clear()
     assert kernel_threads(1) == 1
     assert 1 <= kernel_threads(os.cpu_count() + 4) <= os.cpu_count()
-    assert threads_now() == before
+    # no thread added; one an earlier test started may end meanwhile (8 == 9 failed a CI run), so <=
+    assert threads_now() <= before
     assert os.environ.get("TVM_NUM_THREADS") == saved
     assert pool_threads() == pool
 
