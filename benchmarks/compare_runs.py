@@ -6,13 +6,13 @@ against the committed run): one row per claim with both measured values and verd
 
 Claims and targets come from this checkout's ``components/<paper>/claims.yaml`` (the same judging as
 ``reports/README.md``). ``same`` is "yes" when both metrics files hold exactly the same value (a
-deterministic stage reproduced bit for bit); timings and load-dependent measurements will differ.
-Exit status 2 when a metrics file is missing or not JSON.
+deterministic stage reproduced bit for bit; a metric missing from both is not "same"); timings and
+load-dependent measurements will differ. Exit status 2 when a metrics file is missing, not a JSON
+object, or a paper given with ``--papers`` has no claims.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,17 +20,15 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tasks.report import ReportError, _fmt, claim_rows, load_claims  # noqa: E402
+from components.base import InputError  # noqa: E402
+from tasks.report import ReportError, _fmt, _read_metrics, claim_rows, load_claims  # noqa: E402
 
 
 def _metrics(root: Path, paper: str) -> dict[str, Any]:
     path = root / "metrics" / f"{paper}.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ReportError(f"{path} not found; run that paper's stages in {root} first") from None
-    except json.JSONDecodeError as err:
-        raise ReportError(f"{path} is not valid JSON ({err})") from None
+    if not path.exists():
+        raise ReportError(f"{path} not found; run that paper's stages in {root} first")
+    return _read_metrics(path)      # InputError naming the file: a folder, unreadable, not JSON, not an object
 
 
 def compare(base: Path, other: Path, papers: list[str], claims_root: Path = REPO) -> list[dict[str, Any]]:
@@ -46,7 +44,7 @@ def compare(base: Path, other: Path, papers: list[str], claims_root: Path = REPO
             rows.append({"paper": paper, "claim": ra["id"], "target": ra["target"],
                          "base": ra["measured"], "base_met": ra["met"],
                          "other": rb["measured"], "other_met": rb["met"],
-                         "same": ra["measured"] == rb["measured"]})
+                         "same": ra["measured"] is not None and ra["measured"] == rb["measured"]})
     return rows
 
 
@@ -57,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--papers", nargs="*", default=None, help="papers to compare (default: every claims.yaml)")
     p.add_argument("--only-differing", action="store_true", help="print only claims whose verdict differs")
     args = p.parse_args(argv)
-    papers = args.papers or sorted(d.name for d in (REPO / "components").iterdir() if (d / "claims.yaml").is_file())
+    known = sorted(d.name for d in (REPO / "components").iterdir() if (d / "claims.yaml").is_file())
+    unknown = [p for p in args.papers or [] if p not in known]
+    if unknown:
+        print(f"error: --papers {' '.join(unknown)}: no components/<paper>/claims.yaml; expected papers from "
+              f"{known}", file=sys.stderr)
+        return 2
+    papers = list(dict.fromkeys(args.papers or known))
     for name, root in (("other", args.other), ("--root", args.root)):
         if not (root / "metrics").is_dir():
             print(f"error: {name}={root}: no metrics/ folder there; expected a checkout that ran `make repro`",
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         rows = compare(args.root.resolve(), args.other.resolve(), papers)
-    except ReportError as err:
+    except InputError as err:                     # ReportError included
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"base: {args.root.resolve()}  other: {args.other.resolve()}\n")

@@ -338,18 +338,20 @@ def simulate(ctx: StageContext) -> dict:
         rows, _, _ = sweep(D, f * D)
         extra_rows += rows
 
-    def thr(name: str) -> float:
-        return headline["best"][name].best.throughput(spm)
+    def best(name: str):
+        return headline_best(headline["best"], name, headline["budget"], sc.headline_devices)
 
-    hb = headline["best"]
-    mem_1f1b = hb["1f1b4"].best.peak_memory_max_bytes
+    def thr(name: str) -> float:
+        return best(name).throughput(spm)
+
+    mem_1f1b = best("1f1b4").peak_memory_max_bytes
     speed = {
         "speedup_vs_1f1b4": thr("wavek") / thr("1f1b4"),
         "speedup_vs_hanayo4": thr("wavek") / thr("hanayo4"),
-        "memory_ratio_vs_1f1b4": hb["wavek"].best.peak_memory_max_bytes / mem_1f1b,
+        "memory_ratio_vs_1f1b4": best("wavek").peak_memory_max_bytes / mem_1f1b,
         "symfold_speedup_vs_1f1b4": thr("symfold") / thr("1f1b4"),
         "gpipe4_speedup_vs_1f1b4": thr("gpipe4") / thr("1f1b4"),
-        "gpipe4_memory_ratio_vs_1f1b4": hb["gpipe4"].best.peak_memory_max_bytes / mem_1f1b,
+        "gpipe4_memory_ratio_vs_1f1b4": best("gpipe4").peak_memory_max_bytes / mem_1f1b,
     }
     by_sched = {r["schedule"]: r for r in headline["rows"]}
 
@@ -436,6 +438,18 @@ def simulate(ctx: StageContext) -> dict:
         with ctx.child(f"sim_{name}_{sc.headline_devices}dev", params={"schedule": r["params"]}) as run:
             run.log_metrics({k: v for k, v in r.items() if isinstance(v, (int, float))})
     return metrics
+
+
+def headline_best(best: dict[str, Any], name: str, budget_bytes: float, devices: int):
+    """The simulated result of schedule ``name``'s tuned candidate at the headline device count
+    (``best``: the sweep's tuned schedules by name); InputError naming the schedule and the memory
+    budget when none of its candidates fits (it then has no row to compare: before, a bare KeyError)."""
+    if name not in best:
+        raise InputError(f"simulate stage: schedule {name!r} has no candidate within the memory budget of "
+                         f"{budget_bytes / 2**20:.3f} MiB ({budget_bytes:.0f} bytes, 1F1B-4's peak) at "
+                         f"simulate.headline_devices={devices}; expected every schedule of the throughput claims "
+                         f"to fit (choose another headline device count)")
+    return best[name].best
 
 
 def _stage_seconds(ctx: StageContext, stage: str, key: str = "stage_seconds") -> float:

@@ -47,6 +47,10 @@ def load_spec(path: Path | None = None) -> dict[str, Any]:
             if params is not None and not isinstance(params, dict):
                 raise ConfigError(f"{path}: profiles.{name}.parameters={params!r}; expected a mapping of flow "
                                   f"parameters, e.g. {{config: {{profile: full}}}}")
+        selected = list(PAPERS) if papers == "all" else papers
+        for name, prof in profiles.items():
+            for paper in selected:
+                _check_parameters(path, f"profiles.{name}.parameters", paper, (prof or {}).get("parameters") or {})
     tags = spec.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise ConfigError(f"{path}: tags={tags!r}; expected a list of strings")
@@ -58,6 +62,34 @@ def load_spec(path: Path | None = None) -> dict[str, Any]:
     return spec
 
 
+def _check_parameters(path: Path, where: str, paper: str, params: dict[str, Any]) -> None:
+    """The flow parameters of one deployment: only ``config`` and ``stages``; ``config`` resolves through the
+    paper's model (profile file and cross-field rules included); ``stages`` is a non-empty list of the
+    paper's stages. Checked here, as a served deployment with bad parameters fails every run it gets."""
+    from components.base import ConfigError
+    from tasks.pipeline import flow_config
+
+    unknown = sorted(set(params) - {"config", "stages"}, key=str)
+    if unknown:
+        raise ConfigError(f"{path}: {where}: unknown flow parameters {unknown}; expected only config and stages")
+    config = params.get("config")
+    if config is not None:
+        if not isinstance(config, dict):
+            raise ConfigError(f"{path}: {where}.config={config!r}; expected a mapping of {paper} parameters "
+                              f"(e.g. {{profile: full}}) or null (params.yaml)")
+        module = importlib.import_module(PAPERS[paper].module)
+        try:
+            flow_config(module.CONFIG, config)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {where}.config for {paper}: {err}") from None
+    stages = params.get("stages")
+    known = list(PAPERS[paper].stages)
+    if stages is not None and (not isinstance(stages, list) or not stages
+                               or any(not isinstance(x, str) or x not in known for x in stages)):
+        raise ConfigError(f"{path}: {where}.stages={stages!r} for {paper}; expected null (every stage) or a "
+                          f"non-empty list of {known}")
+
+
 def build_deployments(spec: dict[str, Any]) -> list[Any]:
     """RunnerDeployments for every (paper, profile) of the spec, plus the report."""
     papers = list(PAPERS) if spec.get("papers", "all") == "all" else list(spec["papers"])
@@ -66,6 +98,7 @@ def build_deployments(spec: dict[str, Any]) -> list[Any]:
     for paper in papers:
         module = importlib.import_module(PAPERS[paper].module)
         for profile, prof in (spec.get("profiles") or {"quick": {}}).items():
+            prof = prof or {}                                   # a profile with no body: no parameters
             deployments.append(module.FLOW.to_deployment(
                 name=profile, parameters=dict(prof.get("parameters") or {}),
                 description=f"{PAPERS[paper].title} — {prof.get('description', profile)}",

@@ -97,14 +97,11 @@ def profile(ctx: StageContext) -> dict:
     memory = pr.fit_memory(rows)
     sizes = [kb * 1024 for kb in p.comm_sizes_kb]
     ctx.progress("profile comm: gloo collectives on %d processes, %d sizes", p.cp, len(sizes))
-    if p.cp > 1:
-        comm_raw = spawn(pr.comm_worker, p.cp, sizes, p.comm_repeats, cfg.seed, timeout=cfg.train.timeout_s)[0]
-        comm = {k: CommModel.fit(sizes, comm_raw[k]) for k in ("all_gather", "reduce_scatter")}
-        comm_fit = pr.comm_fit_report(sizes, comm_raw, comm)
-    else:
-        comm_raw = {"all_gather": [0.0] * len(sizes), "reduce_scatter": [0.0] * len(sizes)}
-        comm = {k: CommModel(0.0) for k in comm_raw}
-        comm_fit = {k: {**v.__dict__, "points": [], "max_abs_rel_error": 0.0} for k, v in comm.items()}
+    # p.cp >= 2 (the config refuses 1: no collective to measure, and CommModel's infinite bandwidth
+    # could not be written to cost_model.json at the end of the profiling)
+    comm_raw = spawn(pr.comm_worker, p.cp, sizes, p.comm_repeats, cfg.seed, timeout=cfg.train.timeout_s)[0]
+    comm = {k: CommModel.fit(sizes, comm_raw[k]) for k in ("all_gather", "reduce_scatter")}
+    comm_fit = pr.comm_fit_report(sizes, comm_raw, comm)
     from components.skrull.model import build_model
 
     params = sum(x.numel() for x in build_model(m, cfg.data.corpus.vocab_size, 16, cfg.seed).parameters())

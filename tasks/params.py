@@ -23,9 +23,14 @@ def load_params(path: Path | None = None) -> dict[str, Any]:
 
 def load_config(model: type[C], overrides: Mapping[str, Any] | None = None,
                 params_path: Path | None = None) -> C:
-    """The validated config of ``model.paper`` from ``params.yaml`` plus explicit overrides."""
+    """The validated config of ``model.paper`` from ``params.yaml`` (or the file ``params_path``, which must
+    have the paper's section) plus explicit overrides."""
     params = load_params(params_path)
     section = params.get(model.paper)
+    if params_path is not None and model.paper not in params:
+        # a file named on purpose (--params) without the paper's section would silently run the defaults
+        raise ConfigError(f"params file {params_path}: no '{model.paper}' section (it has {sorted(params, key=str)}); "
+                          f"expected a mapping with a '{model.paper}:' section, as params.yaml has")
     if section is not None and not isinstance(section, dict):
         raise ConfigError(f"{model.paper}: expected a mapping of parameters, got {section!r}")
     return resolve_section(model, section, overrides)  # type: ignore[return-value]

@@ -107,11 +107,48 @@ def flow_config(model: type[C], config: C | Mapping[str, Any] | None) -> C:
     raise ConfigError(f"{model.paper}: config of type {type(config).__name__}; expected {model.__name__} or a mapping")
 
 
+def _at(tree: Any, dotted: str) -> Any:
+    for part in dotted.split(".") if dotted else []:
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def check_data_config(paper: str, config: ComponentConfig, stage: str, root: Path) -> None:
+    """ConfigError when ``config`` differs from the checkout's ``params.yaml`` in a parameter the data
+    stage ``stage`` is built from (its ``params`` in ``dvc.yaml``, profile included).
+
+    A run that does not include the data stage reads ``data/<paper>`` as ``dvc.lock`` records it, which
+    is built from ``params.yaml``: a run with another profile, ``--set data.*`` or a deployment's config
+    would otherwise train on data made for other parameters (and :func:`tasks.dvc.ensure_stage` would
+    rebuild the data this run's own earlier data stage made, from ``params.yaml``). Nothing to check
+    inside ``dvc repro`` (the config is ``params.yaml``) or without a ``dvc.yaml``."""
+    from components.io import read_yaml_mapping
+    from tasks.params import load_config
+
+    if dvc_tasks.under_dvc() or not (root / "dvc.yaml").is_file():
+        return
+    entry = (read_yaml_mapping(root / "dvc.yaml", "the DVC pipeline file").get("stages") or {}).get(stage) or {}
+    keys = [k for k in entry.get("params") or [] if isinstance(k, str) and (k == paper or k.startswith(paper + "."))]
+    ours = config.model_dump(mode="json")
+    theirs = load_config(type(config), params_path=root / "params.yaml").model_dump(mode="json")
+    differ = [(key, _at(ours, key[len(paper) + 1:]), _at(theirs, key[len(paper) + 1:])) for key in keys]
+    differ = [d for d in differ if d[1] != d[2]]
+    if differ:
+        what = "; ".join(f"{k} = {a!r} in this run, {b!r} in params.yaml" for k, a, b in differ)
+        raise ConfigError(f"{paper}: this run's config differs from params.yaml where the data stage {stage} is "
+                          f"built from it ({what}); the data in data/{paper} would not match. Expected the same "
+                          f"values, or a run that includes the data stage (stages 'all' or '{stage.split('_', 1)[1]}"
+                          f",...'), or the values set in params.yaml and `dvc repro {stage}`")
+
+
 def run_paper(paper: str, config: ComponentConfig, stages: Sequence[str] | None,
               stage_fns: Mapping[str, StageFn], *, data_stage: str | None = "data",
               root: Path | None = None, description: str | None = None) -> dict[str, Any]:
     """Run ``stages`` (default: all, in declaration order) of ``paper``; return stage results."""
     all_stages = list(stage_fns)
+    if stages is not None and not isinstance(stages, str) and len(stages) == 0:
+        raise ConfigError(f"{paper} stages=[]: no stage to run; expected a non-empty subset of {all_stages}, "
+                          f"or None (every stage)")
     stages = list(stages) if stages else all_stages
     unknown = [s for s in stages if s not in stage_fns]
     if unknown:
@@ -121,7 +158,9 @@ def run_paper(paper: str, config: ComponentConfig, stages: Sequence[str] | None,
     paths = paper_paths(paper, root)
     log = get_logger(f"paperworks.{paper}")
 
-    if data_stage and data_stage in all_stages and data_stage not in stages:
+    makes_data = bool(data_stage) and data_stage in stages
+    if data_stage and data_stage in all_stages and not makes_data:
+        check_data_config(paper, config, f"{paper}_{data_stage}", root)
         how = dvc_tasks.ensure_stage(f"{paper}_{data_stage}", root)
         log.info("data for %s: %s", paper, how)
 
@@ -131,7 +170,9 @@ def run_paper(paper: str, config: ComponentConfig, stages: Sequence[str] | None,
         description = experiment_description(paper, root)
     tracker = Tracker(paper, root)
     tags = {"profile": getattr(config, "profile", "quick"), "stages": ",".join(stages),
-            "dvc_data_hash": dvc_tasks.data_hash(f"{paper}_{data_stage}", root) if data_stage else "none"}
+            # the lock's hash names the data this run reads; a run that makes its data has no hash yet
+            "dvc_data_hash": ("made by this run" if makes_data else dvc_tasks.data_hash(f"{paper}_{data_stage}", root))
+            if data_stage else "none"}
     results: dict[str, Any] = {}
     with tracker.parent_run(f"{paper}:{'+'.join(stages)}", config=config, tags=tags,
                             description=description) as run:

@@ -130,6 +130,19 @@ def experiment_description(paper: str, root: Path | None = None) -> str:
     return "\n".join(lines)
 
 
+_FIGURE_CLIP = (1e-2, 1e2)
+
+
+def _bar(ratio: float) -> tuple[float, str]:
+    """The bar length (the ratio clipped to ``_FIGURE_CLIP``) and its label."""
+    lo, hi = _FIGURE_CLIP
+    if ratio >= hi:
+        return hi, f"≥ {hi:g}"
+    if ratio <= lo:
+        return lo, f"≤ {lo:g}"
+    return ratio, f"{ratio:.3g}"
+
+
 def _claims_figure(all_rows: Mapping[str, list[dict[str, Any]]], path: Path) -> bool:
     """One bar per claim with a numeric target: measured / target (>= 1 means met for '>=' claims)."""
     import matplotlib
@@ -150,10 +163,18 @@ def _claims_figure(all_rows: Mapping[str, list[dict[str, Any]]], path: Path) -> 
             colours.append("tab:green" if r["met"] else "tab:red")
     if not labels:
         return False
+    # log axis, clipped to [1/100, 100]: a '<=' claim measured at 0 (no frame dropped) is an infinite
+    # ratio, a '>=' claim measured negative a negative one; on a linear axis one such bar hid the rest
+    lo, hi = _FIGURE_CLIP
+    bars = [_bar(r) for r in ratios]
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(labels) + 1.2))
-    ax.barh(labels, ratios, color=colours)
+    ax.barh(labels, [v for v, _ in bars], color=colours)
+    ax.set_xscale("log")
+    ax.set_xlim(lo / 1.5, hi * 1.5)
+    for y, (v, text) in enumerate(bars):
+        ax.text(v * 1.05, y, text, va="center", fontsize=7)
     ax.axvline(1.0, color="black", lw=1)
-    ax.set_xlabel("measured relative to target (≥ 1: target met)")
+    ax.set_xlabel(f"measured relative to target (≥ 1: target met; log scale, clipped to {lo:g}–{hi:g})")
     ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -178,7 +199,14 @@ def build_report(root: Path | None = None, out_dir: Path | None = None,
     out_dir = out_dir or root / "reports"
     metrics_dir = root / "metrics"
     found = sorted(p.stem for p in metrics_dir.glob("*.json")) if metrics_dir.is_dir() else []
-    papers = [p for p in (papers or found) if p in found]
+    if papers is not None:
+        papers = list(dict.fromkeys(papers))                   # a paper named twice is reported once
+        missing = [p for p in papers if p not in found]
+        if missing or not papers:
+            raise ReportError(f"report papers={missing or papers}: no metrics/<paper>.json for "
+                              f"{'them' if missing else 'an empty list'}; expected a non-empty subset of the "
+                              f"papers with metrics in {metrics_dir}: {found or 'none (run `dvc repro` first)'}")
+    papers = list(papers or found)
     all_rows: dict[str, list[dict[str, Any]]] = {}
     summary: dict[str, Any] = {"papers": {}, "claims_total": 0, "claims_met": 0}
     with atomic_dir(out_dir) as tmp:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import os
 import subprocess
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from tasks.paths import repo_root
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -247,6 +250,12 @@ class Tracker:
                 self.paper, artifact_location=artifact_location(self.uri, self.paper))
         else:
             exp_id = exp.experiment_id
+            if exp.lifecycle_stage == "deleted":
+                # deleted in the MLflow UI: MLflow refuses new runs in it (and its name stays taken), so
+                # every later run of the paper would fail; bring it back, with its old runs, and say so
+                self.client.restore_experiment(exp_id)
+                log.warning("MLflow experiment %r (id %s) was deleted; restored it to record this run (delete it "
+                            "for good with `mlflow gc` to start afresh)", self.paper, exp_id)
             self._keep_artifacts_beside_store(exp)
         if description:
             self.client.set_experiment_tag(exp_id, "mlflow.note.content", description)

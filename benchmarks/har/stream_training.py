@@ -10,7 +10,9 @@ order) to the head's training set.
 For every ``--stream-passes`` value this trains the evaluate stage's heads (every source, every
 ``evaluate.seeds`` seed, ``components.har.experiment.evaluate_heads``) on the committed features and
 reports the per-clip online accuracy (each test clip streamed on its own) and the continuous-stream
-accuracy (the test clips back to back, as the runtime streams them).
+accuracy (the test clips back to back, as the runtime streams them). Both are scored on the test
+clips, the split the evaluate stage reports (there is no validation split): the committed
+``stream_passes`` was chosen on the reported split (components/har/README.md).
 
     .venv/bin/python benchmarks/har/stream_training.py --stream-passes 0 1 \\
         --out benchmarks/results/har_stream_training.json

@@ -173,13 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         return fail(f"--federations: {err}")
     try:
-        cfg = resolve_section(VfdaConfig, {}, {"profile": args.profile, "federation": fed_overrides})
+        overrides = {"profile": args.profile, "federation": fed_overrides}
+        cfg = resolve_section(VfdaConfig, {}, overrides)
+        if args.volumes_per_institute is not None:  # validated again: e.g. federation.batch_size vs the fewer volumes
+            cap = args.volumes_per_institute
+            cfg = resolve_section(VfdaConfig, {}, {**overrides, "data": {"institutes": [
+                {**i.model_dump(), "num_volumes": min(i.num_volumes, cap)} for i in cfg.data.institutes]}})
     except ConfigError as err:
         return fail(err)
-    if args.volumes_per_institute is not None:
-        cap = args.volumes_per_institute
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"institutes": [
-            i.model_copy(update={"num_volumes": min(i.num_volumes, cap)}) for i in cfg.data.institutes]})})
     try:
         runs = _run_devices(args, cfg, feds)
     except (ConfigError, InputError) as err:  # e.g. a malformed --data dataset

@@ -1,6 +1,9 @@
 """The learning-rate choice of the quick profile: base FedAvg only, in-process (no Flower, same client
 code: ``train_local`` / ``evaluate_dice`` and weighted averaging of every state-dict entry), on the
-data stage's output. Prints held-in / held-out Dice per seed and mean ± std.
+data stage's output. Prints held-in / held-out Dice per seed and mean ± std. Held-in Dice is scored on
+each training institute's ``validation`` split, its local test split: the same volumes the reported
+held-in Dice uses (there is no separate validation split), so a choice made here is made on the
+reported split (components/vfda/README.md, "Tuning budget").
 
     .venv/bin/python benchmarks/vfda/tune_lr.py --lr 2e-3 4e-3 --schedule constant
     .venv/bin/python benchmarks/vfda/tune_lr.py --lr 3e-3 4e-3 --schedule cosine

@@ -6,7 +6,7 @@ Defaults are the quick profile (48x48 clips, a few minutes on an idle 2-core CPU
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -18,6 +18,10 @@ from components.har.figures import ACTIONS
 #: at the slowest (a lower rate only makes the wall-clock run wait: 1e-300 fps waits forever, and
 #: overflows ``time.sleep``), 1000 at the fastest
 STREAM_FPS_MIN, STREAM_FPS_MAX = 0.1, 1000.0
+
+#: a layer width (channels) or a block count: at least 1 (a 0 or negative entry used to be accepted: a
+#: 0-channel conv fails deep inside torch, and a 0 in ``imfe.head_blocks`` still built one block)
+Positive = Annotated[int, Field(ge=1)]
 
 
 class _Section(BaseModel):
@@ -104,9 +108,10 @@ class OpticalFlowConfig(_Section):
 class StreamNetConfig(_Section):
     """The per-chunk stream CNNs (TSN analogue): RGB on the centre frame, flow on the stacked flow."""
 
-    widths: list[int] = Field([16, 32, 64], min_length=1,
-                              description="channels of the residual stages (stride 2 each); the feature is "
-                                          "widths[-1]-dimensional (TSN-R50: 2048)")
+    widths: list[Positive] = Field([16, 32, 64], min_length=1,
+                                   description="channels of the residual stages (stride 2 each, each >= 1); the "
+                                               "feature is widths[-1]-dimensional (TSN-R50: 2048), a multiple of 8 "
+                                               "(IMFE's ResNet head, see HarConfig)")
     epochs: int = Field(20, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=4096)
     lr: float = Field(2e-3, gt=0, le=1, allow_inf_nan=False)
@@ -118,13 +123,16 @@ class ImfeConfig(_Section):
     """IMFE scaled to the clip resolution (official: encoder (64,64,96,128,256), /8, compress 128,
     motion encoder 256-192-128, mid 512, ResNet-50 layer3+layer4 -> 2048)."""
 
-    encoder_widths: list[int] = Field([16, 16, 24, 32, 32], min_length=5, max_length=5,
-                                      description="stem, layer1, layer2, layer3, output of the RAFT feature encoder")
+    encoder_widths: list[Positive] = Field([16, 16, 24, 32, 32], min_length=5, max_length=5,
+                                           description="stem, layer1, layer2, layer3, output of the RAFT feature "
+                                                       "encoder (each >= 1)")
     downsample: Literal[4, 8] = Field(4, description="encoder stride (official /8 at 256x344; /4 keeps a 12x12 grid at 48x48)")
     compress_dim: int = Field(16, ge=1, le=1024, description="channels of the per-pair correlation compression")
-    motion_widths: list[int] = Field([32, 32, 32], min_length=3, max_length=3, description="motion-encoder convs")
+    motion_widths: list[Positive] = Field([32, 32, 32], min_length=3, max_length=3,
+                                          description="motion-encoder convs (each >= 1)")
     mid_dim: int = Field(32, ge=1, le=4096, description="1x1 mid conv before the ResNet head")
-    head_blocks: list[int] = Field([1, 1], min_length=2, max_length=2, description="bottleneck blocks of layer3, layer4")
+    head_blocks: list[Positive] = Field([1, 1], min_length=2, max_length=2,
+                                        description="bottleneck blocks of layer3, layer4 (each >= 1)")
     epochs: int = Field(15, ge=1, le=1000)
     batch_size: int = Field(16, ge=1, le=1024)
     lr: float = Field(1e-3, gt=0, le=1, allow_inf_nan=False)
@@ -221,4 +229,9 @@ class HarConfig(ComponentConfig):
         if d.height % self.imfe.downsample or d.width % self.imfe.downsample:
             raise ValueError(f"data.height={d.height}, data.width={d.width}: expected a frame size divisible by "
                              f"imfe.downsample={self.imfe.downsample}")
+        dim = self.streams.widths[-1]
+        if dim % 8:   # imfe.ImfeNet: the teacher's feature is IMFE's output, its ResNet head needs dim // 8 * 8 == dim
+            raise ValueError(f"streams.widths[-1]={dim} (streams.widths={self.streams.widths}): expected a multiple "
+                             f"of 8; it is the teacher's feature dimension, which IMFE regresses (its layer3 "
+                             f"outputs 4 * (widths[-1] // 8) channels, its layer4 takes widths[-1] // 2)")
         return self

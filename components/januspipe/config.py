@@ -48,8 +48,10 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    num_blocks: int = Field(8, ge=1, le=512, description="interaction blocks of the pipelined model (>= the "
-                            "largest virtual stage count run: 2 x processes for symfold/wavek, 4 x for hanayo4 W=2)")
+    num_blocks: int = Field(8, ge=1, le=512, description="interaction blocks of the pipelined model (>= 2 x "
+                            "processes for symfold/wavek/hanayo4; hanayo4's two-wave candidates need 4 x "
+                            "processes: at a count where they do not fit they are not tuned, which the run "
+                            "logs and records in its row of runs.json, grid_dropped)")
     process_counts: list[int] = Field([2, 4], min_length=1, description="pipeline depths run for real "
                                       "(one process per device; 4 on 2 cores is oversubscribed)")
     schedules: list[ScheduleName] = Field(list(SCHEDULE_NAMES), min_length=1, description="schedules run for real")
@@ -88,8 +90,10 @@ class SimulateConfig(BaseModel):
     microbatches_per_device: int = Field(2, ge=1, le=64, description="M = this x devices (fixed before "
                                          "looking at results: 1F1B's usual M >= 2D)")
     num_blocks: int = Field(128, ge=1, le=4096, description="blocks of the simulated (deep) model; >= 4 x the "
-                            "largest device count so every placement fits")
-    headline_devices: int = Field(32, ge=1, description="device count of the throughput claim")
+                            "largest device count simulated (devices, timeline_devices) so every placement fits "
+                            "(Hanayo-4 with two waves: 4 x devices stages)")
+    headline_devices: int = Field(32, ge=2, description="device count of the throughput claim (>= 2: at one "
+                                  "device the WaveK-like schedule has no candidate within 1F1B-4's memory)")
     extra_microbatch_factors: list[PositiveInt] = Field([], description="also simulate M = f x D at the headline "
                                                 "device count (full profile: [1, 4])")
     timeline_devices: int = Field(4, ge=1, le=64, description="devices of the simulated timeline pictures")
@@ -113,10 +117,14 @@ class JanuspipeConfig(ComponentConfig):
             raise ValueError(f"pipeline.num_blocks={self.pipeline.num_blocks} is smaller than the {need} pipeline "
                              f"stages of the largest real run (process_counts={self.pipeline.process_counts}); "
                              f"expected num_blocks >= {need}")
-        if max(self.simulate.devices) * 2 > self.simulate.num_blocks:
-            raise ValueError(f"simulate.num_blocks={self.simulate.num_blocks} is smaller than 2 x "
-                             f"{max(self.simulate.devices)} devices (V-fold stages); expected >= "
-                             f"{2 * max(self.simulate.devices)}")
+        # every schedule is simulated; Hanayo-4 with two waves needs 4 x devices stages, and family_grid
+        # would silently drop those candidates from the baseline's tuning grid where they do not fit
+        sim_max = max(*self.simulate.devices, self.simulate.timeline_devices)
+        if sim_max * 4 > self.simulate.num_blocks:
+            raise ValueError(f"simulate.num_blocks={self.simulate.num_blocks} is smaller than the {4 * sim_max} "
+                             f"stages of Hanayo-4 with two waves at {sim_max} devices (the largest of "
+                             f"simulate.devices={self.simulate.devices} and simulate.timeline_devices="
+                             f"{self.simulate.timeline_devices}); expected simulate.num_blocks >= {4 * sim_max}")
         if self.simulate.headline_devices not in self.simulate.devices:
             raise ValueError(f"simulate.headline_devices={self.simulate.headline_devices} is not one of "
                              f"simulate.devices={self.simulate.devices}")

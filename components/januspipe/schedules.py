@@ -363,7 +363,11 @@ def cap_grid(num_devices: int, num_microbatches: int) -> list[int]:
 
 
 def family_grid(name: str, num_devices: int, num_microbatches: int, max_stages: int | None = None) -> list[dict]:
-    """The small parameter sweep of schedule ``name`` (same in-flight caps for every family)."""
+    """The small parameter sweep of schedule ``name`` (same in-flight caps for every family).
+
+    Candidates whose placement needs more than ``max_stages`` virtual stages (Hanayo-4 with two waves:
+    4 x D; the V-fold families: 2 x D) are left out; :func:`dropped_candidates` lists them. The config
+    requires ``simulate.num_blocks`` to hold every candidate; the real runs record what they drop."""
     D, M = num_devices, num_microbatches
     caps = cap_grid(D, M)
     fits = (lambda V: max_stages is None or V <= max_stages)
@@ -384,6 +388,13 @@ def family_grid(name: str, num_devices: int, num_microbatches: int, max_stages: 
                 for k in sorted({max(1, D // 8), max(1, D // 4), max(1, D // 2)}) if k <= M] \
             if fits(2 * D) else []
     raise ConfigError(f"schedule {name!r}: expected one of {list(SCHEDULE_NAMES)}")
+
+
+def dropped_candidates(name: str, num_devices: int, num_microbatches: int, max_stages: int) -> list[dict]:
+    """The candidates of ``name``'s full grid that :func:`family_grid` leaves out under ``max_stages``
+    (their placement needs more pipeline stages than the model has blocks)."""
+    kept = family_grid(name, num_devices, num_microbatches, max_stages=max_stages)
+    return [p for p in family_grid(name, num_devices, num_microbatches) if p not in kept]
 
 
 def build_schedule(name: str, num_devices: int, num_microbatches: int, stage_costs_fn: Callable[[int], Sequence],

@@ -85,7 +85,7 @@ def real_vs_simulated(procs: int, pc: PipelineConfig, costs: CostModel, model_cf
     Returns ``(rows, timelines, extra_results, ranks_cpu_seconds)``."""
     from components.januspipe.loadmeter import ExternalLoadSampler
     from components.januspipe.runtime import RunSpec, launch, run_many, summarize
-    from components.januspipe.schedules import check_stages
+    from components.januspipe.schedules import check_stages, dropped_candidates
     from components.januspipe.simulator import canonical_1f1b_budget, simulate, tune
 
     say = progress or (lambda *a: None)
@@ -97,8 +97,15 @@ def real_vs_simulated(procs: int, pc: PipelineConfig, costs: CostModel, model_cf
                          f"(pipeline.microbatches_per_device x processes x structures_per_microbatch)")
     model_cfg = model_cfg.model_copy(update={"num_blocks": pc.num_blocks})
     budget = canonical_1f1b_budget(procs, M, costs, pc.num_blocks)
-    specs, chosen = [], []
+    specs, chosen, dropped = [], [], {}
     for name in pc.schedules:
+        # a candidate needing more stages than pipeline.num_blocks (Hanayo-4 with two waves needs 4 x
+        # processes) is not tuned at this count: said here and recorded in the run's row, not silent
+        dropped[name] = [",".join(f"{k}={v}" for k, v in sorted(p.items()))
+                         for p in dropped_candidates(name, procs, M, pc.num_blocks)]
+        if dropped[name]:
+            say("%s at %d processes: %d grid candidate(s) need more stages than pipeline.num_blocks=%d and are "
+                "not tuned: %s", name, procs, len(dropped[name]), pc.num_blocks, "; ".join(dropped[name]))
         tuned = tune(name, procs, M, costs, pc.num_blocks, None if name == "gpipe4" else budget)
         if tuned.schedule is None:
             say("%s at %d processes: no configuration fits the memory budget; skipped", name, procs)
@@ -143,6 +150,7 @@ def real_vs_simulated(procs: int, pc: PipelineConfig, costs: CostModel, model_cf
         measured = summ["makespan_s"]
         rows.append({
             "schedule": name, "params": tuned.schedule.label, "processes": procs, "microbatches": M,
+            "grid_candidates_dropped": len(dropped[name]), "grid_dropped": "; ".join(dropped[name]),
             "oversubscription": over, "measured_makespan_s": measured, "measured_step_s": summ["step_s"],
             "measured_makespans_s": summ["makespans_s"],
             "throughput_structures_per_s": M * pc.structures_per_microbatch / summ["step_s"],

@@ -223,9 +223,12 @@ def load_structures(path: str | Path, require: Sequence[str] = ("energy", "force
             if stress.shape != (3, 3):
                 raise InputError(f"{path}: frame {k} stress has shape {stress.shape}; expected (6,) or (3, 3)")
         energy = float(results["energy"]) if "energy" in results else None
-        arrays = [atoms.positions] + ([forces] if forces is not None else [])
-        if energy is not None and not np.isfinite(energy) or any(not np.isfinite(a).all() for a in arrays):
-            raise InputError(f"{path}: frame {k} has non-finite positions or labels; expected finite numbers")
+        fields = {"positions": atoms.positions, "cell": atoms.cell.array, "energy": energy, "forces": forces,
+                  "stress": stress}
+        bad = [name for name, a in fields.items() if a is not None and not np.isfinite(a).all()]
+        if bad:
+            raise InputError(f"{path}: frame {k} has non-finite {', '.join(bad)} (NaN or inf); expected finite "
+                             f"numbers")
         out.append(Structure(numbers=atoms.numbers.copy(), positions=atoms.positions.copy(),
                              cell=atoms.cell.array.copy(), pbc=atoms.pbc.copy(), energy=energy,
                              forces=forces, stress=stress))

@@ -49,7 +49,8 @@ class ModelConfig(_Strict):
 
 class ProfilingConfig(_Strict):
     """Offline profiling on this machine (stage ``profile``)."""
-    cp: int = Field(2, ge=1, le=64, description="CP degree the compute profile emulates (= train.cp)")
+    cp: int = Field(2, ge=2, le=64, description="CP degree the compute profile emulates (= train.cp; >= 2: the "
+                                                "gloo collectives of the cost model are measured on cp processes)")
     lengths: list[int] = Field([16, 32, 64, 128, 256, 512, 1024, 2048], min_length=3,
                                description="sequence lengths profiled; each with n = 1, 2, 4, … ≤ tokens_per_config / S "
                                            "sequences per micro-batch")
@@ -161,7 +162,8 @@ class ILPConfig(_Strict):
 class TrainConfig(_Strict):
     """Real 2-process runs: DeepSpeed ZeRO-2 over gloo, baseline vs Skrull on the same batches."""
     dp: int = Field(1, ge=1, le=8, description="data-parallel degree of the real run")
-    cp: int = Field(2, ge=1, le=8, description="context-parallel degree (processes = dp × cp)")
+    cp: int = Field(2, ge=2, le=8, description="context-parallel degree (processes = dp × cp; >= 2: the CP "
+                                               "group's collectives are profiled on cp processes)")
     global_batch: int = Field(64, ge=1, description="sequences per optimizer step")
     steps: int = Field(8, ge=1, description="timed steps per variant (median of the paired per-step ratios)")
     warmup_steps: int = Field(1, ge=0, description="untimed steps per variant first")

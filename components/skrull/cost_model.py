@@ -247,8 +247,14 @@ class CostModel:
         return model
 
     def with_bucket(self, tokens: int) -> "CostModel":
-        """The same model with the activation budget set to ``tokens`` tokens per rank."""
-        return replace(self, mem_budget_bytes=float(tokens) * self.mem_bytes_per_token)
+        """The same model with the activation budget set to ``tokens`` tokens per rank: the budget is
+        ``tokens × α``, raised by the few ulps that make :attr:`bucket_size` exactly ``tokens`` (the
+        rounded product divided by α often floors to ``tokens - 1``)."""
+        alpha = self.mem_bytes_per_token
+        budget = float(tokens) * alpha
+        while budget // alpha < tokens:
+            budget = math.nextafter(budget, math.inf)
+        return replace(self, mem_budget_bytes=budget)
 
 
 def _check_number(where: str, key: str, value: Any, bound: tuple[str, float], integer: bool = False) -> None:

@@ -27,19 +27,21 @@ def _avg(xs) -> float:
 def ilp_summary(rows) -> dict[str, Any]:
     """Gap statistics of an ILP study (:func:`components.skrull.simulate.ilp_study`). An instance
     whose gap is unknown (``gap`` None: the solver gave no positive lower bound) is counted in
-    ``gap_unknown`` and left out of the gap maxima and means."""
+    ``gap_unknown`` and left out of the gap maxima and means. Where no instance has a known gap (no
+    instances, none solved, or every gap unknown) ``max_gap``, ``mean_gap`` and ``max_gap_dacp_literal``
+    are None (JSON null): the ``ilp_gap`` claim is then unknown, not met by a gap of 0."""
     solved = [r for r in rows if r.get("solved")]
     known = [r for r in solved if r["gap"] is not None]
+    literal = [r["gap_dacp_literal"] for r in known if r["gap_dacp_literal"] is not None]
     return {
         "instances": len(rows), "solved": len(solved),
         "proven_optimal": sum(1 for r in solved if r["optimal"]),
         "gap_unknown": len(solved) - len(known),
-        "max_gap": max((r["gap"] for r in known), default=0.0),
-        "mean_gap": _avg(r["gap"] for r in known),
+        "max_gap": max((r["gap"] for r in known), default=None),
+        "mean_gap": _avg(r["gap"] for r in known) if known else None,
         "instances_over_10pct": sum(1 for r in known if r["gap"] > 0.10),
         "max_gap_vs_best_known": max((r["gap_vs_best_known"] for r in solved), default=0.0),
-        "max_gap_dacp_literal": max((r["gap_dacp_literal"] for r in known if r["gap_dacp_literal"] is not None),
-                                    default=0.0),
+        "max_gap_dacp_literal": max(literal, default=None),
         "heuristic_ms_max": max((r["heuristic_ms"] for r in solved), default=0.0),
         "ilp_solve_s_max": max((r["ilp_solve_s"] for r in solved), default=0.0),
     }

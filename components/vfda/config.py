@@ -7,7 +7,7 @@ a 3D U-Net with 8-64 channels on 24^3 volumes (``data.spatial_size``), 3 strateg
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal, get_args
+from typing import Annotated, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -24,6 +24,12 @@ VARIANTS: tuple[str, ...] = get_args(Variant)
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def num_local_test(num_volumes: int, test_fraction: float) -> int:
+    """Volumes of a training institute kept for its local test split (``data.generate_dataset``): a share
+    ``test_fraction`` of them, at least 1, leaving at least 1 for training."""
+    return min(num_volumes - 1, max(1, int(round(num_volumes * test_fraction))))
 
 
 class InstituteConfig(_Strict):
@@ -92,8 +98,9 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    channels: list[int] = Field([8, 16, 32, 64], min_length=3, max_length=6,
-                                description="MONAI UNet channels per stage (last = bottleneck)")
+    channels: list[Annotated[int, Field(ge=1)]] = Field(
+        [8, 16, 32, 64], min_length=3, max_length=6,
+        description="MONAI UNet channels per stage (last = bottleneck), each >= 1")
     num_res_units: int = Field(1, ge=0, le=4, description="residual units per MONAI UNet block")
     norm: Literal["batch", "instance"] = Field(
         "batch", description="normalisation layers: batch = BatchNorm3d (FedBN keeps its affine weights and "
@@ -123,7 +130,8 @@ class FederationConfig(_Strict):
                                                   "vfda-product, vfda-local)")
     num_rounds: int = Field(10, ge=1, le=1000)
     local_steps: int = Field(8, ge=1, le=100000, description="local optimiser steps per round")
-    batch_size: int = Field(2, ge=2, le=64, description="volumes per step (VFDA needs >= 2)")
+    batch_size: int = Field(2, ge=2, le=64, description="volumes per step (VFDA needs >= 2), distinct volumes: at "
+                                                        "most the smallest training institute's training volumes")
     lr: float = Field(4e-3, gt=0.0, le=1.0, description="Adam learning rate (round 1)")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "cosine", description="learning rate over rounds: cosine decays lr to lr_final_factor x lr in the last round")
@@ -152,7 +160,8 @@ class SimulationConfig(_Strict):
     gpus_per_client: float = Field(0.0, ge=0.0, le=8.0, description="GPUs per ClientApp actor (full profile)")
     lanes: int = Field(2, ge=1, le=64,
                        description="federations run concurrently; each lane has its own SuperNodes")
-    fault_round: int = Field(0, ge=0, description="fault injection: crash a client in this round (0 = never)")
+    fault_round: int = Field(0, ge=0, description="fault injection: crash a client in this round (0 = never; "
+                                                  "at most federation.num_rounds)")
     fault_partition: int = Field(
         0, ge=0, description="fault injection: index of the training institute (in institutes.json order) whose "
                              "client crashes in fault_round, in every lane; must be below the number of "
@@ -191,6 +200,20 @@ class VfdaConfig(ComponentConfig):
         if self.data.root is None and self.simulation.fault_partition >= n_train:
             raise ValueError(f"simulation.fault_partition={self.simulation.fault_partition}: expected the index "
                              f"of a training institute, 0 to {n_train - 1} ({n_train} training institutes)")
+        if self.data.root is None:  # every batch draws distinct volumes (training.train_local)
+            frac = self.data.test_fraction
+            smallest = min((i for i in self.data.institutes if not i.held_out),
+                           key=lambda i: i.num_volumes - num_local_test(i.num_volumes, frac))
+            n_vol = smallest.num_volumes - num_local_test(smallest.num_volumes, frac)
+            if self.federation.batch_size > n_vol:
+                raise ValueError(f"federation.batch_size={self.federation.batch_size}: institute {smallest.name} has "
+                                 f"{n_vol} training volumes (its {smallest.num_volumes} less the local test split, "
+                                 f"data.test_fraction={frac:g}); expected at most {n_vol}, every batch draws "
+                                 f"distinct volumes")
+        fault, rounds = self.simulation.fault_round, self.federation.num_rounds
+        if fault > rounds:
+            raise ValueError(f"simulation.fault_round={fault} is after the last round (federation.num_rounds="
+                             f"{rounds}): the fault would never fire; expected 0 (no fault) or a round 1 to {rounds}")
         levels = len(self.model.channels) - 1
         if self.data.spatial_size % (2 ** levels):
             raise ValueError(f"data.spatial_size={self.data.spatial_size}: expected a multiple of "

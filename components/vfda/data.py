@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from components.base import InputError
-from components.vfda.config import DataConfig, InstituteConfig, VfdaConfig
+from components.vfda.config import DataConfig, InstituteConfig, VfdaConfig, num_local_test
 
 MANIFEST = "institutes.json"
 DATALIST = "datalist.json"
@@ -137,7 +137,7 @@ def generate_dataset(cfg: DataConfig, out_dir: str | Path, seed: int = 0,
         if inst.held_out:
             training, validation = [], items
         else:
-            n_test = min(len(items) - 1, max(1, int(round(len(items) * cfg.test_fraction))))
+            n_test = num_local_test(len(items), cfg.test_fraction)
             training, validation = items[:-n_test], items[-n_test:]
         datalist = {"name": inst.name, "description": "synthetic institute (MONAI create_test_image_3d)",
                     "acquisition": inst.model_dump(mode="json"), "spacing_mm": cfg.field_of_view_mm / inst.grid,
@@ -333,7 +333,11 @@ def validate_dataset(data_dir: str | Path, cfg: DataConfig,
 
 def check_federation(manifest: dict[str, Any], data_dir: str | Path, cfg: VfdaConfig) -> None:
     """The federation parameters against the training institutes the dataset really has (with
-    ``data.root`` they come from its manifest, not from ``data.institutes``)."""
+    ``data.root`` they come from its manifest, not from ``data.institutes``): ``min_train_clients``,
+    ``fault_partition``, and ``batch_size`` against each training institute's number of training
+    volumes (its datalist's ``training`` items where the datalist is here, else the manifest's
+    ``num_training``; with neither, as for per-site data on a deployment whose manifest lacks
+    ``num_training``, that institute's batch size is not checked here)."""
     from components.base import ConfigError
 
     n_train = len(training_institutes(manifest))
@@ -345,6 +349,14 @@ def check_federation(manifest: dict[str, Any], data_dir: str | Path, cfg: VfdaCo
     if cfg.simulation.fault_partition >= n_train:
         raise ConfigError(f"simulation.fault_partition={cfg.simulation.fault_partition}: expected the index of a "
                           f"training institute, 0 to {n_train - 1} ({n_train} training institutes in {where})")
+    batch = cfg.federation.batch_size
+    for entry in training_institutes(manifest):
+        datalist = Path(data_dir) / entry["datalist"]
+        n_vol = len(read_datalist(datalist)["training"]) if datalist.is_file() else entry.get("num_training")
+        if isinstance(n_vol, int) and batch > n_vol:
+            raise ConfigError(f"federation.batch_size={batch}: institute {entry['name']} has {n_vol} training "
+                              f"volumes ({datalist if datalist.is_file() else where}); expected at most {n_vol}, "
+                              f"every batch draws distinct volumes")
 
 
 def import_dataset(src: str | Path, out_dir: str | Path, cfg: DataConfig) -> dict[str, Any]:

@@ -138,6 +138,20 @@ def test_report_and_serve_refuse_parameter_options(paperworks_root, capsys, argv
     ("profiles: [quick]\n", "profiles=['quick']; expected a mapping"),
     ("limit: 0\n", "limit=0; expected an integer >= 1"),
     ("paper: all\n", "unknown keys ['paper']"),
+    # the deployments' flow parameters are checked too: a served deployment with bad ones fails every run
+    ("papers: [har]\nprofiles: {x: {parameters: {confg: {seed: 1}}}}\n",
+     "profiles.x.parameters: unknown flow parameters ['confg']; expected only config and stages"),
+    ("papers: [har]\nprofiles: {x: {parameters: {config: {seed: -1}}}}\n",
+     "profiles.x.parameters.config for har: invalid parameters:\n  har.seed: got -1"),
+    ("papers: [har]\nprofiles: {x: {parameters: {config: {profil: full}}}}\n",
+     "profiles.x.parameters.config for har: invalid parameters:\n  har.profil"),
+    ("papers: [skrull]\nprofiles: {x: {parameters: {config: {train: {cp: 4}}}}}\n",
+     "profiles.x.parameters.config for skrull:"),
+    ("papers: [har]\nprofiles: {x: {parameters: {config: full}}}\n",
+     "profiles.x.parameters.config='full'; expected a mapping of har parameters"),
+    ("papers: [har]\nprofiles: {x: {parameters: {stages: [teacher, trian]}}}\n",
+     "profiles.x.parameters.stages=['teacher', 'trian'] for har; expected null (every stage) or a non-empty list"),
+    ("papers: [har]\nprofiles: {x: {parameters: {stages: []}}}\n", "profiles.x.parameters.stages=[] for har"),
 ])
 def test_serve_with_a_bad_deployments_file_exits_2(paperworks_root, capsys, monkeypatch, text, needle):
     """Was a ValueError / YAMLError traceback (checked before a Prefect server is needed)."""
@@ -148,6 +162,16 @@ def test_serve_with_a_bad_deployments_file_exits_2(paperworks_root, capsys, monk
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {spec}: ") and needle in err
+
+
+def test_a_profile_without_a_body_is_served_with_no_parameters(paperworks_root):
+    """``profiles: {quick: }`` passed the check, then build_deployments crashed on None.get."""
+    from flows.serve import build_deployments, load_spec
+
+    spec = paperworks_root / "deployments.yaml"
+    spec.write_text("papers: [har]\nprofiles: {quick: }\nreport: false\n")
+    (dep,) = build_deployments(load_spec(spec))
+    assert (dep.name, dep.parameters) == ("quick", {})
 
 
 def test_repo_deployments_file_is_valid():

@@ -12,13 +12,14 @@ from tests.conftest import mlflow_client
 
 TINY = {
     "data": {"classes": ["walk_left", "walk_right", "wave", "jump"], "height": 32, "width": 32,
-             "frames_per_clip": 12, "train_clips_per_class": 2, "test_clips_per_class": 1},
+             "frames_per_clip": 12, "train_clips_per_class": 2, "test_clips_per_class": 2},
     "opticalflow": {"workers": 1},
     "streams": {"widths": [8, 16], "epochs": 1},
     "imfe": {"encoder_widths": [8, 8, 8, 16, 16], "compress_dim": 8, "motion_widths": [16, 16, 16],
              "mid_dim": 16, "epochs": 2},
     "temporal": {"d_model": 16, "heads": 2, "long_memory": 2, "epochs": 2},
-    "evaluate": {"seeds": [0, 1], "latency_chunks": 2, "stream_frames": 24},
+    # the stream: 5 test clips (labels 0 1 2 3 0, not sorted), a camera buffer that holds all of it (no drop)
+    "evaluate": {"seeds": [0, 1], "latency_chunks": 2, "stream_frames": 60, "queue_size": 64},
     "torch_threads": 1,
 }
 
@@ -41,6 +42,47 @@ def _snapshot(root, rels=("models/har/heads", "results/har/evaluate", "plots/har
                 files[str(f.relative_to(root))] = f.read_bytes()
     leftovers = sorted(str(f) for rel in rels for f in (root / rel).parent.glob(".*tmp-*"))
     return files, leftovers
+
+
+def _stream_truth(root, cfg):
+    """The label of every chunk the streaming benchmark streams, from the data stage's manifest: the test
+    clips in manifest order, each clip's whole chunks, the first ``stream_frames // clip_len``."""
+    clip_len = cfg.opticalflow.clip_len
+    manifest = json.loads((root / "data/har/manifest.json").read_text())
+    truth = [c["label"] for c in manifest["clips"] if c["split"] == "test" for _ in range(c["frames"] // clip_len)]
+    return truth[:cfg.evaluate.stream_frames // clip_len]
+
+
+def _scripted(truth, i, num_classes):
+    """The prediction the scripted head makes for the i-th chunk: right on even chunks, wrong on odd ones."""
+    t = truth[i] if i < len(truth) else 0
+    return t if i % 2 == 0 else (t + 1) % num_classes
+
+
+def _script_stream_heads(m, root, cfg, calls):
+    """The streaming runtime's head (``stream.load_pipeline``) replaced by :func:`_scripted` (the real head
+    still runs, for the timing); ``calls[source]`` counts the chunks since the last ``reset`` (the warm-up
+    ends with one)."""
+    import components.har.stream as stream_mod
+
+    real = stream_mod.load_pipeline
+
+    def load(models, source, *a, **k):
+        pipe, meta = real(models, source, *a, **k)
+        classify, reset, n = pipe.head, pipe.reset, calls.setdefault(source, [0])
+        truth = _stream_truth(root, cfg)
+
+        def head(x, valid):
+            classify(x, valid)
+            n[0] += 1
+            return _scripted(truth, n[0] - 1, len(meta["classes"]))
+
+        def restart():
+            n[0] = 0
+            reset()
+        pipe.head, pipe.reset = head, restart
+        return pipe, meta
+    m.setattr(stream_mod, "load_pipeline", load)
 
 
 def _record_order(m, events):
@@ -68,10 +110,12 @@ def test_har_flow_end_to_end(prefect_harness, paperworks_root, capsys, monkeypat
 
     cfg = HarConfig(**TINY)
     events: list[tuple] = []
+    root = paperworks_root
+    head_calls: dict[str, list[int]] = {}
     with monkeypatch.context() as m:
         _record_order(m, events)
+        _script_stream_heads(m, root, cfg, head_calls)
         har(config=cfg, stages=list(STAGES))
-    root = paperworks_root
 
     # each stage's cost is taken after its MLflow logging and plots (only the cost itself is logged later)
     costs = [i for i, e in enumerate(events) if e[1] == "cost"]
@@ -88,11 +132,25 @@ def test_har_flow_end_to_end(prefect_harness, paperworks_root, capsys, monkeypat
     assert metrics["paper"] == "har" and metrics["profile"] == "quick"
     assert set(metrics["accuracy"]) == {"tvl1", "farneback", "dis", "imfe", "rgb"}
     assert all(0 <= a["online_accuracy"] <= 1 and 0 <= a["stream_accuracy"] <= 1 for a in metrics["accuracy"].values())
-    for source in ("imfe", "tvl1"):   # the runtime's own predictions over the streamed clips
-        if metrics["stream"][source]["frames_dropped"] == 0:
-            assert 0 <= metrics["stream"][source]["online_accuracy"] <= 1
+    # the runtime's predictions over the streamed clips are scored against the label of their own chunk:
+    # the scripted head is right on every even chunk only, so the accuracy is exactly that share, and it
+    # would differ with the labels reversed or sorted (or shifted by a chunk)
+    truth = _stream_truth(root, cfg)
+    assert truth == [0, 0, 1, 1, 2, 2, 3, 3, 0, 0]
+    k = len(TINY["data"]["classes"])
+
+    def scored(labels):
+        return sum(_scripted(truth, i, k) == t for i, t in enumerate(labels)) / len(labels)
+
+    expected = scored(truth)
+    assert expected == 0.5
+    assert all(scored(wrong) != expected for wrong in (truth[::-1], sorted(truth), truth[1:] + truth[:1]))
+    for source in ("imfe", "tvl1"):
+        rep = metrics["stream"][source]
+        assert rep["frames_dropped"] == 0 and rep["predictions"] == len(truth) == head_calls[source][0]
+        assert rep["online_accuracy"] == expected, source
     assert metrics["latency"]["speedup_imfe_vs_tvl1"] > 0
-    assert metrics["stream"]["imfe"]["frames_in"] == 24
+    assert metrics["stream"]["imfe"]["frames_in"] == 60
     for rep in metrics["stream"].values():     # sustained rate: at most the share processed over the camera span
         assert 0 < rep["achieved_fps"] <= 30.0 * rep["frames_processed"] / rep["frames_in"] * (1 + 1e-12)
         if rep["frames_dropped"] == 0 and rep["latency_ms_max"] <= 1000.0 / 30:   # kept up: exactly the camera's
@@ -126,7 +184,7 @@ def test_har_flow_end_to_end(prefect_harness, paperworks_root, capsys, monkeypat
     assert stream_main(["--video", str(video), "--models", str(root / "models/har"), "--fps", "60",
                         "--json", str(out)]) == 0
     rep = json.loads(out.read_text())
-    assert rep["frames_processed"] + rep["frames_dropped"] == 24 and rep["predictions"] >= 1
+    assert rep["frames_processed"] + rep["frames_dropped"] == 60 and rep["predictions"] >= 1
     assert set(rep["predicted"]) <= set(TINY["data"]["classes"])
     # bad input: a missing video, a wrong frame size and a clip shorter than one chunk
     from components.har.video import write_video
@@ -164,7 +222,7 @@ def test_har_flow_end_to_end(prefect_harness, paperworks_root, capsys, monkeypat
         # bad inputs are found before any work: a too-long stream, an imfe.json without a key it needs
         m.setattr(experiment, "evaluate_heads", not_reached)
         long = HarConfig(**{**TINY, "evaluate": {**TINY["evaluate"], "stream_frames": 1000}})
-        with pytest.raises(InputError, match=r"evaluate.stream_frames=1000: the test split has 48 frames"):
+        with pytest.raises(InputError, match=r"evaluate.stream_frames=1000: the test split has 96 frames"):
             har(config=long, stages=["evaluate"])
         m.setattr(experiment, "evaluation_inputs", not_reached)
         record = root / "results/har/imfe/imfe.json"
@@ -246,7 +304,7 @@ def test_evaluate_checks_the_earlier_stages_records_first(tmp_path):
 
 # ---- bad inputs: each stage reads and checks its inputs before it creates any output (or its folder)
 SMALL = {**TINY, "data": {**TINY["data"], "classes": ["walk_left", "wave"], "train_clips_per_class": 1,
-                          "test_clips_per_class": 2}}
+                          "test_clips_per_class": 2}, "evaluate": {**TINY["evaluate"], "stream_frames": 24}}
 
 
 @pytest.fixture(scope="module")

@@ -77,3 +77,32 @@ def test_januspipe_bad_input_is_a_clear_error(paperworks_root, capsys):
 
     with pytest.raises(InputError, match="train.extxyz: cannot be read"):
         load_split(data, "train")
+
+
+def test_a_schedule_without_a_fitting_candidate_at_the_headline_is_named(paperworks_root, capsys):
+    """At one device no WaveK-like candidate fits 1F1B-4's memory (two stages per device hold their
+    per-stage activations twice); the simulate stage's throughput ratios then raised a bare KeyError
+    'wavek'. The config now refuses headline_devices=1, and the stage names schedule and budget."""
+    import dataclasses
+
+    from components.base import InputError
+    from components.januspipe.schedules import SCHEDULE_NAMES
+    from components.januspipe.simulator import canonical_1f1b_budget, tune
+    from flows.__main__ import main
+    from flows.januspipe import headline_best
+    from tests.components.januspipe.test_four_phase import UNIT
+
+    assert main(["januspipe", "simulate", "--set", "simulate.devices=[1, 2]", "--set",
+                 "simulate.headline_devices=1"]) == 2
+    assert "januspipe.simulate.headline_devices: got 1; expected input should be greater than or equal to 2" \
+        in capsys.readouterr().err
+    costs = dataclasses.replace(UNIT, stage_act_forward_bytes=5.0)
+    budget = canonical_1f1b_budget(1, 2, costs, 16)
+    best = {name: t for name in SCHEDULE_NAMES
+            if (t := tune(name, 1, 2, costs, 16, None if name == "gpipe4" else budget)).best is not None}
+    assert "wavek" not in best and "1f1b4" in best
+    assert headline_best(best, "1f1b4", budget, 1) is best["1f1b4"].best
+    with pytest.raises(InputError, match=rf"schedule 'wavek' has no candidate within the memory budget of "
+                                         rf"{budget / 2**20:.3f} MiB \({budget:.0f} bytes, 1F1B-4's peak\) at "
+                                         rf"simulate.headline_devices=1"):
+        headline_best(best, "wavek", budget, 1)

@@ -62,12 +62,14 @@ def test_skrull_flow_end_to_end(prefect_harness, paperworks_root):
     assert m["real"]["max_rank_tokens"] <= m["real"]["bucket_size"]
     # measured inside the real step (saved-activation bytes per micro-batch), not the plan restated
     c = m["constraints"]
-    assert c["activation_bytes_max_skrull"] > 0 and c["activation_budget_violations_skrull"] >= 0
+    # the tiny run stays within the 1 MiB budget that C was derived from: no micro-batch over it
+    assert c["activation_budget_violations_skrull"] == 0
+    assert 0 < c["activation_bytes_max_skrull"] <= c["activation_budget_bytes"]
     assert c["activation_budget_bytes"] == pytest.approx(1.0 * 2**20)
     assert m["real"]["activation_bytes_max_deepspeed"] > 0
     assert "budget_violations" not in m["real"] and "budget_violations" not in c
     assert m["real"]["speedup_vs_deepspeed"] > 0 and m["speedup_paper"]["avg_vs_deepspeed"] > 0
-    assert m["ilp"]["solved"] == 1 and m["ilp"]["max_gap"] >= -1e-9
+    assert m["ilp"]["solved"] == 1 and m["ilp"]["max_gap"] is not None and m["ilp"]["max_gap"] >= -1e-9
     assert m["ilp_local"]["solved"] == 1 and m["ilp_local"]["max_gap"] >= -1e-9      # the profiled CPU model
     fit = json.loads((root / "results/skrull/profile/fit.json").read_text())
     for kind in ("all_gather", "reduce_scatter"):
@@ -75,7 +77,13 @@ def test_skrull_flow_end_to_end(prefect_harness, paperworks_root):
         assert 0 <= comm["base_s"] <= comm["latency_s"]
         assert [p["bytes"] for p in comm["points"]] == [1024.0, 4096.0, 16384.0]
         assert comm["max_abs_rel_error"] == max(abs(p["rel_error"]) for p in comm["points"])
-    assert m["profile_fit"]["comm_fit_max_abs_rel_error"] >= 0
+    # the headline figure is the worse of the two fits' worst point, and it is bounded: gloo on a shared
+    # 2-core machine, 3 latency-bound sizes, 2 passes: 0.08-0.75 in 7 of 8 standalone runs of this
+    # benchmark, 5.5 once (a 1 KB reduce-scatter outlier taken as the latency), 1.57 in a run of this
+    # test; 20 leaves room for that
+    err = m["profile_fit"]["comm_fit_max_abs_rel_error"]
+    assert err == max(fit["comm"][k]["max_abs_rel_error"] for k in ("all_gather", "reduce_scatter"))
+    assert 0 < err < 20
     assert set(m["runtime"]) >= {"total_wall_s", "data_wall_s", "train_cpu_s", "evaluate_wall_s"}
     for path in ("data/skrull/corpus/tokens.npy", "data/skrull/lengths/chatqa2.npy", "data/skrull/table1.json",
                  "results/skrull/profile/cost_model.json", "results/skrull/simulate/paper.json",

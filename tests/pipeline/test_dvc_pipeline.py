@@ -81,3 +81,15 @@ def test_component_deps_are_the_code_not_the_docs():
             if dep.startswith("components/") and name != "report":
                 assert path.is_file(), f"{name}: {dep} is a directory (its README would invalidate the stage)"
                 assert path.suffix != ".md" and path.name != "claims.yaml", f"{name}: depends on docs {dep}"
+
+
+def test_every_paper_stage_depends_on_the_profile():
+    """``dvc exp run -S <paper>.profile=full`` must re-run every stage of the paper: a stage that
+    declared only some sections would keep its quick-profile outputs under a full-profile run."""
+    stages = _load("dvc.yaml")["stages"]
+    for paper, entry in PAPERS.items():
+        assert (REPO / "components" / paper / "profiles" / "full.yaml").is_file()
+        for stage in entry.stages:
+            params = stages[f"{paper}_{stage}"].get("params", [])
+            assert paper in params or f"{paper}.profile" in params, \
+                f"{paper}_{stage} does not depend on {paper}.profile (params: {params})"

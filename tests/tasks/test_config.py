@@ -178,3 +178,17 @@ def test_params_file_that_is_not_utf8_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"params file .*params\.yaml: not UTF-8 text \(byte 0xff at offset 13\); "
                                           r"expected a UTF-8 YAML file"):
         load_params(bad)
+
+
+def test_a_params_file_without_the_papers_section_is_refused(tmp_path):
+    """``--params other.yaml`` holding only another paper's section ran the defaults silently."""
+    from components.har.config import HarConfig
+    from tasks.params import load_config
+
+    other = tmp_path / "other.yaml"
+    other.write_text("skrull:\n  seed: 1\n")
+    with pytest.raises(ConfigError, match=r"params file .*other\.yaml: no 'har' section \(it has \['skrull'\]\); "
+                                          r"expected a mapping with a 'har:' section"):
+        load_config(HarConfig, None, other)
+    other.write_text("har:\n  seed: 4\n")
+    assert load_config(HarConfig, None, other).seed == 4

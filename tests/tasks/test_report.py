@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -140,6 +141,19 @@ def test_compare_runs_judges_both_checkouts_and_flags_flips(fixture_root, tmp_pa
                           timeout=120)
     assert proc.returncode == 2 and "other=" in proc.stderr and "no metrics/ folder" in proc.stderr
 
+    del metrics["quality"]                                           # a metric both runs lack is not "same"
+    (other / "metrics" / "speedy.json").write_text(json.dumps(metrics))
+    (fixture_root / "metrics" / "speedy.json").write_text(json.dumps(metrics))
+    rows = {r["claim"]: r for r in mod.compare(fixture_root, other, ["speedy"], claims_root=fixture_root)}
+    assert rows["error"]["base"] is None and rows["error"]["same"] is False
+    for argv, needle in (([str(other), "--papers", "hra"], "--papers hra: no components/<paper>/claims.yaml"),):
+        proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+    (other / "metrics" / "har.json").mkdir()                         # a folder where the metrics file should be
+    proc = subprocess.run([sys.executable, str(script), str(other), "--papers", "har"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "har.json" in proc.stderr
+
 
 @pytest.mark.parametrize("text, found", [("[1, 2]", "a JSON list"), ('"done"', "a JSON string"), ("3.5", "a JSON number"),
                                          ("null", "a JSON null")])
@@ -210,10 +224,26 @@ def test_papers_argument_selects_among_the_metrics_found(fixture_root):
     text = (fixture_root / "reports" / "README.md").read_text()
     assert '<a id="speedy"></a>' in text and '<a id="other"></a>' not in text and "OTHER" not in text
 
-    summary = build_report(fixture_root, papers=["nope"])   # no metrics/nope.json: nothing to report
-    assert summary == {"papers": {}, "claims_total": 0, "claims_met": 0}
+    summary = build_report(fixture_root, papers=["speedy", "speedy"])   # named twice: reported once
     text = (fixture_root / "reports" / "README.md").read_text()
-    assert "No metrics found: run `dvc repro` first." in text and "<a id=" not in text
+    assert summary["claims_total"] == 2 and text.count('<a id="speedy"></a>') == 1
+
+    before = (fixture_root / "reports" / "README.md").read_text()
+    for bad, named in ((["nope"], "['nope']"), (["speedy", "Other"], "['Other']"), ([], "[]")):
+        with pytest.raises(ReportError, match=re.escape(f"report papers={named}: no metrics/<paper>.json")
+                           + r".*expected a non-empty subset .*\['other', 'speedy'\]"):
+            build_report(fixture_root, papers=bad)
+    assert (fixture_root / "reports" / "README.md").read_text() == before   # the old report is left as it was
+
+
+def test_bar_of_the_claims_figure_is_clipped_and_labelled():
+    """A '<=' claim measured at 0 is an infinite ratio and a '>=' claim measured negative a negative one:
+    the log-scale bar is clipped to the figure's range and labelled so (one such bar hid every other one)."""
+    from tasks.report import _FIGURE_CLIP, _bar
+
+    lo, hi = _FIGURE_CLIP
+    assert _bar(1e10) == (hi, f"≥ {hi:g}") and _bar(-0.17) == (lo, f"≤ {lo:g}") and _bar(0.0) == (lo, f"≤ {lo:g}")
+    assert _bar(1.214) == (1.214, "1.21") and _bar(0.9892) == (0.9892, "0.989")
 
 
 def test_report_starts_with_title_then_intro_then_summary_table(fixture_root):

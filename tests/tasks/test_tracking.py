@@ -70,7 +70,8 @@ def test_flow_run_is_recorded(prefect_harness, paperworks_root):
     assert parent.data.params["n"] == "4" and parent.data.params["profile"] == "quick"
     tags = parent.data.tags
     assert tags["prefect_flow_run_id"] not in ("", "none")
-    assert tags["dvc_data_hash"] == "unlocked" and "git_commit" in tags and tags["stages"] == "data,evaluate"
+    # the run made its data: the lock's hash (of the data it replaced) would name the wrong data
+    assert tags["dvc_data_hash"] == "made by this run" and "git_commit" in tags and tags["stages"] == "data,evaluate"
     assert {"stage_seconds.data", "stage_seconds.evaluate"} <= set(parent.data.metrics)
     assert {c.data.metrics["accuracy"] for c in children} == {0.5, 0.6}
     assert children[0].data.metrics["curve.loss"] == 1.0
@@ -91,6 +92,22 @@ def test_unknown_stage_is_rejected_before_any_run(prefect_harness, paperworks_ro
     with pytest.raises(ConfigError, match=r"stages=\['trian'\]: unknown stage; expected a subset of \['data', 'evaluate'\]"):
         demo(config=DemoConfig(), stages=["trian"])
     assert not (paperworks_root / "mlflow" / "mlflow.db").exists()
+
+
+def test_an_experiment_deleted_in_the_ui_is_restored_for_the_next_run(tmp_path, monkeypatch, caplog):
+    """MLflow refuses runs in a deleted experiment ('must be in the active state'): every later run of the
+    paper failed with a traceback. The tracker restores it (same id, old runs kept) and says so."""
+    from tasks.tracking import Tracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = Tracker("demo", tmp_path)
+    exp_id = tracker.experiment_id()
+    tracker.client.delete_experiment(exp_id)
+    with caplog.at_level("WARNING", logger="tasks.tracking"):
+        assert tracker.experiment_id() == exp_id
+    assert tracker.client.get_experiment(exp_id).lifecycle_stage == "active"
+    assert f"MLflow experiment 'demo' (id {exp_id}) was deleted; restored it" in caplog.text
+    tracker.client.create_run(exp_id)                       # raised MlflowException before
 
 
 def _artifact_dir(client, run_id: str):

@@ -49,10 +49,38 @@ def test_full_profile_validates():
     ({"evaluate": {"stream_fps": 1e-300}}, "har.evaluate.stream_fps: got 1e-300; expected input should be greater "
                                           "than or equal to 0.1"),
     ({"evaluate": {"stream_fps": float("nan")}}, "har.evaluate.stream_fps: got nan"),
+    # a 0 or negative block count used to build one block anyway (imfe._resnet_layer), a 0 width failed in torch
+    ({"imfe": {"head_blocks": [0, 1]}}, "har.imfe.head_blocks.0: got 0; expected input should be greater than or "
+                                        "equal to 1"),
+    ({"imfe": {"head_blocks": [1, -2]}}, "har.imfe.head_blocks.1: got -2"),
+    ({"streams": {"widths": [0, 32, 64]}}, "har.streams.widths.0: got 0; expected input should be greater than or "
+                                           "equal to 1"),
+    ({"imfe": {"encoder_widths": [16, 16, -24, 32, 32]}}, "har.imfe.encoder_widths.2: got -24"),
+    ({"imfe": {"motion_widths": [32, 0, 32]}}, "har.imfe.motion_widths.1: got 0"),
 ])
 def test_bad_parameters_are_named(override, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
         resolve_section(HarConfig, {}, override)
+
+
+def test_a_teacher_feature_imfe_cannot_regress_is_refused_before_any_training():
+    """streams.widths[-1] is the teacher's feature dimension and IMFE's output: ImfeNet needs a multiple of 8.
+    [16, 32, 36] was accepted, the teacher trained for minutes, then ImfeNet raised a bare ValueError."""
+    with pytest.raises(ConfigError) as err:
+        resolve_section(HarConfig, {}, {"streams": {"widths": [16, 32, 36]}})
+    assert "har: streams.widths[-1]=36 (streams.widths=[16, 32, 36]): expected a multiple of 8" in str(err.value)
+    cfg = resolve_section(HarConfig, {}, {"streams": {"widths": [16, 32, 40]}})
+    from components.har.imfe import ImfeNet
+
+    ImfeNet(cfg.data.height, cfg.data.width, cfg.opticalflow.clip_len, cfg.streams.widths[-1], cfg.imfe)
+
+
+def test_params_yaml_and_the_full_profile_pass_the_width_checks():
+    from tasks.params import load_config
+
+    for overrides in ({}, {"profile": "full"}):
+        cfg = load_config(HarConfig, overrides)
+        assert cfg.streams.widths[-1] % 8 == 0 and min(cfg.imfe.head_blocks) >= 1
 
 
 def test_inf_from_the_command_line_is_named():

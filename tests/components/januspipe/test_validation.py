@@ -22,22 +22,29 @@ def test_real_runs_are_compared_with_their_simulation_and_the_exactness_check_ri
     (phase-major order, fixed in-flight cap) and WaveK (sweeps, budget admission). Each action list
     the timed runs run is also run in float64 and equals single-process double backward."""
     structures = emt_clusters(4, seed=3)
-    pc = PipelineConfig(num_blocks=4, process_counts=[2], schedules=["1f1b4", "symfold", "wavek"],
+    pc = PipelineConfig(num_blocks=4, process_counts=[2], schedules=["1f1b4", "hanayo4", "symfold", "wavek"],
                         microbatches_per_device=2, warmup=1, steps=1)
     specs, labels, reference = exactness_runs(pc, 2, UNIT, CFG, structures, FORCES, seed=0)
-    assert len(specs) == len(labels) == 3 and all(s.dtype == "float64" and s.device == "cpu" for s in specs)
+    assert len(specs) == len(labels) == 4 and all(s.dtype == "float64" and s.device == "cpu" for s in specs)
     # SymFold at 2 devices: the smallest V-fold, 4 virtual stages (d and 2D-1-d), one block each
-    symfold = specs[1].schedule
+    symfold = specs[2].schedule
     assert symfold.name == "symfold" and symfold.placement.stage_device == (0, 1, 1, 0), labels
-    assert symfold.actions != specs[2].schedule.actions   # not WaveK's lists under another name
+    assert symfold.actions != specs[3].schedule.actions   # not WaveK's lists under another name
     start_fork_server()
     rows, timelines, extra, cpu_s = real_vs_simulated(2, pc, UNIT, CFG, structures, FORCES, seed=0, n_cores=2,
                                                       extra_specs=specs)
-    assert [r["schedule"] for r in rows] == ["1f1b4", "symfold", "wavek"] and cpu_s > 0
+    assert [r["schedule"] for r in rows] == ["1f1b4", "hanayo4", "symfold", "wavek"] and cpu_s > 0
     for r in rows:
         assert r["processes"] == 2 and r["microbatches"] == 4 and r["measured_makespan_s"] > 0
         assert math.isfinite(r["sim_error"]) and r["sim_makespan_s"] > 0
-    assert set(timelines) == {"1f1b4_2p", "symfold_2p", "wavek_2p"}
+    # 4 blocks hold Hanayo-4 with one wave (2 x 2 stages) but not two (4 x 2 = 8): its two-wave candidates
+    # are not tuned, and the row says so (the grid used to shrink silently); no other family loses one
+    hanayo = rows[1]
+    assert "waves=1" in hanayo["params"] and hanayo["grid_candidates_dropped"] == 5
+    assert hanayo["grid_dropped"].split("; ") == ["cap=1,waves=2", "cap=2,waves=2", "cap=3,waves=2", "cap=4,waves=2",
+                                                  "admission=budget,waves=2"]
+    assert all(r["grid_candidates_dropped"] == 0 and r["grid_dropped"] == "" for r in rows if r is not hanayo)
+    assert set(timelines) == {"1f1b4_2p", "hanayo4_2p", "symfold_2p", "wavek_2p"}
     assert all(t["real"] and t["sim"] for t in timelines.values())
     assert [r["params"] for r in rows] == labels   # the action lists checked are the ones timed
     assert len(extra) == len(specs) and all(len(per_rank) == 2 for per_rank in extra)

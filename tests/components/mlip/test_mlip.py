@@ -142,6 +142,27 @@ def test_loader_rejects_bad_input(tmp_path):
     assert len(load_structures(path, require=("energy",))) == 2
 
 
+@pytest.mark.parametrize("field,where", [("positions", (1, 0)), ("energy", None), ("forces", (0, 2)),
+                                         ("stress", (1, 1)), ("cell", (2, 2))])
+def test_loader_names_the_frame_and_field_of_a_non_finite_value(tmp_path, field, where):
+    """Stress and cell used to be read unchecked: a NaN stress label or an inf lattice vector passed
+    the loader and surfaced later as a NaN loss or a broken neighbour list."""
+    s = random_emt_structures("Cu", n=2, seed=0)
+    bad = s[1]
+    if field == "energy":
+        bad.energy = float("nan")
+    else:
+        arr = getattr(bad, field).copy()
+        arr[where] = np.inf if field == "cell" else np.nan
+        setattr(bad, field, arr)
+    path = tmp_path / f"{field}.extxyz"
+    write_extxyz(path, s)
+    with pytest.raises(InputError, match=rf"{field}.extxyz: frame 1 has non-finite {field} \(NaN or inf\)"):
+        load_structures(path, require=("energy", "forces", "stress"))
+    write_extxyz(path, s[:1])                                      # the finite frame alone loads
+    assert len(load_structures(path, require=("energy", "forces", "stress"))) == 1
+
+
 def test_training_beats_the_per_element_baseline():
     """A few hundred force labels, a few dozen double-backward steps: the force MAE drops well
     below the per-element mean baseline on held-out cells."""

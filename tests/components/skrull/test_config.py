@@ -40,3 +40,32 @@ def test_ilp_instances_need_a_sequence_per_dp_rank():
         SkrullConfig(ilp={"sequences": 2, "dp": 1}, train={"dp": 4, "cp": 2},
                      local_sim={"setting": {"dp": 4, "cp": 2, "batch_size": 8}})
     SkrullConfig(ilp={"instances": 0, "dp": 4, "sequences": 2})          # no instances: nothing to check
+
+
+def test_a_cp_degree_of_one_is_refused_at_load_time():
+    """cp=1 used to be accepted: the profile stage then ran the whole compute profile, modelled the
+    collectives as free (CommModel(0.0): infinite bandwidth) and failed writing cost_model.json."""
+    from components.base import ConfigError, resolve_section
+
+    one = {"profiling": {"cp": 1}, "train": {"cp": 1}, "local_sim": {"setting": {"dp": 1, "cp": 1, "batch_size": 8}}}
+    with pytest.raises(ConfigError) as err:
+        resolve_section(SkrullConfig, {}, one)
+    assert "skrull.profiling.cp: got 1; expected input should be greater than or equal to 2" in str(err.value)
+    assert "skrull.train.cp: got 1; expected input should be greater than or equal to 2" in str(err.value)
+    assert SkrullConfig(**{k: {**v, "cp": 2} if k != "local_sim" else {"setting": {"dp": 1, "cp": 2, "batch_size": 8}}
+                           for k, v in one.items()}).train.cp == 2
+
+
+
+@pytest.mark.parametrize("profile", ["quick", "full"])
+def test_params_yaml_validates_under_both_profiles(profile):
+    """The committed skrull section (and profiles/full.yaml over it) stays valid under the bounds."""
+    from pathlib import Path
+
+    import yaml
+
+    from components.base import resolve_section
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[3] / "params.yaml").read_text())
+    cfg = resolve_section(SkrullConfig, params["skrull"], {"profile": profile})
+    assert cfg.profiling.cp == cfg.train.cp >= 2

@@ -28,6 +28,21 @@ def test_comm_fit_recovers_latency_and_bandwidth():
         CommModel.fit([1, 2], [1, 2])
 
 
+def test_with_bucket_gives_exactly_the_requested_bucket_size():
+    """``with_bucket(t)`` set the budget to t × α, and ``int(budget // α)`` floored to t - 1 for about
+    half of the random α (the sensitivity study's C rows were one token short)."""
+    rng = np.random.default_rng(0)
+    base = paper_preset("qwen2.5-0.5b")
+    for _ in range(2000):
+        alpha = float(rng.choice([rng.uniform(0.01, 1.0), rng.uniform(1.0, 5000.0), rng.lognormal(8.0, 3.0)]))
+        tokens = int(rng.integers(1, 200_000))
+        cost = replace(base, mem_bytes_per_token=alpha).with_bucket(tokens)
+        assert cost.bucket_size == tokens, (alpha, tokens)
+        assert cost.mem_budget_bytes == pytest.approx(tokens * alpha, rel=1e-12)
+        assert CostModel.from_dict(json.loads(json.dumps(cost.to_dict()))).bucket_size == tokens
+    assert base.with_bucket(8 * 1024).bucket_size == 8 * 1024 and base.with_bucket(1).mem_budget_bytes == 1.0
+
+
 def test_paper_presets_match_the_notes():
     small, big = paper_preset("qwen2.5-0.5b"), paper_preset("qwen2.5-7b")
     assert (small.bucket_size, big.bucket_size) == (26 * 1024, 13 * 1024)

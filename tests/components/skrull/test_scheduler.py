@@ -214,11 +214,42 @@ def test_fixed_micro_batch_baseline_picks_the_fastest_size_that_fits():
     fitting = [(b, t) for b, t in choice.tried if t is not None]
     assert choice.total_s == min(t for _, t in fitting)
     assert any(t is None for _, t in choice.tried)                   # large b overflow C on ChatQA2
+    # every size from 1 to the per-rank batch (128 / 4 = 32) was tried, and the choice is the
+    # brute-forced best over them
+    assert [b for b, _ in choice.tried] == list(range(1, 33))
+    assert (choice.micro_batch_size, choice.total_s, list(choice.tried)) == _brute_force_fixed(batches, 4, 8, cost)
     for lengths in batches:
         for s in (deepspeed_schedule(lengths, 4, 8, cost, choice.micro_batch_size),
                   dacp_only_schedule(lengths, 4, 8, cost, choice.micro_batch_size),
                   sorted_schedule(lengths, 4, 8, cost, 1)):
             validate(s, lengths, cost.bucket_size)
+
+
+def _brute_force_fixed(batches, dp, cp, cost):
+    """Every micro-batch size 1..per-rank batch priced independently of best_fixed_micro_batch:
+    ``(best b, its total, [(b, total or None when it overflows C)])``."""
+    per_rank = max(-(-len(b) // dp) for b in batches)
+    tried = []
+    for b in range(1, per_rank + 1):
+        try:
+            tried.append((b, sum(price(deepspeed_schedule(l, dp, cp, cost, b), l, cost).iteration_s for l in batches)))
+        except DACPInfeasible:
+            tried.append((b, None))
+    b, t = min(((b, t) for b, t in tried if t is not None), key=lambda bt: (bt[1], bt[0]))
+    return b, t, tried
+
+
+def test_fixed_micro_batch_baseline_tries_the_whole_per_rank_batch():
+    """Short sequences and a per-micro-batch cost: the fastest fixed size is the whole per-rank batch
+    (fewest micro-batches), so a search stopping one size short picks a slower size."""
+    cost = paper_preset("qwen2.5-0.5b", c_mb_s=1e-3)
+    rng = np.random.default_rng(3)
+    batches = [rng.integers(64, 256, size=n) for n in (24, 21, 23)]       # per-rank batch: ceil(24 / 2) = 12
+    choice = best_fixed_micro_batch(batches, 2, 4, cost, lambda l, b: deepspeed_schedule(l, 2, 4, cost, b))
+    best_b, best_t, tried = _brute_force_fixed(batches, 2, 4, cost)
+    assert [b for b, _ in choice.tried] == list(range(1, 13)) and all(t is not None for _, t in choice.tried)
+    assert choice.tried == tuple(tried)
+    assert (choice.micro_batch_size, choice.total_s) == (best_b, best_t) == (12, min(t for _, t in tried))
 
 
 @pytest.mark.parametrize("kv_gathers,exposed", [(1, False), (2, False), (2, True)])

@@ -58,7 +58,7 @@ def test_ilp_study_writes_no_infinite_gap_when_the_solver_has_no_bound(monkeypat
     write_json(tmp_path / "ilp.json", rows)                              # allow_nan=False: must not raise
     assert read_json(tmp_path / "ilp.json")[0]["gap"] is None
     s = ilp_summary(rows)
-    assert s["gap_unknown"] == 2 and s["max_gap"] == 0.0 and s["solved"] == 2
+    assert s["gap_unknown"] == 2 and s["max_gap"] is None and s["mean_gap"] is None and s["solved"] == 2
 
 
 def test_ilp_summary_skips_unknown_gaps():
@@ -73,3 +73,32 @@ def test_ilp_summary_skips_unknown_gaps():
     assert s == {"instances": 4, "solved": 3, "proven_optimal": 1, "gap_unknown": 1, "max_gap": 0.15,
                  "mean_gap": pytest.approx(0.10), "instances_over_10pct": 1, "max_gap_vs_best_known": 0.05,
                  "max_gap_dacp_literal": 0.7, "heuristic_ms_max": 3.0, "ilp_solve_s_max": 10.0}
+
+
+
+
+@pytest.mark.parametrize("rows", [
+    [],                                                                       # ilp.instances: 0
+    [{"instance": 0, "solved": False, "status": "time limit reached"}] * 2,   # nothing solved
+    [{"solved": True, "optimal": False, "gap": None, "gap_vs_best_known": 0.0, "gap_dacp_literal": None,
+      "heuristic_ms": 1.0, "ilp_solve_s": 10.0}],                             # solved, no positive lower bound
+], ids=["no-instances", "none-solved", "gap-unknown"])
+def test_no_known_gap_leaves_the_ilp_claim_unknown_not_met(rows, tmp_path):
+    """Without a single known gap the summary's gaps are None (JSON null) and the report's check of
+    the ``ilp_gap`` claim (``ilp.max_gap <= 0.10``) says unknown; the summary used to say 0.0: met."""
+    from tasks.report import claim_rows, load_claims
+
+    s = ilp_summary(rows)
+    assert s["max_gap"] is None and s["mean_gap"] is None and s["max_gap_dacp_literal"] is None
+    assert s["instances_over_10pct"] == 0 and s["instances"] == len(rows)
+    write_json(tmp_path / "m.json", {"ilp": s})                            # null, not a number: writable
+    metrics = read_json(tmp_path / "m.json")
+    row = next(r for r in claim_rows(load_claims("skrull"), {"ilp": metrics["ilp"], "ilp_local": metrics["ilp"]})
+               if r["id"] == "ilp_gap")
+    assert row["measured"] is None and row["baseline"] is None and row["met"] is None
+    # a known gap still decides the claim
+    known = [{"solved": True, "optimal": True, "gap": 0.0, "gap_vs_best_known": 0.0, "gap_dacp_literal": 0.3,
+              "heuristic_ms": 1.0, "ilp_solve_s": 1.0}]
+    row = next(r for r in claim_rows(load_claims("skrull"), {"ilp": ilp_summary(rows + known)})
+               if r["id"] == "ilp_gap")
+    assert row["measured"] == 0.0 and row["met"] is True

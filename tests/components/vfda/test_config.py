@@ -53,6 +53,46 @@ def test_fault_partition_must_name_a_training_institute():
                                  "federation": {"min_train_clients": 5}})
 
 
+@pytest.mark.parametrize("channels, index", [([0, 16, 32], 0), ([8, -16, 32, 64], 1)])
+def test_a_channel_count_below_1_is_named(channels, index):
+    """A 0 or negative U-Net width used to fail only inside the Flower simulation."""
+    with pytest.raises(ConfigError) as err:
+        resolve_section(VfdaConfig, {"model": {"channels": channels}})
+    assert (f"vfda.model.channels.{index}: got {channels[index]}; expected input should be greater than or "
+            f"equal to 1") in str(err.value)
+
+
+def test_a_batch_larger_than_the_smallest_institutes_training_set_is_refused():
+    """Institute D has 6 volumes, 2 of them (test_fraction 0.25, rounded) its local test split: 4 train.
+    batch_size=8 used to be accepted, giving each of D's volumes twice in every batch."""
+    with pytest.raises(ConfigError) as err:
+        resolve_section(VfdaConfig, {"federation": {"batch_size": 8}})
+    assert ("vfda: federation.batch_size=8: institute D has 4 training volumes (its 6 less the local test split, "
+            "data.test_fraction=0.25); expected at most 4, every batch draws distinct volumes") in str(err.value)
+    with pytest.raises(ConfigError, match="federation.batch_size=5: institute D has 4 training volumes"):
+        resolve_section(VfdaConfig, {"federation": {"batch_size": 5}})
+    assert resolve_section(VfdaConfig, {"federation": {"batch_size": 4}}).federation.batch_size == 4
+    # with data.root the dataset's datalists decide (data.check_federation, tests/components/vfda/test_data.py)
+    assert resolve_section(VfdaConfig, {"data": {"root": "/site"}, "federation": {"batch_size": 8}})
+
+
+def test_a_fault_round_after_the_last_round_is_refused():
+    """client_app.train crashes in the round equal to fault_round: a later one never came, silently."""
+    with pytest.raises(ConfigError) as err:
+        resolve_section(VfdaConfig, {"simulation": {"fault_round": 12}})
+    assert ("vfda: simulation.fault_round=12 is after the last round (federation.num_rounds=10): the fault would "
+            "never fire; expected 0 (no fault) or a round 1 to 10") in str(err.value)
+    assert resolve_section(VfdaConfig, {"simulation": {"fault_round": 10}}).simulation.fault_round == 10
+    assert resolve_section(VfdaConfig, {"simulation": {"fault_round": 12}, "federation": {"num_rounds": 12}})
+
+
+def test_params_yaml_and_the_full_profile_pass_the_new_checks():
+    from tasks.params import load_config
+
+    for overrides in ({}, {"profile": "full"}):
+        assert load_config(VfdaConfig, overrides)
+
+
 def test_instance_norm_gives_fedbn_weights_to_keep_local():
     from components.vfda.config import ModelConfig
     from components.vfda.model import build_model, norm_keys

@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from components.base import InputError
-from components.vfda.config import DataConfig, InstituteConfig
-from components.vfda.data import (generate_dataset, load_split, nested_classes, read_datalist,
+from components.base import ConfigError, InputError, resolve_section
+from components.vfda.config import DataConfig, InstituteConfig, VfdaConfig
+from components.vfda.data import (check_federation, generate_dataset, load_split, nested_classes, read_datalist,
                                   read_manifest, validate_dataset)
 
 TINY = DataConfig(
@@ -163,3 +163,25 @@ def test_a_volume_listed_twice_is_named(dataset, tmp_path, src, dst):
     with pytest.raises(InputError, match=rf"{dst}/datalist.json 'validation': image .*{src}_000\.nii\.gz is already "
                                          rf"listed in .*{src}/datalist.json 'training'"):
         validate_dataset(root, TINY)
+
+
+def test_a_batch_larger_than_an_institutes_training_set_is_named(dataset, tmp_path):
+    """With data.root the institutes come from the dataset: batch_size above a training institute's
+    training volumes (A and B have 2 here) used to train on batches holding one volume twice."""
+    import shutil
+
+    root, manifest = dataset
+    cfg = VfdaConfig.model_validate({"data": {"root": str(root)}, "federation": {"batch_size": 3}})
+    with pytest.raises(ConfigError) as err:
+        check_federation(manifest, root, cfg)
+    assert str(err.value).startswith("federation.batch_size=3: institute A has 2 training volumes (")
+    assert "expected at most 2, every batch draws distinct volumes" in str(err.value)
+    check_federation(manifest, root, VfdaConfig.model_validate({"data": {"root": str(root)},
+                                                                "federation": {"batch_size": 2}}))
+    # the server of a deployment has the manifest but not the training institutes' datalists
+    shutil.copy(root / "institutes.json", tmp_path / "institutes.json")
+    with pytest.raises(ConfigError, match="federation.batch_size=3: institute A has 2 training volumes"):
+        check_federation(read_manifest(tmp_path), tmp_path, cfg)
+    # generated data: the config counts the training volumes the data stage writes (2 of 3 at 0.34)
+    with pytest.raises(ConfigError, match="federation.batch_size=3: institute A has 2 training volumes"):
+        resolve_section(VfdaConfig, {"data": TINY.model_dump(), "federation": {"batch_size": 3}})

@@ -101,6 +101,9 @@ def test_cli_rejects_a_missing_dataset_and_a_bad_device(device_check, tmp_path, 
     with pytest.raises(SystemExit) as err:
         device_check.main(["--devices", "cpu", "--volumes-per-institute", "1"])
     assert err.value.code == 2 and "--volumes-per-institute 1" in capsys.readouterr().err
+    # 2 volumes leave institutes 1 training volume, fewer than federation.batch_size=2: named before any data
+    assert device_check.main(["--devices", "cpu", "--volumes-per-institute", "2"]) == 2
+    assert "federation.batch_size=2: institute A has 1 training volumes" in capsys.readouterr().err
 
 
 def _site_grid(device_check, sites: dict[str, Path]):
