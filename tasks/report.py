@@ -174,7 +174,8 @@ def _claims_figure(all_rows: Mapping[str, list[dict[str, Any]]], path: Path) -> 
     for y, (v, text) in enumerate(bars):
         ax.text(v * 1.05, y, text, va="center", fontsize=7)
     ax.axvline(1.0, color="black", lw=1)
-    ax.set_xlabel(f"measured relative to target (≥ 1: target met; log scale, clipped to {lo:g}–{hi:g})")
+    ax.set_xlabel(f"measured relative to target (≥ 1: met)\nlog scale, clipped to {lo:g}–{hi:g}; claims with "
+                  f"a target of 0 are left out")
     ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
