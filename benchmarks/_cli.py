@@ -52,7 +52,7 @@ def output_file(text: str) -> Path:
     exists or can be created (no file in the way of a missing parent folder)."""
     path = Path(text)
     if not text or path.is_dir():
-        raise argparse.ArgumentTypeError(f"got {text!r}, a folder; expected a file path to write (e.g. "
+        raise argparse.ArgumentTypeError(f"got {text!r}, which is a folder; expected a file path to write (e.g. "
                                          f"{Path(text or '.') / 'result.json'})")
     parent = path.absolute().parent
     while not parent.exists() and parent != parent.parent:

@@ -23,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._cli import output_file  # noqa: E402
+
 METHODS = ("tvl1", "farneback", "dis")
 
 
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), help=f"flow methods, of {list(METHODS)}")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    ap.add_argument("--out", type=Path, default=None, help="write the JSON result here")
+    ap.add_argument("--out", type=output_file, default=None, help="write the JSON result here (checked before the run)")
     a = ap.parse_args(argv)
     bad = [m for m in a.methods if m not in METHODS]
     if bad:
@@ -42,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--seeds {a.seeds}: expected distinct seeds")
     if not a.params.is_file():
         ap.error(f"--params {a.params}: not found; expected a params.yaml with a 'har' section")
-    if a.out is not None and a.out.is_dir():
-        ap.error(f"--out {a.out}: is a folder; expected a JSON file path")
 
     import numpy as np
     import torch

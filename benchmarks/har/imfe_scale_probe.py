@@ -16,12 +16,18 @@ streams (the same clips as ``data/har``, before the H.264 round trip) with their
   IMFE feature instead of its own (the teacher's own chunk accuracy is ``teacher.head_acc``);
 - ``ncc``: nearest-centroid chunk accuracy, centroids from the distillation set's features.
 
-Prints one JSON line per subset and writes the whole result to ``--out`` after each one.
+Prints one JSON line per subset and writes the whole result to ``--out`` after each one (atomically):
+``planned`` lists every size of the run (``clips_per_class``, ``epochs``) from the first write on,
+``runs`` the sizes done so far, and ``complete`` is ``false`` until the last size is done, so the file
+of a run that was stopped part-way says so. (Results written before these two keys existed, such as
+``benchmarks/results/har_imfe_scale_h200.json``, lack them.)
 
     # local smoke run (minutes on 2 cores):
     .venv/bin/python benchmarks/har/imfe_scale_probe.py --clips-per-class 4 --epochs 1 --out /tmp/p.json
-    # the run reported in components/har/README.md (GPU machine, 16 cores for TV-L1):
-    python benchmarks/har/imfe_scale_probe.py --clips-per-class 20 100 400 --workers 16 --device cuda
+    # the two runs reported in components/har/README.md ("Confirmed: ..."; GPU machine, 16 cores for
+    # TV-L1; raw output benchmarks/results/har_imfe_scale_h200.json, one session each):
+    python benchmarks/har/imfe_scale_probe.py --clips-per-class 20 60 200 --workers 16 --device cuda
+    python benchmarks/har/imfe_scale_probe.py --clips-per-class 60 400 --epochs 50 15 --workers 16 --device cuda
 
 Needs the committed TV-L1 teacher ``models/har/teacher/tvl1.pt`` (``dvc repro har_teacher``).
 """
@@ -29,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -95,6 +100,7 @@ def _probe(a: argparse.Namespace, cfg, dev) -> int:
     from components.har import imfe as I
     from components.har.chunks import flow_tensor, rgb_tensor
     from components.har.experiment import load_stream_net, render_distill_set
+    from components.io import atomic_file
 
     torch.set_num_threads(a.threads)
     cfg = cfg.model_copy(update={"opticalflow": cfg.opticalflow.model_copy(update={"workers": a.workers})})
@@ -135,7 +141,8 @@ def _probe(a: argparse.Namespace, cfg, dev) -> int:
 
     result = {"device": str(dev), "torch": torch.__version__, "workers": a.workers,
               "imfe": cfg.imfe.model_dump(), "test_chunks": len(te_x), "render_and_tvl1_s": round(render_s, 1),
-              "teacher": scores(t_te, feats_of(teacher.features, tr_f), tr_y), "runs": []}
+              "teacher": scores(t_te, feats_of(teacher.features, tr_f), tr_y),
+              "planned": [{"clips_per_class": n, "epochs": ep} for n, ep in plan], "complete": False, "runs": []}
     print(json.dumps({"teacher": result["teacher"], "test_chunks": len(te_x)}), flush=True)
     for n, ep in plan:
         icfg = cfg.imfe.model_copy(update={"epochs": ep})
@@ -150,11 +157,11 @@ def _probe(a: argparse.Namespace, cfg, dev) -> int:
                "train_mse": [round(v, 4) for v in hist["train_mse"]],
                "val_mse": [round(v, 4) for v in hist["val_mse"]]}
         result["runs"].append(run)
+        result["complete"] = len(result["runs"]) == len(plan)
         print(json.dumps(run), flush=True)
         if a.out:
-            tmp = a.out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=1) + "\n")
-            os.replace(tmp, a.out)
+            with atomic_file(a.out) as fh:   # whole or not at all; 'complete' says whether every size is in
+                fh.write(json.dumps(result, indent=1) + "\n")
     return 0
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._cli import output_file  # noqa: E402
+
 MODES = ("cold", "preimported")
 SOURCES = ("imfe", "rgb", "tvl1", "farneback", "dis")
 
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", nargs="+", default=list(MODES), help=f"some of {list(MODES)}")
     ap.add_argument("--reps", type=int, default=3, help="fresh processes per mode")
     ap.add_argument("--threads", type=int, default=1, help="threads of torch/onnxruntime/OpenCV (stage: 1)")
-    ap.add_argument("--out", type=Path, default=None, help="write the JSON result here")
+    ap.add_argument("--out", type=output_file, default=None, help="write the JSON result here (checked before the run)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.source not in SOURCES:
@@ -85,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--modes {bad}: unknown; expected some of {list(MODES)}")
     if a.reps < 1 or a.threads < 1:
         ap.error(f"--reps {a.reps} / --threads {a.threads}: expected at least 1 each")
-    if a.out is not None and a.out.is_dir():
-        ap.error(f"--out {a.out}: is a folder; expected a JSON file path")
     if a.child:
         print(json.dumps(measure(str(a.models), a.source, a.threads, a.child)))
         return 0

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._cli import output_file  # noqa: E402
+from benchmarks._cli import fail, output_file, positive_int  # noqa: E402
 
 
 def _cuda_exactness(cfg, costs, structs, weights) -> dict[str, float]:
@@ -42,7 +42,10 @@ def _cuda_exactness(cfg, costs, structs, weights) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--processes", type=int, nargs="+", default=[2, 4], help="pipeline depths run for real")
+    p.add_argument("--processes", type=positive_int, nargs="+", default=None,
+                   help="pipeline depths run for real (sets pipeline.process_counts; default: params.yaml's "
+                        "januspipe.pipeline.process_counts). Checked with the config before anything runs: "
+                        "pipeline.num_blocks must hold 2 stages per process for the V-shaped schedules")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a januspipe parameter, e.g. --set pipeline.num_blocks=16 (repeatable)")
     p.add_argument("--cuda-exactness", action="store_true", help="also check every schedule's gradients on the GPU")
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from components.base import ConfigError, InputError, deep_merge, parse_override
+    from components.io import atomic_file
     from components.januspipe.config import JanuspipeConfig
     from tasks.params import load_config
 
@@ -64,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
                 problem = " ".join(str(getattr(err, "problem", None) or err).split())
                 raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}); expected KEY=VALUE "
                                   "with a YAML value, e.g. pipeline.num_blocks=16 or train.seeds=[0,1]") from None
+        if args.processes is not None:  # validated with the config (stages per block), before any profiling
+            overrides = deep_merge(overrides, {"pipeline": {"process_counts": args.processes}})
         cfg = load_config(JanuspipeConfig, overrides)
-        bad = [n for n in args.processes if n < 1]
-        if bad:
-            raise ConfigError(f"--processes {bad}: expected positive process counts")
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (ConfigError, InputError) as err:
+        named = args.processes is not None and "process_counts" in str(err)
+        return fail(f"--processes {args.processes}: {err}" if named else err)
+    processes = cfg.pipeline.process_counts
 
     import torch
 
@@ -108,22 +112,20 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001 - reported in the output and the exit status
             cuda["error"] = f"{type(err).__name__}: {err}"
             say("cuda exactness FAILED: %s", cuda["error"])
-    rows, _, exact, _ = validate(args.processes, cfg.pipeline, costs, cfg.model, structs, weights, seed=cfg.seed,
+    rows, _, exact, _ = validate(processes, cfg.pipeline, costs, cfg.model, structs, weights, seed=cfg.seed,
                                  n_cores=n_cores, progress=say)
-    out = {"host": platform.node(), "cores": n_cores, "torch": torch.__version__, "processes": args.processes,
+    out = {"host": platform.node(), "cores": n_cores, "torch": torch.__version__, "processes": processes,
            "overrides": args.overrides, "seconds": time.perf_counter() - t0, "phase_costs": raw,
            "exactness_rel_error": exact, "cuda_exactness": cuda, "runs": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(args.out)
+    with atomic_file(args.out) as fh:
+        fh.write(json.dumps(out, indent=2) + "\n")
     print("\n| schedule | processes | oversubscription | measured makespan (s) | simulated (s) | error | "
           "idle-machine model error |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['params']} | {r['processes']} | {r['oversubscription']:.1f} | {r['measured_makespan_s']:.3f} | "
               f"{r['sim_makespan_s']:.3f} | {100 * r['sim_error']:+.1f} % | {100 * r['sim_idle_machine_error']:+.1f} % |")
-    print(f"\nexactness (float64, {min(args.processes)} processes): max rel. error {max(exact.values()):.2e}; "
+    print(f"\nexactness (float64, {min(processes)} processes): max rel. error {max(exact.values()):.2e}; "
           f"{out['seconds']:.0f} s; wrote {args.out}")
     return 1 if cuda is not None and "error" in cuda else 0
 

@@ -25,6 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._cli import fail, output_file, positive_int  # noqa: E402
+
 OLD_LENGTHS = [16, 64, 256, 1024, 2048]  # the earlier params.yaml grid
 
 
@@ -49,17 +51,27 @@ def old_profile(model_cfg: dict, vocab: int, cp: int, tokens_per_config: int, re
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=5, help="profiles per procedure (alternating)")
-    p.add_argument("--old-repeats", type=int, default=3, help="back-to-back repetitions of the earlier procedure")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "skrull_profile_stability.json"))
+    p.add_argument("--rounds", type=positive_int, default=5, help="profiles per procedure (alternating; >= 2)")
+    p.add_argument("--old-repeats", type=positive_int, default=3,
+                   help="back-to-back repetitions of the earlier procedure")
+    p.add_argument("--out", type=output_file,
+                   default=ROOT / "benchmarks" / "results" / "skrull_profile_stability.json")
     args = p.parse_args(argv)
-    if args.rounds < 2 or args.old_repeats < 1:
-        print(f"error: --rounds {args.rounds} / --old-repeats {args.old_repeats}: expected >= 2 rounds and "
-              f">= 1 repeat", file=sys.stderr)
-        return 2
+    if args.rounds < 2:
+        p.error(f"argument --rounds: got '{args.rounds}'; expected >= 2 (the spread over rounds needs two)")
 
+    from components.base import ConfigError, InputError
+
+    try:
+        return _run(args)
+    except (ConfigError, InputError) as err:
+        return fail(err)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
+    from components.io import atomic_file
     from components.skrull.config import SkrullConfig
     from components.skrull.profiling import COMPUTE_TERMS, fit_compute, profile_compute
     from tasks.params import load_config
@@ -96,10 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         summary[name]["wall_s"] = [x["wall_s"] for x in records if x["procedure"] == name]
     out = {"host": platform.node(), "rounds": args.rounds, "params": pr.model_dump(),
            "old": {"lengths": OLD_LENGTHS, "repeats": args.old_repeats}, "summary": summary, "records": records}
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(args.out)
+    with atomic_file(args.out) as fh:
+        fh.write(json.dumps(out, indent=2) + "\n")
     unit = {"c_mb": ("ms", 1e3), "c_seq": ("ms", 1e3), "c_seq_shard": ("ms", 1e3), "c_tok": ("us", 1e6),
             "c_quad": ("ns", 1e9)}
     print("\n| coefficient | " + " | ".join(f"{n}: min-max (rel. SD over rounds)" for n in procedures) + " |")

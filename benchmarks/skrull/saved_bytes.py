@@ -12,7 +12,10 @@ sharded sequences, whatever their length. The committed README's figures for the
 it was rewritten come from running this script on commit 9d3b26a (the functions it calls have the
 same names there).
 
-    .venv/bin/python benchmarks/skrull/saved_bytes.py [--length 1638] [--cp 2]
+    .venv/bin/python benchmarks/skrull/saved_bytes.py [--length 1638] [--cp 2] [--out FILE.json]
+
+``--length`` must be at least 16·cp: the shortest case, a sharded sequence of length S//8, needs one
+token per zigzag chunk (S//8 >= 2·cp).
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._cli import fail, output_file, positive_int  # noqa: E402
 
 
 def saved_storages(model, layout) -> dict[int, tuple[int, tuple[int, ...], str]]:
@@ -55,18 +60,27 @@ def saved_storages(model, layout) -> dict[int, tuple[int, tuple[int, ...], str]]
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--length", type=int, default=1638, help="length S of the longest sharded sequence (default: "
-                   "the real run's C·N = 2·819)")
-    p.add_argument("--cp", type=int, default=2, help="CP degree")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "skrull_saved_bytes.json"))
+    p.add_argument("--length", type=positive_int, default=1638, help="length S of the longest sharded sequence "
+                   "(default: the real run's C·N = 2·819; at least 16·cp)")
+    p.add_argument("--cp", type=positive_int, default=2, help="CP degree")
+    p.add_argument("--out", type=output_file, default=ROOT / "benchmarks" / "results" / "skrull_saved_bytes.json")
     args = p.parse_args(argv)
-    if args.cp < 1 or args.length < 4 * args.cp:
-        print(f"error: --cp {args.cp} / --length {args.length}: expected cp >= 1 and length >= 4·cp "
-              f"(two zigzag chunks of at least 2 tokens per rank)", file=sys.stderr)
-        return 2
+    if args.length < 16 * args.cp:
+        p.error(f"--length {args.length} with --cp {args.cp}: expected --length >= 16·cp = {16 * args.cp} (the "
+                f"sharded S//8 = {args.length // 8} case needs S//8 >= 2·cp: one token per zigzag chunk)")
 
+    from components.base import ConfigError, InputError
+
+    try:
+        return _run(args)
+    except (ConfigError, InputError) as err:
+        return fail(err)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
+    from components.io import atomic_file
     from components.skrull.config import SkrullConfig
     from components.skrull.context_parallel import LoopbackExchange, build_layout
     from components.skrull.cost_model import SHARDED
@@ -109,10 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print("largest saved storages of the first sharded case:")
         for row in breakdown:
             print(f"  {row['bytes']:10d}  {str(tuple(row['shape'])):22s} {row['node']}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    tmp.replace(args.out)
+    with atomic_file(args.out) as fh:
+        fh.write(json.dumps(out, indent=1))
     print(f"wrote {args.out}")
     return 0
 

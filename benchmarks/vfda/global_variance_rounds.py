@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._cli import output_file  # noqa: E402
+
 
 def _layer_name(key: str) -> tuple[str, str]:
     """('model.1.submodule.0.1', 'mu') from 'model.1.submodule.0.1.global_var_mu'."""
@@ -69,17 +71,39 @@ def summarise(records: dict[str, list[tuple[str, int, float]]]) -> list[dict]:
     return rows
 
 
+def _span(lo: float | None, hi: float | None, digits: int) -> str:
+    """``lo-hi``, or an em dash where the records have no value (e.g. no round >= 2)."""
+    return "—" if lo is None or hi is None else f"{lo:.{digits}f}-{hi:.{digits}f}"
+
+
+def render(result: dict[str, list[dict]]) -> str:
+    """The markdown tables of :func:`summarise`'s rows, per rule, built whole before anything is printed."""
+    lines = []
+    for rule, rows in result.items():
+        if not rows:
+            lines.append(f"\nrule {rule}: no record named <layer>.global_var_mu or <layer>.global_var_sigma")
+            continue
+        last = max(r["rounds"] for r in rows)
+        later = f"rounds 2-{last}" if last >= 2 else "rounds >= 2"
+        lines += [f"\nrule {rule}: Σ²_global (channel mean), range over {max(r['federations'] for r in rows)} "
+                  "federations",
+                  f"| VFDA layer (encoder stage) | statistic | round 1 | {later} | sqrt, {later} |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['depth'] + 1} | {r['stat']} | {_span(r['round1_min'], r['round1_max'], 4)} | "
+                  f"{_span(r['later_min'], r['later_max'], 4)} | "
+                  f"{_span(r['later_factor_min'], r['later_factor_max'], 3)} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--federations", type=Path, default=ROOT / "results" / "vfda" / "federate" / "federations",
                     help="folder of federation folders, each with a history.json")
-    ap.add_argument("--out", type=Path, default=None, help="write the JSON result here")
+    ap.add_argument("--out", type=output_file, default=None, help="write the JSON result here")
     a = ap.parse_args(argv)
     if not a.federations.is_dir():
         ap.error(f"--federations {a.federations}: not a folder; expected the vfda federate stage's "
                  f"results/vfda/federate/federations (dvc repro vfda_federate)")
-    if a.out is not None and a.out.is_dir():
-        ap.error(f"--out {a.out}: is a folder; expected a JSON file path")
     try:
         by_rule = collect(a.federations)
     except ValueError as err:
@@ -90,14 +114,7 @@ def main(argv: list[str] | None = None) -> int:
               f"expected VFDA federations", file=sys.stderr)
         return 2
     result = {rule: summarise(records) for rule, records in sorted(by_rule.items())}
-    for rule, rows in result.items():
-        print(f"\nrule {rule}: Σ²_global (channel mean), range over {rows[0]['federations']} federations")
-        print("| VFDA layer (encoder stage) | statistic | round 1 | rounds 2-%d | sqrt, rounds 2-%d |"
-              % (rows[0]["rounds"], rows[0]["rounds"]))
-        print("|---|---|---|---|---|")
-        for r in rows:
-            print(f"| {r['depth'] + 1} | {r['stat']} | {r['round1_min']:.4f}-{r['round1_max']:.4f} | "
-                  f"{r['later_min']:.4f}-{r['later_max']:.4f} | {r['later_factor_min']:.3f}-{r['later_factor_max']:.3f} |")
+    print(render(result), end="")
     if a.out is not None:
         from tasks.io import write_json
 

@@ -12,33 +12,47 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._cli import print_table  # noqa: E402
 from components.base import InputError  # noqa: E402
 from components.io import read_json_record  # noqa: E402
 from components.vfda.evaluation import variant_label  # noqa: E402
+
+WHAT = "the metrics/vfda.json that `python -m flows vfda evaluate` writes"
+KEYS = ("vfda_rule", "seeds", "rounds", "profile", "dice", "gain", "timing")
+DICE = ("a JSON object with numbers 'held_in', 'held_in_std', 'held_out', 'held_out_std' and "
+        "'per_institute' (institute -> number, the same institutes in every entry)")
+GAIN = ("a JSON object with numbers 'held_in', 'held_in_std', 'held_out', 'held_out_std', "
+        "'held_in_seeds_improved', 'held_out_seeds_improved' and 'seeds'")
 
 
 def load_metrics(path: Path) -> dict:
     """metrics/vfda.json as the vfda_evaluate stage writes it; InputError (a ValueError) with the file and
     what is expected when it is missing, not JSON or lacks the table's sections."""
-    what = "the metrics/vfda.json that `python -m flows vfda evaluate` writes"
-    m = read_json_record(path, ("vfda_rule", "seeds", "rounds", "profile", "dice", "gain", "timing"), what)
+    m = read_json_record(path, KEYS, WHAT)
     if not isinstance(m["dice"], dict) or not m["dice"] or not all(isinstance(v, dict) and v for v in m["dice"].values()):
-        raise InputError(f"{path}: 'dice' has no strategy with variants; expected {what}")
+        raise InputError(f"{path}: 'dice' has no strategy with variants; expected {WHAT}")
+    for key in ("gain", "timing"):
+        if not isinstance(m[key], dict):
+            raise InputError(f"{path}: '{key}' is {m[key]!r}; expected a JSON object, in {WHAT}")
     return m
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("metrics", nargs="?", type=Path, default=ROOT / "metrics" / "vfda.json",
-                    help="the vfda_evaluate stage's metrics (default: metrics/vfda.json of this checkout)")
-    a = ap.parse_args(argv)
+def _entry(path: Path, where: str, expected: str, row):
+    """``row()`` (one table row's text); a malformed entry (a key missing, a value of the wrong type) is an
+    InputError naming the file and the entry."""
     try:
-        m = load_metrics(a.metrics)
-    except ValueError as err:
-        print(f"results_table: {err}", file=sys.stderr)
-        return 2
+        return row()
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise InputError(f"{path}: entry {where} is malformed ({type(err).__name__}: {err}); expected "
+                         f"{expected}, in {WHAT}") from None
+
+
+def render(path: Path, m: dict) -> None:
     rule = m["vfda_rule"]
-    insts = list(next(iter(next(iter(m["dice"].values())).values()))["per_institute"])
+    first_strategy, first_variants = next(iter(m["dice"].items()))
+    first_variant = next(iter(first_variants))
+    insts = _entry(path, f"dice.{first_strategy}.{first_variant}", DICE,
+                   lambda: list(first_variants[first_variant]["per_institute"]))
     print(f"Dice (%), mean over {m['seeds']} seeds; held-in = macro mean of the institutes' local test sets; "
           f"{m['rounds']} rounds; profile {m['profile']}")
     print()
@@ -48,21 +62,31 @@ def main(argv: list[str] | None = None) -> int:
         order = sorted(variants, key=lambda v: (["base", "mixup", "vfda"].index(v) if v in ("base", "mixup", "vfda") else 3, v))
         for v in order:
             d = variants[v]
-            cells = [f"{100 * d['per_institute'][i]:.2f}" for i in insts]
-            print(f"| {variant_label(strategy, v, rule)} | " + " | ".join(cells) +
-                  f" | {100 * d['held_in']:.2f} ± {100 * d['held_in_std']:.2f} | {100 * d['held_out']:.2f} ± {100 * d['held_out_std']:.2f} |")
+            print(_entry(path, f"dice.{strategy}.{v}", DICE, lambda: (
+                f"| {variant_label(strategy, v, rule)} | " + " | ".join(f"{100 * d['per_institute'][i]:.2f}" for i in insts) +
+                f" | {100 * d['held_in']:.2f} ± {100 * d['held_in_std']:.2f} | {100 * d['held_out']:.2f} ± {100 * d['held_out_std']:.2f} |")))
     print()
     print("| vs. base strategy | Δ held-in (pp) | seeds improved | Δ held-out (pp) | seeds improved |")
     print("|---|---|---|---|---|")
     for strategy, variants in m["gain"].items():
-        for v, g in variants.items():
-            print(f"| {variant_label(strategy, v, rule)} | {100 * g['held_in']:+.2f} ± {100 * g['held_in_std']:.2f} | "
-                  f"{g['held_in_seeds_improved']}/{g['seeds']} | {100 * g['held_out']:+.2f} ± {100 * g['held_out_std']:.2f} | "
-                  f"{g['held_out_seeds_improved']}/{g['seeds']} |")
+        items = _entry(path, f"gain.{strategy}", "a JSON object of variants", lambda: list(variants.items()))
+        for v, g in items:
+            print(_entry(path, f"gain.{strategy}.{v}", GAIN, lambda: (
+                f"| {variant_label(strategy, v, rule)} | {100 * g['held_in']:+.2f} ± {100 * g['held_in_std']:.2f} | "
+                f"{g['held_in_seeds_improved']}/{g['seeds']} | {100 * g['held_out']:+.2f} ± {100 * g['held_out_std']:.2f} | "
+                f"{g['held_out_seeds_improved']}/{g['seeds']} |")))
     print()
-    t = m["timing"]
-    print("timing (s):", json.dumps({k: round(v, 1) for k, v in t.items()}))
-    return 0
+    timing = _entry(path, "timing", "a JSON object of stage -> seconds",
+                    lambda: json.dumps({k: round(v, 1) for k, v in m["timing"].items()}))
+    print("timing (s):", timing)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("metrics", nargs="?", type=Path, default=ROOT / "metrics" / "vfda.json",
+                    help="the vfda_evaluate stage's metrics (default: metrics/vfda.json of this checkout)")
+    a = ap.parse_args(argv)
+    return print_table(lambda: load_metrics(a.metrics), lambda m: render(a.metrics, m), str(a.metrics), WHAT)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""benchmarks/{har,januspipe,familyseer}/results_table.py: a small valid metrics file renders; a missing,
+"""benchmarks/{har,januspipe,familyseer,vfda}/results_table.py: a small valid metrics file renders; a missing,
 empty, truncated, list-shaped or section-less one exits 2 naming the file, with nothing on stdout."""
 from __future__ import annotations
 
@@ -28,10 +28,18 @@ PER_MODEL = {"m": {"tasks": 3, "budget": 10, "final_latency_us": {"p": 12.0},
                    "speedup": {"p": {"method_trials": 5, "reached": True, "baseline_trials": 10,
                                      "speedup_trials": 2.0, "speedup_wall": 1.5}},
                    "latency": {"tuned": {"latency_ms_p50": 1.0}}, "cost_model": {"families": {}}}}
+_DICE = {"held_in": 0.8, "held_in_std": 0.01, "held_out": 0.7, "held_out_std": 0.02,
+         "per_institute": {"A": 0.85, "B": 0.75}, "seeds": 3}
+_GAIN = {"held_in": -0.01, "held_in_std": 0.004, "held_out": 0.003, "held_out_std": 0.005,
+         "held_in_seeds_improved": 0, "held_out_seeds_improved": 2, "seeds": 3}
+VFDA = {"profile": "quick", "vfda_rule": "product", "seeds": 3, "rounds": 10,
+        "dice": {"fedavg": {"base": _DICE, "vfda": {**_DICE, "held_out": 0.72}}},
+        "gain": {"fedavg": {"vfda": _GAIN}}, "timing": {"evaluate_s": 20.94}}
 
 GOOD = {"har": (HAR, "| TV-L1 + flow CNN (the standard pipeline) | 50.0 ± 10.0 | 40.0 ± 5.0 | 60.0 | 100.0 |"),
         "januspipe": (JANUSPIPE, "| 1f1b4 | 2.000 | 1.00× | 10.0% | 50 |"),
-        "familyseer": (FAMILYSEER, "| m | 3 | 10 | p | 10 | 5 | 2.00 | — | 1.50 | — |")}
+        "familyseer": (FAMILYSEER, "| m | 3 | 10 | p | 10 | 5 | 2.00 | — | 1.50 | — |"),
+        "vfda": (VFDA, "| FedAvg + VFDA (product) | 85.00 | 75.00 | 80.00 ± 1.00 | 72.00 ± 2.00 |")}
 
 
 def _table(paper: str):
@@ -105,3 +113,26 @@ def test_the_default_metrics_are_this_checkouts_whatever_the_current_folder(pape
         assert proc.stdout.startswith(("|", "Dice", "###", "profile"))
     else:  # a checkout without (valid) metrics: the error names the checkout's file, not ./metrics/...
         assert proc.returncode == 2 and (str(REPO / "metrics") in proc.stderr or str(REPO / "plots") in proc.stderr)
+
+
+def _without(d: dict, key: str) -> dict:
+    return {k: v for k, v in d.items() if k != key}
+
+
+@pytest.mark.parametrize("broken, entry", [
+    ({**VFDA, "dice": {"fedavg": {"base": _DICE, "vfda": _without(_DICE, "held_out_std")}}},
+     "dice.fedavg.vfda is malformed (KeyError: 'held_out_std')"),       # was a partial table + KeyError, rc 1
+    ({**VFDA, "dice": {"fedavg": {"base": _DICE, "vfda": {**_DICE, "per_institute": {"A": 0.8}}}}},
+     "dice.fedavg.vfda is malformed (KeyError: 'B')"),
+    ({**VFDA, "gain": {"fedavg": {"vfda": {**_GAIN, "held_in": "x"}}}}, "gain.fedavg.vfda is malformed (ValueError"),
+    ({**VFDA, "gain": {"fedavg": [1]}}, "gain.fedavg is malformed"),
+    ({**VFDA, "timing": {"evaluate_s": None}}, "timing is malformed (TypeError"),
+    ({**VFDA, "gain": []}, "'gain' is []; expected a JSON object"),
+])
+def test_vfda_malformed_entries_exit_2_naming_the_file_and_entry(broken, entry, tmp_path, capsys):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(broken))
+    assert _table("vfda").main([str(path)]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "", cap.out
+    assert cap.err.startswith(f"error: {path}: ") and entry in cap.err and cap.err.count("\n") == 1, cap.err

@@ -221,3 +221,50 @@ def test_traceback_filter_keeps_real_crashes():
         rec = record(crash)
         assert UserErrorTracebackFilter().filter(rec) and rec.exc_info is not None
         assert "Traceback" in logging.Formatter().format(rec)
+
+
+def _documented_stage_commands() -> list[tuple[str, str]]:
+    """``python -m flows <paper> <stage> ...`` lines of the READMEs and docs that run one stage other than
+    the data stage in this checkout (not ``all``, not in a scratch copy with ``DVC_STAGE`` set)."""
+    import re
+
+    found = []
+    for doc in [REPO / "README.md", *sorted(REPO.glob("docs/*.md")), *sorted(REPO.glob("components/*/README.md"))]:
+        text = re.sub(r"\\\n\s*", " ", doc.read_text(encoding="utf-8"))   # join continued shell lines
+        for line in text.splitlines():
+            m = re.search(r"python -m flows (\w+) (\w+)([^`]*)", line)
+            if not m or m.group(1) not in PAPERS or m.group(2) in ("all", "data") or "DVC_STAGE" in line:
+                continue
+            if "<" in m.group(3) or "..." in m.group(3):         # a placeholder or an elided command
+                continue
+            found.append((f"{doc.relative_to(REPO)}", m.group(0).strip()))
+    return found
+
+
+@pytest.mark.parametrize("doc, command", _documented_stage_commands())
+def test_documented_single_stage_commands_agree_with_the_data_stage(doc, command):
+    """A stage run without the data stage is refused when its config differs from params.yaml where the
+    data stage is built from it (tasks.pipeline.check_data_config); the commands the docs show must pass
+    that check (a command that changes the seed, the profile or the data section must run ``all``)."""
+    import shlex
+
+    from components.base import deep_merge, parse_override
+    from tasks.params import load_config
+    from tasks.pipeline import check_data_config
+
+    argv = shlex.split(command, comments=True)[3:]
+    paper, rest = argv[0], argv[2:]
+    overrides, params = {}, None
+    while rest:
+        flag, value, rest = rest[0], rest[1], rest[2:]
+        if flag == "--set":
+            overrides = deep_merge(overrides, parse_override(value))
+        elif flag == "--profile":
+            overrides["profile"] = value
+        elif flag == "--params":
+            params = REPO / value
+        else:
+            pytest.fail(f"{doc}: {command}: unexpected option {flag}")
+    module = importlib.import_module(PAPERS[paper].module)
+    config = load_config(module.CONFIG, overrides, params)
+    check_data_config(paper, config, f"{paper}_data", REPO)
