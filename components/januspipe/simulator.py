@@ -492,7 +492,9 @@ def tune(name: str, num_devices: int, num_microbatches: int, costs: CostModel, n
             got = cached(None, {**dict(base), "cap": c})
             return got is not None and fits_budget(got[1], memory_budget_bytes)
 
-        for base in {tuple((k, v) for k, v in p.items() if k != "cap") for p in grid if "cap" in p}:
+        # sorted: a set's order follows PYTHONHASHSEED, and the first of equally fast candidates wins below
+        for base in sorted({tuple((k, v) for k, v in p.items() if k != "cap") for p in grid if "cap" in p},
+                           key=repr):
             lo, hi = 1, min(2 * num_devices, num_microbatches)
             if not fits(base, lo):
                 continue

@@ -137,8 +137,10 @@ def test_throughput_without_costs_or_data_names_the_data(tmp_path, capsys, monke
 
 
 def test_throughput_refuses_costs_with_measure(tmp_path):
-    _refused(_run("benchmarks/januspipe/throughput.py", "--measure", "--costs", str(tmp_path / "c.json")),
-             "--costs", "--measure")
+    out = tmp_path / "t.json"                       # never the committed default, should the refusal regress
+    _refused(_run("benchmarks/januspipe/throughput.py", "--measure", "--costs", str(tmp_path / "c.json"),
+                  "--out", str(out)), "--costs", "--measure")
+    assert not out.exists()
 
 
 # -- 5. har/imfe_grid_probe.py: argparse, then the inputs named before the slow decoding -----------------

@@ -180,12 +180,17 @@ def test_repo_deployments_file_is_valid():
     assert load_spec(REPO / "infra" / "prefect" / "deployments.yaml")["papers"] == "all"
 
 
-def test_user_error_inside_a_flow_is_one_clean_line(paperworks_root):
+def test_user_error_inside_a_flow_is_one_clean_line(prefect_harness, paperworks_root, tmp_path):
     """A ConfigError/InputError raised inside a stage used to print ~75 lines of Prefect tracebacks (task run
-    failed, flow run failed) before the ``error:`` line; the CLI filters the traceback out of those records."""
+    failed, flow run failed) before the ``error:`` line; the CLI filters the traceback out of those records.
+    The child uses the session's test server (an ephemeral one of its own had 20 s to start on a loaded
+    2-core machine, and kept its database in ~/.prefect)."""
     import os
 
-    env = {**os.environ, "PAPERWORKS_ROOT": str(paperworks_root), "DVC_STAGE": "har_teacher"}
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PAPERWORKS_ROOT": str(paperworks_root), "DVC_STAGE": "har_teacher",
+           "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_HOME": str(tmp_path / "prefect")}
     proc = subprocess.run([sys.executable, "-m", "flows", "har", "teacher"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
