@@ -16,7 +16,8 @@ Stages (``python -m flows familyseer <stage>``; DVC stages ``familyseer_<stage>`
 ``compile`` and ``evaluate`` use a run only if its stored fingerprint is the one the tune stage would
 give it now (same tasks, policy, seed, settings, tuning code, machine and library versions); a stale
 run is an InputError naming its folder (re-run the tune stage). ``evaluate`` also checks that
-``latency.json`` covers every model and seed of the config and was compiled from the runs on disk.
+``latency.json`` covers every model (with its PyTorch eager and untuned builds) and seed of the config
+and was compiled from the runs on disk.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ STAGES = ("data", "tune", "compile", "evaluate")
 
 
 def _run_seed(cfg: FamilySeerConfig, seed: int) -> int:
+    """The seed a run of tune seed ``seed`` is tuned with (below 2**32, numpy's range: the config checks it)."""
     return cfg.seed * 1000 + seed
 
 

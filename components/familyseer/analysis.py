@@ -45,9 +45,14 @@ def untunable_tasks(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def set_aside(run: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, Any]:
     """A copy of ``run`` in which ``tasks`` weigh 0: its curve is the weighted latency of the other
-    tasks (the trials spent on them still count)."""
+    tasks (the trials spent on them still count). ValueError if no task of non-zero weight would remain:
+    the weighted latency of no task is 0, not a latency."""
     drop = set(tasks)
-    return {**run, "weights": [0.0 if name in drop else w for name, w in zip(run["tasks"], run["weights"])]}
+    weights = [0.0 if name in drop else w for name, w in zip(run["tasks"], run["weights"])]
+    if not any(weights):
+        raise ValueError(f"setting aside {sorted(drop)} leaves no task of non-zero weight among the run's tasks "
+                         f"{list(run['tasks'])}: its weighted latency would be 0; expected at least one task kept")
+    return {**run, "weights": weights}
 
 
 def run_curve(run: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,8 @@ PolicyName = Literal["gradient", "round_robin", "familyseer", "familyseer_hash",
 FORESEE_POLICIES = frozenset({"familyseer", "familyseer_hash", "familyseer_ind"})
 #: a thread count (the same bounds as the other thread settings)
 Threads = Annotated[int, Field(ge=1, le=512)]
+#: a tuning run's seed (seed x 1000 + tune seed) must be below this: numpy's np.random.seed range
+RUN_SEED_LIMIT = 2 ** 32
 
 
 class ZooConfig(BaseModel):
@@ -81,8 +83,9 @@ class TuneConfig(BaseModel):
                                  "(paper: 900 x (tasks + 1))")
     trials_per_round: int = Field(8, ge=1, le=512, description="measurements per main round (paper: 64)")
     foresee_trials: int = Field(4, ge=0, description="measurements in a foresee round on a sibling (paper: 16)")
-    foresee_random: int = Field(0, ge=0, description="of which taken from the end of the search's round "
-                                "(its eps-greedy random picks: int(trials_per_round x eps_greedy), 3 at 64; paper: 3)")
+    foresee_random: int = Field(0, ge=0, description="of which eps-greedy random picks (the foresee round's own "
+                                "search is given the eps_greedy that returns exactly this many: "
+                                "scheduler.foresee_eps_greedy; paper: 3)")
     alpha: float = Field(0.2, ge=0.0, le=1.0, description="gradient scheduler alpha (MetaSchedule default)")
     window_size: int = Field(3, ge=1, description="gradient scheduler backward window (MetaSchedule default)")
     target_cores: int = Field(2, ge=1, le=512, description=(
@@ -126,18 +129,17 @@ class TuneConfig(BaseModel):
                              f"spends the whole budget, so no foresee round of "
                              f"{[p for p in self.policies if p in FORESEE_POLICIES]} could ever run; expected "
                              f"trials_per_task > trials_per_round, or foresee_trials=0")
-        n_random = int(self.trials_per_round * self.search.eps_greedy)
-        if self.foresee_random > n_random:
-            raise ValueError(f"foresee_random={self.foresee_random} > the search's random picks per round "
-                             f"(int(trials_per_round x search.eps_greedy) = {n_random}): the extra 'random' picks "
-                             f"would be the model's lowest-ranked ones")
+        # foresee_random needs no cap from the main rounds' eps-greedy share: a foresee round runs a search of
+        # its own whose eps_greedy (scheduler.foresee_eps_greedy) returns exactly foresee_random random picks
         return self
 
 
 class EvaluateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    baseline: PolicyName = Field("gradient", description="policy whose final latency FamilySeer must reach")
-    method: PolicyName = Field("familyseer", description="policy whose search-time speed-up is reported")
+    baseline: PolicyName = Field("gradient", description="policy whose final latency FamilySeer must reach "
+                                 "(the claims are judged for gradient only: evaluation.metric_keys)")
+    method: PolicyName = Field("familyseer", description="policy whose search-time speed-up is reported "
+                               "(the claims are judged for familyseer only: evaluation.metric_keys)")
     latency_repeat: int = Field(15, ge=3, description="end-to-end latency samples per build (p50/p99)")
     latency_min_repeat_ms: int = Field(25, ge=1, description="minimum time of one latency sample (ms)")
     torch_threads: list[Threads] = Field([1, 2], min_length=1, description="thread counts tried for the PyTorch "
@@ -161,4 +163,15 @@ class FamilySeerConfig(ComponentConfig):
         if self.evaluate.baseline == self.evaluate.method:
             raise ValueError(f"evaluate.baseline={self.evaluate.baseline!r} equals evaluate.method: expected two "
                              f"different policies (the method's speed-up is measured against the baseline)")
+        return self
+
+    @model_validator(mode="after")
+    def _run_seeds_fit_numpy(self) -> "FamilySeerConfig":
+        # the tune stage seeds a run of seed s with seed x 1000 + s (flows/familyseer.py, _run_seed), which
+        # numpy's global generator (np.random.seed, tuning._seed_everything) takes only below 2**32
+        top = self.seed * 1000 + max(self.tune.seeds)
+        if top >= RUN_SEED_LIMIT:
+            raise ValueError(f"seed={self.seed} and tune.seeds={self.tune.seeds} give the run seed seed x 1000 + "
+                             f"max(tune.seeds) = {top}; expected seed x 1000 + max(tune.seeds) < 2**32 = "
+                             f"{RUN_SEED_LIMIT} (the tune stage seeds numpy's generator with it)")
         return self

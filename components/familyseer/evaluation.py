@@ -21,6 +21,11 @@ from components.io import read_json_record
 
 #: seed resamples behind each speed-up's 90 % interval (one stream per model: analysis.bootstrap_streams)
 BOOTSTRAP_RESAMPLES = 1000
+#: the untuned builds every tuned one is compared with (entries of the compile stage's latency.json)
+REFERENCE_BUILDS = ("pytorch_eager", "tvm_untuned")
+#: (evaluate.method, evaluate.baseline) of components/familyseer/claims.yaml: only for this pair do the
+#: metrics carry the keys the claims read (:func:`metric_keys`)
+CLAIMED_PAIR = ("familyseer", "gradient")
 
 
 def _finite(xs: list[float | None]) -> list[float]:
@@ -63,8 +68,9 @@ def _is_number(x: Any) -> bool:
 
 def check_latency(latency: Mapping[str, Any], cfg: FamilySeerConfig, latency_file: Path | str = "latency.json") -> None:
     """InputError naming ``latency_file`` (the compile stage's ``latency.json``), the model and what is
-    expected unless it has an entry for every model of ``zoo.models`` and, per policy of ``tune.policies``,
-    a ``latency_ms_p50`` for exactly the seeds of ``tune.seeds``."""
+    expected unless it has an entry for every model of ``zoo.models`` with a numeric ``latency_ms_p50`` and
+    ``latency_ms_p99`` for each reference build (:data:`REFERENCE_BUILDS`) and, per policy of
+    ``tune.policies``, a ``latency_ms_p50`` for exactly the seeds of ``tune.seeds``."""
     tc = cfg.tune
     rerun = "re-run the compile stage (`python -m flows familyseer compile`)"
     seeds = sorted(str(s) for s in tc.seeds)
@@ -77,6 +83,14 @@ def check_latency(latency: Mapping[str, Any], cfg: FamilySeerConfig, latency_fil
             found = "missing" if lat is None else f"{str(lat)[:80]!r}"
             raise InputError(f"{latency_file}: model {name!r} is {found} (it has {sorted(latency)}); expected an "
                              f"object for every model of zoo.models {list(cfg.zoo.models)}; {rerun}")
+        for key in REFERENCE_BUILDS:
+            ref = lat.get(key)
+            if not (isinstance(ref, Mapping)
+                    and all(_is_number(ref.get(k)) for k in ("latency_ms_p50", "latency_ms_p99"))):
+                found = "missing" if ref is None else f"{str(ref)[:80]!r}"
+                raise InputError(f"{latency_file}: model {name!r}, {key!r} is {found}; expected an object with a "
+                                 f"numeric 'latency_ms_p50' and 'latency_ms_p99' (the tuned builds are compared "
+                                 f"with it); {rerun}")
         for p in tc.policies:
             per_seed = lat.get(f"tvm_{p}")
             found = sorted(per_seed) if isinstance(per_seed, Mapping) else per_seed
@@ -113,6 +127,30 @@ def final_latencies(runs: list[Mapping[str, Any]], budget: int) -> dict[str, Any
     used = _finite(per_seed)
     return {"mean_us": float(np.mean(used)) if used else None, "seeds": len(runs), "seeds_used": len(used),
             "per_seed_us": per_seed}
+
+
+def final_ratio(baseline: Mapping[str, Any], method: Mapping[str, Any]) -> dict[str, Any]:
+    """Baseline / method final latency (two :func:`final_latencies` of the same seeds) over the seeds both
+    have one for: the ratio of their means over those seeds (None if there are none), with how many there
+    were (``seeds_used``). ``method_missing``: the method has a final latency on no seed (each of its runs
+    never measured some task validly); the headline then counts the model as one where the method fails
+    "no worse than the baseline", not as one left out (:func:`_headline`)."""
+    pairs = [(b, m) for b, m in zip(baseline["per_seed_us"], method["per_seed_us"])
+             if b is not None and m is not None]
+    b_mean = float(np.mean([b for b, _ in pairs])) if pairs else None
+    m_mean = float(np.mean([m for _, m in pairs])) if pairs else None
+    return {"ratio": b_mean / m_mean if (b_mean and m_mean) else None, "seeds_used": len(pairs),
+            "method_missing": method["seeds_used"] == 0}
+
+
+def metric_keys(method: str, baseline: str) -> tuple[str, str]:
+    """(prefix of the search speed-up keys, key of the final-latency ratio) in the metrics. The claims
+    (``claims.yaml``: FamilySeer against MetaSchedule's gradient scheduler) read the keys of
+    :data:`CLAIMED_PAIR`, ``speedup_vs_gradient_*`` and ``ratio_baseline_over_method_mean``; any other pair's
+    keys name both policies, so no claim reads another policy's figures (the report leaves them unjudged)."""
+    if (method, baseline) == CLAIMED_PAIR:
+        return f"speedup_vs_{baseline}", "ratio_baseline_over_method_mean"
+    return f"speedup_{method}_vs_{baseline}", f"ratio_{baseline}_over_{method}_mean"
 
 
 def _ranking_for_model(cfg: FamilySeerConfig, zoo_dir: Path, name: str, run_dirs: list[tuple[int, Path]],
@@ -222,6 +260,15 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
         runs = all_runs[name]
         # a task no policy and seed could build and run is set aside for every policy alike
         untunable = untunable_tasks([r for rs in runs.values() for r in rs])
+        if set(untunable) >= {str(t) for rs in runs.values() for r in rs for t in r["tasks"]}:
+            # set aside, every task would weigh 0: a weighted latency of 0 us and a speed-up of 1.0 "reached"
+            failed = [t["error"] for rs in runs.values() for r in rs for t in r["trials"]]
+            raise InputError(
+                f"{run_dir(name, ev.baseline, tc.seeds[0]).parent.parent}: model {name!r}: no trial of any policy "
+                f"and seed measured any of its tasks {untunable} validly ({failed.count('build')} build and "
+                f"{failed.count('run')} run failures in {len(failed)} trials); expected valid measurements: see "
+                f"'errors' in the runs' run.json (a run timeout: raise tune.run_timeout_s={tc.run_timeout_s}; a "
+                f"build timeout: tune.build_timeout_s={tc.build_timeout_s}) and re-run the tune stage")
         if untunable:
             progress(f"{name}: no valid measurement of {untunable} in any run: left out of every policy's "
                      f"weighted latency (their trials still count)")
@@ -245,7 +292,10 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
                 continue
             boot = bootstrap_speedups(runs[ev.baseline], runs[p], budget, BOOTSTRAP_RESAMPLES, seed=streams[name])
             boot_samples.setdefault(p, {})[name] = boot
-            model_out["speedup_ci90"][p] = interval(boot)
+            # no interval around a speed-up that does not exist (the baseline's seed-mean curve never
+            # covers every task), even where some resamples of the seeds give one
+            point = search_speedup(runs[ev.baseline], runs[p], 1.0, budget)
+            model_out["speedup_ci90"][p] = interval(boot) if point is not None else None
             model_out["speedup_per_seed"][p] = [
                 None if s is None else {"trials": s.speedup_trials, "wall": s.speedup_wall, "reached": s.reached}
                 for s in per_seed_speedups(runs[ev.baseline], runs[p], 1.0, budget)]
@@ -273,8 +323,9 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
                     "method_trials": sp.method_trials if sp.reached else f"> {len(curves[p][0])}",
                     "speedup_trials": sp.speedup_trials, "speedup_wall": sp.speedup_wall, "reached": sp.reached,
                     "note": ""})
+        finals = {p: final_latencies(runs[p], budget) for p in tc.policies}  # at the budget
         for p in tc.policies:
-            fin = final_latencies(runs[p], budget)  # at the budget
+            fin = finals[p]
             model_out["final_latency_us"][p] = fin["mean_us"]
             model_out["final_latency_seeds_used"][p] = fin["seeds_used"]
             model_out["final_latency_per_seed_us"][p] = fin["per_seed_us"]
@@ -287,15 +338,23 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
                 "note": (f"mean over {fin['seeds_used']} of {fin['seeds']} seeds: seed(s) {missing} never measured "
                          f"every task validly" if missing else "")})
             policy_summary[p][f"{name}.final_weighted_latency_us"] = model_out["final_latency_us"][p] or float("nan")
-        b, m = model_out["final_latency_us"].get(ev.baseline), model_out["final_latency_us"].get(ev.method)
-        model_out["final_ratio_baseline_over_method"] = (b / m) if (b and m) else None
+        # over the seeds both policies have a final latency for (not each policy's own seeds)
+        ratio = final_ratio(finals[ev.baseline], finals[ev.method])
+        model_out["final_ratio_baseline_over_method"] = ratio["ratio"]
+        model_out["final_ratio_seeds_used"] = ratio["seeds_used"]
+        model_out["final_ratio_method_missing"] = ratio["method_missing"]
+        if ratio["method_missing"]:
+            progress(f"{name}: no run of {ev.method} measured every task validly: no final latency, so its final "
+                     f"latency counts as worse than {ev.baseline}'s (the mean ratio over models is None)")
+        elif ratio["seeds_used"] < len(tc.seeds):
+            progress(f"{name}: final-latency ratio {ev.baseline} / {ev.method} over the {ratio['seeds_used']} of "
+                     f"{len(tc.seeds)} seeds where both runs measured every task validly")
 
         # end-to-end latency of the compiled models
         lat = latency.get(name, {})
         lat_out: dict[str, Any] = {}
-        for key in ("pytorch_eager", "tvm_untuned"):
-            if key in lat:
-                lat_out[key] = {"latency_ms_p50": lat[key]["latency_ms_p50"], "latency_ms_p99": lat[key]["latency_ms_p99"]}
+        for key in REFERENCE_BUILDS:  # check_latency: both there, with numeric p50 and p99
+            lat_out[key] = {"latency_ms_p50": lat[key]["latency_ms_p50"], "latency_ms_p99": lat[key]["latency_ms_p99"]}
         for p in tc.policies:
             per_seed = lat.get(f"tvm_{p}", {})
             p50 = [v["latency_ms_p50"] for v in per_seed.values()]
@@ -326,9 +385,14 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
                  f"ranking family {rq['family_accuracy']} vs global {rq['global_accuracy']}")
 
     metrics = _headline(cfg, per_model)
+    speedup_key, ratio_key = metric_keys(ev.method, ev.baseline)
+    if (ev.method, ev.baseline) != CLAIMED_PAIR:
+        progress(f"evaluate.method={ev.method!r}, evaluate.baseline={ev.baseline!r}: the claims (claims.yaml) are "
+                 f"about {CLAIMED_PAIR[0]!r} against {CLAIMED_PAIR[1]!r}; the metrics name both policies "
+                 f"({speedup_key}_*, final_latency.{ratio_key}) and the report leaves those claims unjudged")
     # the mean over models, with every model's seeds resampled: its 90 % interval
     mean_boot = pooled_bootstrap(boot_samples.get(ev.method, {}), per_model, ev.method)
-    metrics["search_speedup"][f"speedup_vs_{ev.baseline}_trials_mean_ci90"] = interval(mean_boot)
+    metrics["search_speedup"][f"{speedup_key}_trials_mean_ci90"] = interval(mean_boot)
     for m in per_model:
         metrics["search_speedup"]["per_model"][m]["trials_ci90"] = per_model[m]["speedup_ci90"].get(ev.method)
     # summary figures
@@ -362,9 +426,11 @@ def pooled_bootstrap(boots: Mapping[str, np.ndarray], per_model: Mapping[str, An
 def _headline(cfg: FamilySeerConfig, per_model: Mapping[str, Any]) -> dict[str, Any]:
     """The metrics file's figures from the per-model results. Every mean or median over models or seeds
     is over those that have the figure; ``models_used`` / ``seeds_used`` next to it say how many did
-    (``models`` / ``seeds``: how many there were)."""
+    (``models`` / ``seeds``: how many there were). One exception: the final-latency ratio's mean is None
+    when the method has no final latency for some model (``final_ratio_method_missing``). Key names:
+    :func:`metric_keys`."""
     ev, tc = cfg.evaluate, cfg.tune
-    b = ev.baseline
+    sk, ratio_key = metric_keys(ev.method, ev.baseline)
     sp = [per_model[m]["speedup"].get(ev.method) for m in per_model]
     sp90 = [per_model[m]["speedup"].get(f"{ev.method}_at90") for m in per_model]
     trials = _finite([s["speedup_trials"] for s in sp if s])
@@ -394,14 +460,17 @@ def _headline(cfg: FamilySeerConfig, per_model: Mapping[str, Any]) -> dict[str, 
                         for m in per_model for p in tc.policies]
     tuned_vs_untuned = [x for x in tuned_vs_untuned if x]
     ratios = _finite([per_model[m]["final_ratio_baseline_over_method"] for m in per_model])
+    # a model where the method has no final latency at all does not meet "no worse than the baseline":
+    # the mean is then None (the claim is not met), not a mean over the other models
+    method_missing = [m for m in per_model if per_model[m].get("final_ratio_method_missing")]
     metrics: dict[str, Any] = {
         "search_speedup": {
-            f"speedup_vs_{b}_trials_mean": _mean(trials),
-            f"speedup_vs_{b}_trials_geomean": float(np.exp(np.mean(np.log(trials)))) if trials else None,
-            f"speedup_vs_{b}_wall_mean": _mean(walls),
-            f"speedup_vs_{b}_wall_seed_median": _median(walls_seed),
-            f"speedup_vs_{b}_trials_mean_at90": _mean(at90),
-            f"speedup_vs_{b}_trials_seed_median": _median(trials_seed),
+            f"{sk}_trials_mean": _mean(trials),
+            f"{sk}_trials_geomean": float(np.exp(np.mean(np.log(trials)))) if trials else None,
+            f"{sk}_wall_mean": _mean(walls),
+            f"{sk}_wall_seed_median": _median(walls_seed),
+            f"{sk}_trials_mean_at90": _mean(at90),
+            f"{sk}_trials_seed_median": _median(trials_seed),
             "models": len(per_model), "models_used": len(trials), "models_used_wall": len(walls),
             "models_used_at90": len(at90), "seeds": len(tc.seeds), "seeds_used_wall": len(walls_seed),
             "seeds_used_trials": len(trials_seed),
@@ -419,7 +488,7 @@ def _headline(cfg: FamilySeerConfig, per_model: Mapping[str, Any]) -> dict[str, 
                           for m, s in zip(per_model, sp)},
         },
         "final_latency": {
-            "ratio_baseline_over_method_mean": _mean(ratios),
+            ratio_key: None if method_missing else _mean(ratios),
             "models": len(per_model), "models_used": len(ratios), "seeds": len(tc.seeds),
             "per_model_us": {m: per_model[m]["final_latency_us"] for m in per_model},
             "per_model_seeds_used": {m: per_model[m].get("final_latency_seeds_used", {}) for m in per_model},

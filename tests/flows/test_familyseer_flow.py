@@ -142,3 +142,20 @@ def test_compile_uses_only_runs_of_the_current_configuration(tmp_path, monkeypat
     run_json.write_text(run_json.read_text().replace(runs["mlp_tiny", "gradient", 1]["fingerprint"], "0" * 20))
     with pytest.raises(InputError, match=rf"{run_json.parent}: stored fingerprint '{'0' * 20}'"):
         _current_runs(ctx)
+
+
+def test_every_run_seed_the_config_accepts_seeds_numpy():
+    """The tune stage seeds numpy with _run_seed (tuning._seed_everything): the config refuses a master seed
+    and tune seeds whose largest run seed numpy would refuse, and accepts the largest one it takes."""
+    import numpy as np
+
+    from components.base import ConfigError, resolve_section
+    from components.familyseer.config import FamilySeerConfig
+    from flows.familyseer import _run_seed
+
+    cfg = resolve_section(FamilySeerConfig, {}, {"seed": 4294967, "tune": {"seeds": [0, 295]}})
+    assert _run_seed(cfg, 295) == 2 ** 32 - 1
+    np.random.seed(_run_seed(cfg, 295))
+    for override in ({"seed": 4294967, "tune": {"seeds": [0, 296]}}, {"seed": 4294968}):
+        with pytest.raises(ConfigError, match=r"seed=429496[78] and tune.seeds=\[.*\] give the run seed"):
+            resolve_section(FamilySeerConfig, {}, override)

@@ -225,11 +225,16 @@ def outputs(tmp_path, fast_fingerprint, monkeypatch):
     plots = tmp_path / "plots"
     plots.mkdir()
 
-    def evaluate(lat=None):
-        return evaluation.evaluate_all(cfg, zoo, lambda m, p, s: runs / m / p / f"seed{s}",
-                                       latency if lat is None else lat, plots, latency_file="compile/latency.json")
+    def evaluate(lat=None, config=None, progress=lambda msg: None):
+        return evaluation.evaluate_all(config or cfg, zoo, lambda m, p, s: runs / m / p / f"seed{s}",
+                                       latency if lat is None else lat, plots, progress=progress,
+                                       latency_file="compile/latency.json")
 
-    return SimpleNamespace(cfg=cfg, runs=runs, latency=latency, evaluate=evaluate)
+    def set_ledger(name, policy, seed, ledger):
+        """Replace a run's trials (its fingerprint does not cover them)."""
+        (runs / name / policy / f"seed{seed}" / "ledger.json").write_text(json.dumps({"trials": trials(ledger)}))
+
+    return SimpleNamespace(cfg=cfg, runs=runs, latency=latency, evaluate=evaluate, set_ledger=set_ledger)
 
 
 def test_evaluate_reports_per_seed_speed_ups_and_pools_the_bootstrap_over_the_models_used(outputs, monkeypatch):
@@ -295,3 +300,156 @@ def test_evaluate_stops_at_latencies_of_other_models_seeds_or_runs(outputs):
     with pytest.raises(InputError, match=r"model 'mlp_tiny', 'tvm_gradient' seed 0 was compiled from the run of "
                                          r"fingerprint 'stale'; expected '[0-9a-f]{20}'.*re-run the compile stage"):
         outputs.evaluate(lat)
+
+
+# --------------------------------------------------------------------------------------------------
+# the final-latency ratio, all-failed models, intervals, the compile stage's reference builds, claim keys
+
+
+def test_the_final_latency_ratio_is_over_the_seeds_both_policies_have():
+    """Seed 1 of the baseline and seed 0 of the method never measured every task: the ratio is over seed 2
+    alone (8 / 4), not the baseline's seeds 0, 2 over the method's seeds 1, 2 (5 / 3)."""
+    from components.familyseer.evaluation import final_ratio
+
+    baseline = {"per_seed_us": [2.0, None, 8.0], "seeds_used": 2}
+    method = {"per_seed_us": [None, 2.0, 4.0], "seeds_used": 2}
+    assert final_ratio(baseline, method) == {"ratio": pytest.approx(2.0), "seeds_used": 1, "method_missing": False}
+    # no seed in common: no ratio, but the method has final latencies
+    disjoint = final_ratio({"per_seed_us": [1.0, None], "seeds_used": 1}, {"per_seed_us": [None, 1.0], "seeds_used": 1})
+    assert disjoint == {"ratio": None, "seeds_used": 0, "method_missing": False}
+    assert final_ratio(baseline, {"per_seed_us": [None] * 3, "seeds_used": 0})["method_missing"]
+
+
+def test_a_model_where_the_method_has_no_final_latency_does_not_meet_the_final_latency_claim():
+    cfg = FamilySeerConfig()
+    cm = _cm(0.71, 0.70, 10, {"families": 0, "pairs": 0, "family_accuracy": None, "global_accuracy": None})
+    fine, missing = _model(None, [], cm, ratio=1.5), _model(None, [], cm, ratio=None)
+    missing["final_ratio_method_missing"] = True
+    fl = _headline(cfg, {"m1": fine, "m2": missing})["final_latency"]
+    # not the mean over m1 alone (1.5, "met"): m2's method never measured every task
+    assert fl["ratio_baseline_over_method_mean"] is None and (fl["models"], fl["models_used"]) == (2, 1)
+    assert _headline(cfg, {"m1": fine})["final_latency"]["ratio_baseline_over_method_mean"] == 1.5
+
+
+def test_evaluate_reports_the_method_without_a_final_latency_and_the_ratios_seeds(outputs):
+    # mlp_tiny: familyseer never measures task b validly on any seed (gradient does)
+    for seed in (0, 1):
+        outputs.set_ledger("mlp_tiny", "familyseer", seed, [(0, 2.0), (1, FAILED_MS), (0, 2.0), (1, FAILED_MS)])
+    notes = []
+    report = outputs.evaluate(progress=notes.append)
+    per = report["per_model"]["mlp_tiny"]
+    assert per["final_ratio_method_missing"] is True and per["final_ratio_seeds_used"] == 0
+    assert per["final_ratio_baseline_over_method"] is None
+    assert report["metrics"]["final_latency"]["ratio_baseline_over_method_mean"] is None
+    assert any("mlp_tiny: no run of familyseer measured every task validly" in n for n in notes)
+    # resnet_tiny: the baseline has no final latency on either seed; the method has both
+    res = report["per_model"]["resnet_tiny"]
+    assert (res["final_ratio_method_missing"], res["final_ratio_seeds_used"]) == (False, 0)
+
+
+def test_the_ratio_uses_the_seeds_both_policies_have_in_evaluate(outputs):
+    # mlp_tiny, seed 0: familyseer misses task b; seed 1: both at 6 ms (gradient) / 8 ms (familyseer)
+    outputs.set_ledger("mlp_tiny", "familyseer", 0, [(0, 2.0), (1, FAILED_MS), (0, 2.0), (1, FAILED_MS)])
+    per = outputs.evaluate()["per_model"]["mlp_tiny"]
+    assert per["final_latency_per_seed_us"]["gradient"] == [pytest.approx(4000.0), pytest.approx(6000.0)]
+    assert per["final_latency_per_seed_us"]["familyseer"] == [None, pytest.approx(8000.0)]
+    # seed 1 alone: 6 / 8, not the gradient mean of both seeds (5 ms) over familyseer's seed 1
+    assert per["final_ratio_baseline_over_method"] == pytest.approx(0.75) and per["final_ratio_seeds_used"] == 1
+
+
+def test_a_model_whose_every_task_failed_in_every_run_stops_the_evaluation(outputs):
+    """Every task set aside would weigh 0: a weighted latency of 0 us and a 1.0 speed-up 'reached'."""
+    from components.familyseer.analysis import set_aside
+
+    failed = [(0, FAILED_MS), (1, FAILED_MS), (0, FAILED_MS), (1, FAILED_MS)]
+    for p in ("familyseer", "gradient"):
+        for seed in (0, 1):
+            outputs.set_ledger("resnet_tiny", p, seed, failed)
+    with pytest.raises(InputError, match=r"tuning/resnet_tiny: model 'resnet_tiny': no trial of any policy and "
+                                         r"seed measured any of its tasks \['a', 'b'\] validly \(0 build and 16 run "
+                                         r"failures in 16 trials\).*tune.run_timeout_s=10.0"):
+        outputs.evaluate()
+    with pytest.raises(ValueError, match="leaves no task of non-zero weight"):
+        set_aside({"tasks": ["a", "b"], "weights": [1.0, 1.0], "trials": []}, ["a", "b"])
+
+
+def test_a_model_without_a_speed_up_has_no_interval_either(outputs):
+    """resnet_tiny: gradient's seed 0 covers every task, seed 1 never measures task b, so the seed-mean
+    curve never covers every task (no speed-up) while resamples drawing seed 0 twice would."""
+    outputs.set_ledger("resnet_tiny", "gradient", 0, [(0, 4.0), (1, 4.0), (0, 2.0), (1, 3.0)])
+    report = outputs.evaluate()
+    per = report["per_model"]["resnet_tiny"]
+    assert "familyseer" not in per["speedup"] and per["speedup_ci90"]["familyseer"] is None
+    assert report["metrics"]["search_speedup"]["per_model"]["resnet_tiny"]["trials_ci90"] is None
+    assert report["per_model"]["mlp_tiny"]["speedup_ci90"]["familyseer"] is not None
+
+
+@pytest.mark.parametrize("build, entry, needle", [
+    ("pytorch_eager", {"latency_ms_p50": 2.0}, r"'pytorch_eager' is \"\{'latency_ms_p50': 2.0\}\""),   # no p99
+    ("tvm_untuned", None, "'tvm_untuned' is missing"),
+    ("tvm_untuned", {"latency_ms_p50": "fast", "latency_ms_p99": 4.5}, "'tvm_untuned' is "),
+])
+def test_evaluate_stops_at_latencies_without_the_reference_builds(outputs, build, entry, needle):
+    import copy
+
+    lat = copy.deepcopy(outputs.latency)
+    if entry is None:
+        del lat["mlp_tiny"][build]
+    else:
+        lat["mlp_tiny"][build] = entry
+    with pytest.raises(InputError, match=rf"compile/latency.json: model 'mlp_tiny', {needle}.*expected an object "
+                                         rf"with a numeric 'latency_ms_p50' and 'latency_ms_p99'"):
+        outputs.evaluate(lat)
+
+
+def _claim_values(metrics):
+    """The value each claim of components/familyseer/claims.yaml reads (None: absent)."""
+    from pathlib import Path
+
+    import yaml
+
+    claims = yaml.safe_load((Path(__file__).resolve().parents[3] / "components/familyseer/claims.yaml").read_text())
+    out = {}
+    for c in claims["claims"]:
+        cur = metrics
+        for part in c["metric"].split("."):
+            cur = cur.get(part) if isinstance(cur, dict) else None
+        out[c["id"]] = cur
+    return out
+
+
+@pytest.mark.parametrize("method, baseline, speedup, ratio", [
+    ("familyseer", "gradient", "speedup_vs_gradient", "ratio_baseline_over_method_mean"),
+    ("round_robin", "gradient", "speedup_round_robin_vs_gradient", "ratio_gradient_over_round_robin_mean"),
+    ("familyseer", "round_robin", "speedup_familyseer_vs_round_robin", "ratio_round_robin_over_familyseer_mean"),
+])
+def test_only_familyseer_against_gradient_fills_the_claims_metrics(method, baseline, speedup, ratio):
+    """claims.yaml judges FamilySeer against the gradient scheduler: another evaluate.method must not put its
+    figures under "FamilySeer reaches...", and another baseline must not be read as gradient."""
+    cfg = FamilySeerConfig(evaluate={"method": method, "baseline": baseline})
+    sp = {"speedup_trials": 2.0, "speedup_wall": 3.0, "reached": True, "baseline_trials": 4, "method_trials": 2}
+    cm = _cm(0.71, 0.70, 10, {"families": 1, "pairs": 9, "family_accuracy": 0.5, "global_accuracy": 0.6})
+    model = _model(None, [1.0], cm, ratio=1.5)
+    model["speedup"] = {method: sp}
+    model["speedup_per_seed"] = {method: [{"trials": 2.0, "wall": 3.0, "reached": True}]}
+    m = _headline(cfg, {"m1": model})
+    assert m["search_speedup"][f"{speedup}_trials_mean"] == 2.0 and m["search_speedup"][f"{speedup}_wall_mean"] == 3.0
+    assert m["final_latency"][ratio] == 1.5
+    claimed = _claim_values(m)
+    if (method, baseline) == ("familyseer", "gradient"):
+        assert claimed["search_speedup_trials"] == 2.0 and claimed["search_speedup_wall"] == 3.0
+        assert claimed["final_latency"] == 1.5
+    else:
+        assert claimed["search_speedup_trials"] is claimed["search_speedup_wall"] is claimed["final_latency"] is None
+        assert not [k for k in m["search_speedup"] if k.startswith("speedup_vs_")]
+    assert claimed["family_cost_model_ranking"] == pytest.approx(-10.0)   # not a policy comparison
+
+
+def test_evaluate_names_both_policies_in_the_interval_key_outside_the_claimed_pair(outputs):
+    cfg = outputs.cfg.model_copy(update={"evaluate": outputs.cfg.evaluate.model_copy(
+        update={"method": "gradient", "baseline": "familyseer"})})
+    notes = []
+    s = outputs.evaluate(config=cfg, progress=notes.append)["metrics"]["search_speedup"]
+    assert "speedup_gradient_vs_familyseer_trials_mean_ci90" in s
+    assert not [k for k in s if k.startswith("speedup_vs_")]
+    assert any("the report leaves those claims unjudged" in n for n in notes)

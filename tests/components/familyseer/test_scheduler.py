@@ -289,3 +289,57 @@ def test_every_joined_round_adds_one_history_entry_even_without_candidates(monke
     done["touch"] = True
     inst._join(0, wait=False)
     assert inst.history[0] == [4.0, 4.0]
+
+
+@pytest.mark.parametrize("bests", [(2.0, 9.0, 4.0), (9.0, 2.0, 4.0), (2.0, 4.0, 9.0)])
+def test_a_foresee_round_goes_to_the_sibling_with_the_largest_gradient(bests):
+    """Three siblings of the task just tuned, one main round each: g = 0.8 x best (n = 1), so the one with
+    the largest best latency has the largest gradient and gets the round, wherever it stands in the
+    family (the artifact's foresee rule: the sibling MetaSchedule's gradient rule would tune next)."""
+    inst, ledger = _scheduler({"f": [0, 1, 2, 3]}, 4)
+    inst.history = [[5.0]] + [[b] for b in bests]
+    ledger.best_ms = [5.0, *bests]
+    grads = [inst._gradient(j) for j in (1, 2, 3)]
+    assert len(set(grads)) == 3                     # no tie: the rule, not the random tie-break, decides
+    calls = _recording_foresee(inst)
+    inst._foresee(0)
+    assert calls == [(1 + bests.index(9.0), 1)]
+
+
+def test_a_foresee_round_updates_the_siblings_best_but_never_its_gradient_history():
+    """The artifact's foresee round does not count as a round of the sibling (its task_cts stays): the
+    measurements reach the ledger (the sibling's best latency, which its gradient reads) through the measure
+    callbacks, but no task's history gets an entry, then or at the next join."""
+    import tvm
+
+    inst, ledger = _scheduler({"f": [0, 1, 2]}, 3, foresee_trials=2)
+    tasks = inst._sched().tasks_
+    sched = SimpleNamespace(tasks_=tasks, cost_model_=None)
+    inst._sched = lambda: sched
+    for t in tasks:
+        t.runner_futures = None                     # nothing in flight: a join leaves the task alone
+        t.ctx = SimpleNamespace(target=tvm.target.Target("llvm"))
+    inst.history = [[5.0, 4.0], [6.0], [3.0]]
+    ledger.best_ms = [4.0, 6.0, 3.0]
+    picks = [SimpleNamespace(sch=SimpleNamespace(mod=tvm.IRModule()), args_info=[]) for _ in range(2)]
+    inst._foresee_candidates = lambda j, k: picks[:k]
+    built = SimpleNamespace(error_msg=None, artifact_path="/nonexistent/artifact")
+    inst.builder = SimpleNamespace(build=lambda inputs: [built] * len(inputs))
+    ran = SimpleNamespace(run_secs=[1e-3], error_msg=None)           # 1 ms: better than the sibling's 6 ms
+    inst.runner = SimpleNamespace(run=lambda inputs: [SimpleNamespace(result=lambda: ran)] * len(inputs))
+    seen = []
+
+    class Callback:                                  # the ledger's part of the measure callbacks
+        def apply(self, sched_, task_id, candidates, builds, results):
+            seen.append((task_id, len(candidates), ledger.kind))
+            ledger.num_trials += len(candidates)
+            ledger.best_ms[task_id] = min([ledger.best_ms[task_id]] + [1e3 * r.run_secs[0] for r in results])
+
+    sched.measure_callbacks_ = [Callback()]
+    before = [list(h) for h in inst.history]
+    inst._foresee(0)
+    assert seen == [(1, 2, "foresee")] and ledger.kind == "main"   # sibling 1: gradient 4.8 > 2.4
+    assert ledger.best_ms[1] == pytest.approx(1.0) and inst.foresee_log == [(0, 1, 2)]
+    assert inst.history == before
+    inst._join_finished()
+    assert inst.history == before
