@@ -11,20 +11,13 @@ import sys
 
 import pytest
 
+from tests.benchmarks.test_cli_checks import _refused
 from tests.conftest import REPO, load_script
 
 
 def _run(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True,
                           timeout=120, cwd=REPO, env=env)
-
-
-def _refused(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert "error:" in proc.stderr
-    for needle in needles:
-        assert needle in proc.stderr, (needle, proc.stderr)
 
 
 # -- --out: a folder, or a path under a file, is refused while the arguments are parsed --------------
