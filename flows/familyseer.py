@@ -53,6 +53,15 @@ def _tuning_dir(ctx: StageContext) -> Path:
     return ctx.paths.data / "tuning"
 
 
+def measurement_order(policies: list[str], seeds: list[int]) -> list[tuple[int, str]]:
+    """(seed, policy) in the order the tune and compile stages measure them: seed-major, with the
+    policy order rotated by one per seed, so that a drift in machine load during a stage hits every
+    policy alike instead of always the one measured first or last."""
+    policies = list(policies)
+    n = len(policies)
+    return [(seed, policy) for k, seed in enumerate(seeds) for policy in policies[k % n:] + policies[:k % n]]
+
+
 def _run_dir(ctx: StageContext, model: str, policy: str, seed: int) -> Path:
     return _tuning_dir(ctx) / model / policy / f"seed{seed}"
 
@@ -135,25 +144,23 @@ def tune(ctx: StageContext) -> dict:
     try:
         for name in cfg.zoo.models:
             model = load_model(_zoo_dir(ctx), name)
-            # seed-major with the policy order rotated per seed: a drift in machine load hits every policy
-            for k, seed in enumerate(cfg.tune.seeds):
-                for policy in policies[k % len(policies):] + policies[:k % len(policies)]:
-                    run_dir = _run_dir(ctx, name, policy, seed)
-                    planned.add(run_dir)
-                    run_seed = _run_seed(cfg, seed)
-                    fp = fingerprint(model.manifest, policy, run_seed, cfg.tune)
-                    if measurer is None and stored_run(model, policy, run_seed, cfg.tune, run_dir, fp) is None:
-                        from components.familyseer.measure import Measurer
+            for seed, policy in measurement_order(policies, cfg.tune.seeds):
+                run_dir = _run_dir(ctx, name, policy, seed)
+                planned.add(run_dir)
+                run_seed = _run_seed(cfg, seed)
+                fp = fingerprint(model.manifest, policy, run_seed, cfg.tune)
+                if measurer is None and stored_run(model, policy, run_seed, cfg.tune, run_dir, fp) is None:
+                    from components.familyseer.measure import Measurer
 
-                        measurer = Measurer.from_config(cfg.tune)
-                    run = tune_model(model, policy, run_seed, cfg.tune, run_dir,
-                                     progress=lambda msg: ctx.progress("familyseer/tune: %s", msg), measurer=measurer,
-                                     fp=fp)
-                    _log_run(ctx, name, policy, seed, run)
-                    summary["runs"] += 1
-                    summary["replayed"] += int(bool(run.get("replayed")))
-                    summary["trials"] += run["num_trials"]
-                    summary["tuning_wall_s"] += 0.0 if run.get("replayed") else run["wall_s"]
+                    measurer = Measurer.from_config(cfg.tune)
+                run = tune_model(model, policy, run_seed, cfg.tune, run_dir,
+                                 progress=lambda msg: ctx.progress("familyseer/tune: %s", msg), measurer=measurer,
+                                 fp=fp)
+                _log_run(ctx, name, policy, seed, run)
+                summary["runs"] += 1
+                summary["replayed"] += int(bool(run.get("replayed")))
+                summary["trials"] += run["num_trials"]
+                summary["tuning_wall_s"] += 0.0 if run.get("replayed") else run["wall_s"]
     finally:
         if measurer is not None:
             measurer.close()
@@ -215,30 +222,33 @@ def compile(ctx: StageContext) -> dict:  # noqa: A001 (the stage's name)
         model = load_model(_zoo_dir(ctx), name, with_torch=True)
         ref = torch_reference(model.torch_module, model.inputs)
         res: dict[str, Any] = {}
-        for threads in ev.torch_threads:
-            res[f"pytorch_eager_{threads}t"] = measure_torch(model.torch_module, model.inputs, ev.latency_repeat,
-                                                             ev.latency_min_repeat_ms, threads)
+        for torch_threads in ev.torch_threads:   # not `threads`: that stays TVM's kernel thread count
+            res[f"pytorch_eager_{torch_threads}t"] = measure_torch(model.torch_module, model.inputs,
+                                                                   ev.latency_repeat, ev.latency_min_repeat_ms,
+                                                                   torch_threads)
         fastest = min(ev.torch_threads, key=lambda t: res[f"pytorch_eager_{t}t"]["latency_ms_p50"])
         res["pytorch_eager"] = {**res[f"pytorch_eager_{fastest}t"], "threads": fastest}
         ctx.progress("familyseer/compile: %s untuned build", name)
         res["tvm_untuned"] = measure_vm(compile_untuned(model.fused, target), model.inputs, ev.latency_repeat,
                                         ev.latency_min_repeat_ms, ref, label=f"{name}: untuned build")
-        for policy in cfg.tune.policies:
-            per_seed = {}
-            for seed in cfg.tune.seeds:
-                ctx.progress("familyseer/compile: %s %s seed %d", name, policy, seed)
-                run_dir = _run_dir(ctx, name, policy, seed)
-                run = runs[name, policy, seed]
-                budget = run["budget"]  # the trials past it (the last round's) are not used
-                if run.get("kernel_threads", threads) != threads:
-                    ctx.progress("familyseer/compile: warning: %s was tuned with its kernels on %s thread(s); this "
-                                 "stage times its build on %d", run_dir, run["kernel_threads"], threads)
-                exe, applied = compile_tuned(model.fused, run_dir, target, budget)
-                per_seed[str(seed)] = measure_vm(exe, model.inputs, ev.latency_repeat, ev.latency_min_repeat_ms, ref,
-                                                 label=f"{name}: build tuned by {policy}, seed {seed} ({run_dir})")
-                per_seed[str(seed)]["tuned_functions"] = sorted(k for k, v in applied.items() if v)
-                per_seed[str(seed)]["run_fingerprint"] = run["fingerprint"]   # the evaluate stage checks it
-            res[f"tvm_{policy}"] = per_seed
+        policies = list(cfg.tune.policies)
+        per_policy: dict[str, dict[str, Any]] = {policy: {} for policy in policies}
+        for seed, policy in measurement_order(policies, cfg.tune.seeds):   # as the tune stage ran them
+            ctx.progress("familyseer/compile: %s %s seed %d", name, policy, seed)
+            run_dir = _run_dir(ctx, name, policy, seed)
+            run = runs[name, policy, seed]
+            budget = run["budget"]  # the trials past it (the last round's) are not used
+            if run.get("kernel_threads", threads) != threads:
+                ctx.progress("familyseer/compile: warning: %s was tuned with its kernels on %s thread(s); this "
+                             "stage times its build on %d", run_dir, run["kernel_threads"], threads)
+            exe, applied = compile_tuned(model.fused, run_dir, target, budget)
+            rec = measure_vm(exe, model.inputs, ev.latency_repeat, ev.latency_min_repeat_ms, ref,
+                             label=f"{name}: build tuned by {policy}, seed {seed} ({run_dir})")
+            rec["tuned_functions"] = sorted(k for k, v in applied.items() if v)
+            rec["run_fingerprint"] = run["fingerprint"]   # the evaluate stage checks it
+            per_policy[policy][str(seed)] = rec
+        for policy in policies:
+            res[f"tvm_{policy}"] = {str(seed): per_policy[policy][str(seed)] for seed in cfg.tune.seeds}
         results[name] = res
     cost = stage_cost()
     wall, cpu = cost["wall_s"], cost["cpu_s"]

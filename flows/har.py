@@ -209,8 +209,8 @@ def _evaluate(ctx: StageContext, upstream: dict[str, Any], inputs: dict[str, Any
             continue
         pipe, _ = load_pipeline(paths.models, source, "onnx", cfg.evaluate.threads, heads=heads_dir)
         warmup_ms = pipe.warm_up()                # as a deployed recogniser does before the camera starts
-        rep = run_stream(iter_frames(video, pipe.size), pipe, cfg.evaluate.stream_fps, WallClock(),
-                         queue_size=cfg.evaluate.queue_size)
+        with contextlib.closing(iter_frames(video, pipe.size)) as frames:    # the decoder released at the end
+            rep = run_stream(frames, pipe, cfg.evaluate.stream_fps, WallClock(), queue_size=cfg.evaluate.queue_size)
         streams[source] = {**rep.summary(), "warmup_ms": warmup_ms}
         if rep.frames_dropped == 0 and rep.labels:     # the runtime's own predictions, clips back to back
             streams[source]["online_accuracy"] = float(np.mean(np.array(rep.labels) == truth[:len(rep.labels)]))

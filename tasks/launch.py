@@ -12,13 +12,27 @@ process runs ``torch.set_num_threads(threads_per_rank)`` (1 by default).
 ``fn`` must be importable by name from a module (not defined in ``__main__`` or a closure): the
 processes are started with the ``spawn`` method by default (``start_method="forkserver"`` forks them
 from a server that has already imported the heavy modules, see ``components.januspipe.runtime``).
+
+Rendezvous: the ranks meet on a :class:`torch.distributed.FileStore` (the store behind
+``init_method="file://..."``) on a fresh file in a directory the parent creates for each launch with
+:func:`tempfile.mkdtemp` and removes once the ranks are joined (also after a failure or a time-out,
+when a killed rank never got to remove the file itself). No TCP port is bound for the rendezvous, so
+concurrent launches on one machine (two tests, two stages) can neither steal each other's port nor
+join each other's group; gloo and nccl on one machine both accept it. ``MASTER_ADDR``/``MASTER_PORT``
+stay set for code that reads them: the port is one the parent holds bound (not listening) for the
+whole launch, so no other process can take it and concurrent launches see distinct values (DeepSpeed
+names its shared-memory all-reduce buffers after it), but nothing listens on it: code in a rank must
+use the process group that is already initialised (as DeepSpeed's ``init_distributed`` does), not
+open a TCP store of its own on ``MASTER_PORT``.
 """
 from __future__ import annotations
 
 import numbers
 import os
 import pickle
+import shutil
 import socket
+import tempfile
 import traceback
 from datetime import timedelta
 from typing import Any, Callable, Sequence
@@ -47,12 +61,29 @@ MAX_TIMEOUT_S = MAX_CONFIG_TIMEOUT_S
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago: bound to port 0, read and closed again.
+
+    Inherently racy: any other process may take the port before the caller binds it. :func:`spawn`
+    does not use it; it is kept for tests that hand a port to a server they start (a Prefect server,
+    a Flower SuperLink), which then fails to start, visibly, on the rare collision."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, backend: str | None, threads: int,
+def _reserve_port() -> socket.socket:
+    """A socket bound (not listening, no ``SO_REUSEADDR``) to a port of 127.0.0.1: while it is open no
+    other socket can bind that port, so the number is this launch's alone. Close it when done."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def _worker(rank: int, world_size: int, port: int, store_path: str | None, backend: str | None, threads: int,
             fn: Callable[..., Any], args: Sequence[Any], queue: Any, timeout_s: float) -> None:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
                        "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1",
@@ -63,9 +94,14 @@ def _worker(rank: int, world_size: int, port: int, backend: str | None, threads:
     torch.set_num_threads(threads)
     try:
         if backend is not None:
-            dist.init_process_group(backend, rank=rank, world_size=world_size,
-                                    init_method=f"tcp://127.0.0.1:{port}",
-                                    timeout=timedelta(seconds=timeout_s))
+            # what ``init_method=f"file://{store_path}"`` does, without a URL that a temporary directory
+            # holding '%', '?' or '#' would break: a FileStore (created by the first rank to open it;
+            # the launch's fresh directory guarantees no stale keys) with the launch's timeout
+            timeout = timedelta(seconds=timeout_s)
+            store = dist.FileStore(store_path, world_size)
+            store.set_timeout(timeout)
+            dist.init_process_group(backend, rank=rank, world_size=world_size, store=store, timeout=timeout)
+            del store   # the group holds it; the last rank to drop it removes the file
         result = fn(rank, world_size, *args)
         queue.put((rank, "ok", pickle.dumps(result)))
     except (ConfigError, InputError) as err:  # the user's parameter or data: the message is the report
@@ -91,24 +127,30 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | No
         raise ConfigError(f"timeout={timeout!r}: expected a finite number of seconds > 0 and <= {MAX_TIMEOUT_S:g} "
                           f"(the launch's timeout, e.g. the stage's timeout_s parameter)")
     import queue as queue_mod
+    import time
 
     import torch.multiprocessing as mp
 
     ctx = mp.get_context(start_method)
     q = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world_size, port, backend, threads_per_rank, fn,
-                                               tuple(args), q, timeout), daemon=False)
-             for r in range(world_size)]
-    for p in procs:
-        p.start()
     results: dict[int, Any] = {}
     errors: list[str] = []
     user_error = False
-    import time
-
-    deadline = time.monotonic() + timeout
+    procs: list[Any] = []   # the started ones
+    port_holder = _reserve_port()
+    store_dir = None
     try:
+        port = port_holder.getsockname()[1]
+        store_path = None
+        if backend is not None:   # a fresh directory per launch: the store file does not exist yet
+            store_dir = tempfile.mkdtemp(prefix="paperworks-launch-")
+            store_path = os.path.join(store_dir, "store")
+        for r in range(world_size):
+            p = ctx.Process(target=_worker, args=(r, world_size, port, store_path, backend, threads_per_rank, fn,
+                                                  tuple(args), q, timeout), daemon=False)
+            p.start()
+            procs.append(p)
+        deadline = time.monotonic() + timeout
         while len(results) + len(errors) < world_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -135,12 +177,17 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | No
                 errors.append(f"rank {rank} failed: {payload}")
                 break  # peers may now block forever on a collective; stop them below
     finally:
-        for p in procs:
-            p.join(timeout=5 if not errors else 0.5)
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
+        try:
+            for p in procs:
+                p.join(timeout=5 if not errors else 0.5)
+            for p in procs:
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+        finally:
+            port_holder.close()
+            if store_dir is not None:   # a killed rank leaves the store file behind
+                shutil.rmtree(store_dir, ignore_errors=True)
     if errors:
         raise (RankInputError if user_error else LaunchError)(errors[0])
     return [results[r] for r in range(world_size)]

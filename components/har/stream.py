@@ -11,7 +11,19 @@ time the arrived frames cover (last arrival + one frame period: N frames span N 
 completion of the last processed frame: exactly ``fps`` for a pipeline that processes every frame
 and finishes each before the next one is due, ``fps * (1 - drop_rate)`` when frames are dropped, and
 less where a backlog is still being worked off after the camera's last period. The **capacity fps**
-is processed frames over the time spent processing.
+is processed frames over the time spent processing (the pipeline alone); **capacity fps with
+source** adds the time spent getting the frames from the source (``source_ms_mean`` per frame:
+decoding, for a video file), since the runtime decodes on the same thread.
+
+Only one frame in ``clip_len`` completes a chunk and runs the models; the others are buffered in
+microseconds. So ``latency_ms_p50`` describes the cheap frames and ``latency_ms_p99`` is about the
+slowest chunk; ``prediction_latency_ms_p50`` / ``_p99`` are over the frames that produced a
+prediction only (``predictions`` of them).
+
+**Decoding.** While the pipeline waits for the next frame it fetches that frame from the source
+(a camera delivers frames already captured); frames that are overdue when the pipeline comes back
+are fetched then, and their decoding counts in their latency. A source that ends is noticed while
+waiting, so the run stops at its last frame's completion, not one frame period later.
 
 ``HarPipeline`` keeps the window: it buffers ``clip_len`` frames, then computes the chunk's RGB
 feature (centre frame) and motion feature (IMFE on the 6 frames, or TV-L1/Farnebäck/DIS flow +
@@ -38,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import math
 import os
@@ -50,6 +63,9 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 import numpy as np
 
 from components.base import ConfigError, InputError
+
+#: the most clips ``--generate`` renders (all held in memory: ~0.2 MB per 30-frame clip at 48x48)
+MAX_GENERATE = 1000
 
 
 # ------------------------------------------------------------------------------------ clocks
@@ -98,14 +114,20 @@ class StreamReport:
     latency_ms_p50: float = 0.0
     latency_ms_p99: float = 0.0
     latency_ms_max: float = 0.0
+    prediction_latency_ms_p50: float | None = None
+    prediction_latency_ms_p99: float | None = None
     achieved_fps: float = 0.0
     capacity_fps: float = 0.0
+    capacity_fps_with_source: float = 0.0
+    source_ms_mean: float = 0.0
     latencies_ms: list[float] = field(default_factory=list, repr=False)
+    prediction_latencies_ms: list[float] = field(default_factory=list, repr=False)
     labels: list[int] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("latencies_ms")
+        d.pop("prediction_latencies_ms")
         d.pop("labels")
         d["deadline_miss_rate"] = self.deadline_misses / max(1, self.frames_processed)
         d["drop_rate"] = self.frames_dropped / max(1, self.frames_in)
@@ -131,20 +153,35 @@ def run_stream(frames: Iterable[np.ndarray], step: Callable[[np.ndarray], Any], 
     rep = StreamReport(fps=fps, deadline_ms=deadline * 1000.0)
     source: Iterator[np.ndarray] = iter(frames)
     queue: collections.deque[tuple[float, np.ndarray]] = collections.deque()
-    exhausted, next_idx, busy, last_done = False, 0, 0.0, 0.0
+    exhausted, next_idx, busy, last_done, fetch_s, fetched = False, 0, 0.0, 0.0, 0.0, 0
+    pending: list[np.ndarray] = []     # frame next_idx, fetched ahead while the pipeline waited for it
     t0 = clock.now()
+
+    def fetch() -> bool:
+        """Get frame ``next_idx`` from the source into ``pending`` (timed); False when the source ended."""
+        nonlocal exhausted, fetch_s, fetched
+        if pending:
+            return True
+        if max_frames is not None and next_idx >= max_frames:
+            exhausted = True
+            return False
+        start = clock.now()
+        try:
+            pending.append(next(source))
+        except StopIteration:
+            exhausted = True
+            return False
+        finally:
+            fetch_s += clock.now() - start
+        fetched += 1
+        return True
 
     def arrive_until(now: float) -> None:
         nonlocal exhausted, next_idx
         while not exhausted and t0 + next_idx * period <= now + 1e-12:
-            if max_frames is not None and next_idx >= max_frames:
-                exhausted = True
+            if not fetch():
                 return
-            try:
-                frame = next(source)
-            except StopIteration:
-                exhausted = True
-                return
+            frame = pending.pop()
             queue.append((t0 + next_idx * period, frame))
             next_idx += 1
             rep.frames_in += 1
@@ -157,8 +194,8 @@ def run_stream(frames: Iterable[np.ndarray], step: Callable[[np.ndarray], Any], 
     while True:
         arrive_until(clock.now())
         if not queue:
-            if exhausted:
-                break
+            if exhausted or not fetch():    # fetch the next frame while waiting for it: a source that
+                break                       # ended stops the run now, not a frame period later
             clock.sleep_until(t0 + next_idx * period)
             continue
         arrival, frame = queue.popleft()
@@ -174,6 +211,7 @@ def run_stream(frames: Iterable[np.ndarray], step: Callable[[np.ndarray], Any], 
         if out is not None:
             rep.predictions += 1
             rep.labels.append(int(out))
+            rep.prediction_latencies_ms.append(1000.0 * latency)
     rep.missed_or_dropped = rep.deadline_misses + rep.frames_dropped
     if rep.latencies_ms:
         lat = np.asarray(rep.latencies_ms)
@@ -189,6 +227,14 @@ def run_stream(frames: Iterable[np.ndarray], step: Callable[[np.ndarray], Any], 
         else:
             rep.achieved_fps = rep.frames_processed / (last_done - t0)
         rep.capacity_fps = rep.frames_processed / busy if busy > 0 else float("inf")
+        rep.source_ms_mean = 1000.0 * fetch_s / fetched if fetched else 0.0
+        # the processed frames' share of the fetching (dropped frames were fetched too)
+        work = busy + fetch_s * rep.frames_processed / max(1, fetched)
+        rep.capacity_fps_with_source = rep.frames_processed / work if work > 0 else float("inf")
+    if rep.prediction_latencies_ms:
+        pred = np.asarray(rep.prediction_latencies_ms)
+        rep.prediction_latency_ms_p50 = float(np.percentile(pred, 50))
+        rep.prediction_latency_ms_p99 = float(np.percentile(pred, 99))
     return rep
 
 
@@ -350,8 +396,9 @@ def synthetic_frames(n_clips: int, seed: int, meta: dict) -> tuple[np.ndarray, l
     for _ in range(n_clips):
         label = int(rng.integers(len(cfg.classes)))
         clip = render_clip(cfg.classes[label], rng, cfg)
-        frames.append(clip)
-        labels += [label] * (len(clip) // meta["clip_len"])
+        chunks = len(clip) // meta["clip_len"]     # whole chunks only: a remainder would shift every later
+        frames.append(clip[:chunks * meta["clip_len"]])    # chunk across clip boundaries and its label
+        labels += [label] * chunks
     return np.concatenate(frames), labels
 
 
@@ -378,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Real-time action recognition on a video stream (RT-HARE runtime).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", help="video file to stream (decoded frame by frame)")
-    src.add_argument("--generate", type=int, metavar="N", help="stream N clips rendered by the generator")
+    src.add_argument("--generate", type=int, metavar="N",
+                     help=f"stream N clips rendered by the generator (1 to {MAX_GENERATE}; held in memory)")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate the frames arrive at, 0.1 to 1000 (default 30)")
     p.add_argument("--models", default="models/har", help="models folder written by the har stages")
     p.add_argument("--source", default="imfe", help="motion source: imfe, tvl1, farneback, dis or rgb")
@@ -402,8 +450,8 @@ def main(argv: list[str] | None = None) -> int:
            f"--queue {args.queue}: expected at least 1 frame" if args.queue < 1 else None,
            f"--max-frames {args.max_frames}: expected at least 1" if args.max_frames is not None and args.max_frames < 1
            else None,
-           f"--generate {args.generate}: expected at least 1 clip" if args.generate is not None and args.generate < 1
-           else None,
+           f"--generate {args.generate}: expected 1 to {MAX_GENERATE} clips (they are rendered into memory)"
+           if args.generate is not None and not 1 <= args.generate <= MAX_GENERATE else None,
            f"--seed {args.seed}: expected a non-negative integer" if args.seed < 0 else None,
            f"--video {args.video}: file not found" if args.video is not None and not Path(args.video).is_file()
            else None,
@@ -413,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         pipe, meta = load_pipeline(args.models, args.source, args.backend, args.threads)
+        if args.max_frames is not None and args.max_frames < pipe.clip_len:
+            raise ConfigError(f"--max-frames {args.max_frames}: fewer frames than one chunk; expected at least "
+                              f"{pipe.clip_len} (the models' clip_len), or no limit")
         truth = None
         if args.video:
             from components.har.video import iter_frames, read_video
@@ -425,8 +476,10 @@ def main(argv: list[str] | None = None) -> int:
             arr, truth = synthetic_frames(args.generate, args.seed, meta)
             frames = list(arr)
         warmup_ms = None if args.no_warmup else pipe.warm_up()
-        rep = run_stream(frames, pipe, args.fps, deadline_ms=args.deadline_ms, queue_size=args.queue,
-                         max_frames=args.max_frames)
+        # closing(): the video's decoder is released when the run ends, also on --max-frames or an error
+        with contextlib.closing(frames) if hasattr(frames, "close") else contextlib.nullcontext():
+            rep = run_stream(frames, pipe, args.fps, deadline_ms=args.deadline_ms, queue_size=args.queue,
+                             max_frames=args.max_frames)
     except (ConfigError, InputError) as err:
         # the reader's hint names its keyword argument; on the command line it is the --resize flag
         print(f"error: {str(err).replace('(pass resize to rescale)', '(pass --resize to rescale)')}", file=sys.stderr)
@@ -434,9 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     out = rep.summary()
     out["source"], out["backend"], out["warmup_ms"] = args.source, args.backend, warmup_ms
     out["predicted"] = [meta["classes"][i] for i in rep.labels]
-    if truth is not None and rep.frames_dropped == 0:
+    if truth is not None and rep.frames_dropped == 0 and rep.labels:
         hits = sum(int(a == b) for a, b in zip(rep.labels, truth))
-        out["online_accuracy"] = hits / max(1, len(rep.labels))
+        out["online_accuracy"] = hits / len(rep.labels)
     text = {k: v for k, v in out.items() if k != "predicted"}
     print(json.dumps(text, indent=1))
     print("predictions:", " ".join(out["predicted"]))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from components.vfda.federation import RunSettings
@@ -34,6 +36,38 @@ def hidden_gpu_warning(gpus_per_client: float, visible_gpus: int) -> str | None:
             f"one GPU between 4 clients) to train on the GPU")
 
 
+#: environment of the Ray processes the simulation starts (unless the caller's environment sets them):
+#: one OpenMP thread per ClientApp actor, and every actor's log lines shown (not deduplicated).
+SIMULATION_ENV = {"OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0"}
+
+
+@contextmanager
+def simulation_env(defaults: dict[str, str]) -> Iterator[None]:
+    """``defaults`` in ``os.environ`` (where unset) for the duration of the simulation only.
+
+    Ray's processes take their environment from this one when ``ray.init`` starts them (the raylet
+    and the ClientApp actors' workers). Flower's Ray backend passes its own ``runtime_env`` to
+    ``ray.init`` (``RayBackend.init_ray``, flwr 1.42), so the variables cannot go there, and Ray's
+    driver reads ``RAY_DEDUP_LOGS`` once, when ``ray`` is first imported (a module constant of
+    ``ray._private.ray_constants``, ray 2.55), which happens inside ``run_simulation``: both need the
+    variables in this process's environment while the simulation starts. Afterwards they (and the
+    ``PYTHONPATH`` that ``RayBackend.init_ray`` overwrites with ``sys.path``) are put back, so the
+    calling process (a test session, a flow running further stages) and what it starts later do
+    not inherit them."""
+    keys = set(defaults) | {"PYTHONPATH"}
+    saved = {k: os.environ.get(k) for k in keys}
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def simulate(settings: RunSettings) -> dict[str, Any]:
     """Run ``settings``' federations; return the ServerApp's summary (also in ``run.json``)."""
     import json
@@ -52,23 +86,22 @@ def simulate(settings: RunSettings) -> dict[str, Any]:
         log.warning("vfda simulation: %s", hint)
     n_inst = len(training_institutes(read_manifest(settings.data_dir)))
     lanes = max(1, min(settings.config.simulation.lanes, len(settings.resolved())))
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the Ray actors
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     log.info("vfda simulation: %d SuperNodes (%d lane(s) x %d institutes), backend %s",
              lanes * n_inst, lanes, n_inst, settings.config.simulation.backend)
-    try:
-        run_simulation(server_app=make_server_app(settings), client_app=client_app,
-                       num_supernodes=lanes * n_inst, backend_name=settings.config.simulation.backend,
-                       backend_config=backend_config(settings))
-    finally:
+    with simulation_env(SIMULATION_ENV):  # inherited by the Ray processes, not kept by this one
         try:
-            import ray
+            run_simulation(server_app=make_server_app(settings), client_app=client_app,
+                           num_supernodes=lanes * n_inst, backend_name=settings.config.simulation.backend,
+                           backend_config=backend_config(settings))
+        finally:
+            try:
+                import ray
 
-            if ray.is_initialized():
-                ray.shutdown()
-        except ImportError:  # pragma: no cover - ray is part of flwr[simulation]
-            pass
+                if ray.is_initialized():
+                    ray.shutdown()
+            except ImportError:  # pragma: no cover - ray is part of flwr[simulation]
+                pass
     run_json = settings.out_dir / "run.json"
     if not run_json.is_file():
         raise RuntimeError(f"Flower simulation ended without {run_json}; see the ServerApp log above")

@@ -30,3 +30,63 @@ def bad_input_on_rank(rank: int, world: int, bad: int):
     if rank == bad:
         raise InputError("shard.json: missing; expected the data stage's shard")
     return rank
+
+
+def store_files(rank: int, world: int, parent: str):
+    """The files under ``parent`` (the launching process's temporary directory) while the group is up."""
+    import os
+
+    import torch.distributed as dist
+
+    dist.barrier()
+    return sorted(os.path.relpath(os.path.join(d, f), parent) for d, _, fs in os.walk(parent) for f in fs)
+
+
+def meet(rank: int, world: int, base: int, meet_dir: str, ranks_in_all: int):
+    """All-reduce, then wait (up to 60 s) until ``ranks_in_all`` ranks of all launches have checked in
+    under ``meet_dir`` - the launches are provably up at the same time - then all-reduce again. Returns
+    (rank, world, both sums, MASTER_PORT)."""
+    import os
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([float(base + rank)])
+    dist.all_reduce(t)
+    open(os.path.join(meet_dir, f"{base}-{rank}"), "w").close()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(meet_dir)) < ranks_in_all:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {sorted(os.listdir(meet_dir))} checked in")
+        time.sleep(0.05)
+    u = torch.tensor([float(base * 100 + rank)])
+    dist.all_reduce(u)
+    return rank, world, float(t.item()), float(u.item()), int(os.environ["MASTER_PORT"])
+
+
+def bind_master_port(rank: int, world: int):
+    """Try to bind MASTER_PORT (as SO_REUSEADDR servers do): True when the port is taken."""
+    import errno
+    import os
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", int(os.environ["MASTER_PORT"])))
+        except OSError as err:
+            return err.errno == errno.EADDRINUSE
+        return False
+
+
+def exit_on_rank(rank: int, world: int, bad: int):
+    """Rank ``bad`` dies without a word once the group is up (no FileStore clean-up); the others sleep
+    (no collective, which would notice the dead peer and report first) until the launch kills them."""
+    import os
+    import time
+
+    if rank == bad:
+        os._exit(3)
+    time.sleep(60)
+    return rank

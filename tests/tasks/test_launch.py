@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import threading
 
 import pytest
 
@@ -61,3 +62,76 @@ def test_bad_input_in_a_rank_is_a_user_error_but_crashes_and_timeouts_are_not():
     with pytest.raises(LaunchError) as err:
         spawn(launch_fns.fail_on_rank, 1, 0, backend=None, timeout=120)
     assert not isinstance(err.value, InputError) and "Traceback" in str(err.value)
+
+
+@pytest.fixture
+def launch_tmp(tmp_path, monkeypatch):
+    """The directory the launching process makes its temporary directories in (``tempfile.tempdir``)."""
+    import tempfile
+
+    d = tmp_path / "tmp"
+    d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    return d
+
+
+def test_the_ranks_meet_on_a_file_store_in_a_fresh_directory_removed_after_the_launch(launch_tmp):
+    """No TCP port for the rendezvous: the store is a file in a directory made for this launch, and the
+    directory is gone once the ranks are joined."""
+    out = spawn(launch_fns.store_files, 2, str(launch_tmp), timeout=120)
+    assert out[0] == out[1] and len(out[0]) == 1
+    (store,) = out[0]
+    assert store.startswith("paperworks-launch-") and store.endswith("/store")
+    assert list(launch_tmp.iterdir()) == []
+
+
+def test_the_store_directory_is_removed_after_a_failing_or_vanished_rank(launch_tmp):
+    with pytest.raises(LaunchError, match="rank 1 failed: ValueError: bad shard"):
+        spawn(launch_fns.fail_on_rank, 2, 1, timeout=120)
+    assert list(launch_tmp.iterdir()) == []
+    # a rank that dies leaves the store file behind (FileStore removes it when the last rank lets go)
+    # and its peer is killed: the launching process removes the directory
+    with pytest.raises(LaunchError, match="rank 0 exited with code 3"):
+        spawn(launch_fns.exit_on_rank, 2, 0, timeout=120)
+    assert list(launch_tmp.iterdir()) == []
+    # a launch that cannot even start its ranks (an argument the spawn start method cannot pickle)
+    with pytest.raises(TypeError, match="cannot pickle '_thread.lock' object"):
+        spawn(launch_fns.all_reduce_rank, 2, threading.Lock(), timeout=120)
+    assert list(launch_tmp.iterdir()) == []
+
+
+def test_a_launch_does_not_need_the_port_that_free_port_found(monkeypatch):
+    """The old race, made certain: between ``free_port()`` closing its socket and rank 0 binding the
+    port, another process took it ("address already in use"). The launch must not care."""
+    import socket
+
+    import tasks.launch
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setattr(tasks.launch, "free_port", lambda: taken.getsockname()[1])
+        out = spawn(launch_fns.all_reduce_rank, 2, 10, timeout=120)
+    assert out == [(0, 2, 21.0), (1, 2, 21.0)]
+
+
+def test_master_port_stays_reserved_for_the_launch():
+    """MASTER_PORT (read by code such as DeepSpeed) is held by the launching process until the ranks are
+    joined: no other socket can take it meanwhile, so concurrent launches never share the number."""
+    assert spawn(launch_fns.bind_master_port, 1, backend=None, timeout=120) == [True]
+
+
+def test_concurrent_launches_each_form_their_own_group(tmp_path):
+    """Two launches from two threads, provably up at the same time (each rank waits until all four
+    ranks have checked in): each all-reduces over its own two ranks only, on its own MASTER_PORT."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    meet_dir = tmp_path / "meet"
+    meet_dir.mkdir()
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(spawn, launch_fns.meet, 2, base, str(meet_dir), 4, timeout=180) for base in (1, 5)]
+        a, b = [f.result() for f in futures]
+    assert [r[:4] for r in a] == [(0, 2, 3.0, 201.0), (1, 2, 3.0, 201.0)]       # (1+0)+(1+1), 100+101
+    assert [r[:4] for r in b] == [(0, 2, 11.0, 1001.0), (1, 2, 11.0, 1001.0)]   # (5+0)+(5+1), 500+501
+    assert a[0][4] == a[1][4] and b[0][4] == b[1][4] and a[0][4] != b[0][4]
+    assert sorted(p.name for p in meet_dir.iterdir()) == ["1-0", "1-1", "5-0", "5-1"]

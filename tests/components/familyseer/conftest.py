@@ -1,15 +1,31 @@
-"""Shared fixtures: a tiny zoo (the three-layer MLP: one 'matmul' family of three tasks)."""
+"""Shared fixtures: ``TVM_NUM_THREADS=2`` while this package's tests run, and a tiny zoo (the
+three-layer MLP: one 'matmul' family of three tasks)."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-os.environ.setdefault("TVM_NUM_THREADS", "2")
+
+@pytest.fixture(scope="package", autouse=True)
+def tvm_num_threads():
+    """``TVM_NUM_THREADS=2`` (unless set already) for this package's tests only, put back after them.
+
+    TVM reads the variable when it makes a thread's kernel pool (``MaxConcurrency()`` in
+    ``src/runtime/threading_backend.cc``, called by the thread-local ``ThreadPool``'s constructor in
+    ``thread_pool.cc``; falling back to ``OMP_NUM_THREADS``, then to half the logical CPUs), i.e. at
+    the first kernel or ``runtime.NumThreads`` call of a thread, not at ``import tvm``; and the
+    builder/runner processes the tests start inherit it. So it is set before any test of the package
+    (package scope, set up before the module- and function-scoped fixtures), not at collection, when
+    it leaked into every test of the session."""
+    with pytest.MonkeyPatch.context() as mp:
+        if "TVM_NUM_THREADS" not in os.environ:
+            mp.setenv("TVM_NUM_THREADS", "2")
+        yield
 
 
-@pytest.fixture(scope="session")
-def mlp_zoo(tmp_path_factory):
+@pytest.fixture(scope="package")
+def mlp_zoo(tvm_num_threads, tmp_path_factory):
     from components.familyseer.zoo import export_model
 
     zoo = tmp_path_factory.mktemp("zoo")

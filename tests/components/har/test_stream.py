@@ -97,6 +97,64 @@ def test_a_pipeline_that_drops_frames_achieves_its_own_rate():
     assert rep.achieved_fps == pytest.approx(62 / 3.1) == pytest.approx(20.0)
 
 
+def test_prediction_latency_is_over_the_frames_that_complete_a_chunk():
+    """Only every 3rd frame runs the models here (40 ms); the others cost 1 ms. The per-frame p50 is a
+    buffered frame's; the per-prediction percentiles are the chunks' own."""
+    clock = SimClock()
+    n = []
+
+    def step(frame):
+        n.append(1)
+        if len(n) % 3:
+            clock.advance(0.001)
+            return None
+        clock.advance(0.040 if len(n) < 12 else 0.080)   # the last chunk is slower
+        return 0
+    rep = run_stream(_frames(12), step, fps=10, clock=clock)
+    assert rep.predictions == 4 and rep.latency_ms_p50 == pytest.approx(1.0)
+    assert rep.prediction_latencies_ms == pytest.approx([40, 40, 40, 80])
+    assert rep.prediction_latency_ms_p50 == pytest.approx(40.0)
+    assert rep.prediction_latency_ms_p99 == pytest.approx(40 + 0.97 * 40)   # numpy's linear interpolation
+    summary = rep.summary()
+    assert "prediction_latencies_ms" not in summary and summary["prediction_latency_ms_p50"] == pytest.approx(40.0)
+    empty = run_stream(_frames(2), step, fps=10, clock=clock)
+    assert empty.predictions == 0 and empty.prediction_latency_ms_p50 is None
+
+
+def test_a_source_that_ends_stops_the_run_at_the_last_completion():
+    """A file's end is seen while waiting for the next frame: the run does not sleep one more period
+    (3 frames at 2 fps used to take 1.5 s, not 1.0 s + the last frame's work)."""
+    clock = SimClock()
+    step, _ = _costed(clock, [0.01])
+    rep = run_stream(iter(_frames(3)), step, fps=2, clock=clock)
+    assert rep.frames_processed == 3 and clock.now() == pytest.approx(1.01)
+    clock = SimClock()
+    rep = run_stream(_frames(5), _costed(clock, [0.01])[0], fps=2, clock=clock, max_frames=3)
+    assert rep.frames_in == 3 and clock.now() == pytest.approx(1.01)
+
+
+def test_the_time_to_get_frames_from_the_source_is_reported_and_counted_in_capacity_with_source():
+    """Decoding runs on the runtime's thread: a source taking 40 ms per frame at 30 fps cannot keep up
+    even with a 1 ms pipeline. capacity_fps (the pipeline alone) says ~1000, the source-inclusive
+    capacity says ~24, and frames are dropped."""
+    clock = SimClock()
+    step, _ = _costed(clock, [0.001])
+
+    def slow_source(n):
+        for f in _frames(n):
+            clock.advance(0.040)
+            yield f
+    rep = run_stream(slow_source(30), step, fps=30, clock=clock)
+    assert rep.source_ms_mean == pytest.approx(40.0)
+    assert rep.capacity_fps == pytest.approx(1000.0)
+    assert rep.capacity_fps_with_source == pytest.approx(1 / 0.041)
+    assert rep.frames_dropped > 0 and rep.achieved_fps < 30
+    # a free source: both capacities agree
+    clock2 = SimClock()
+    rep = run_stream(_frames(30), _costed(clock2, [0.001])[0], fps=30, clock=clock2)
+    assert rep.source_ms_mean == 0.0 and rep.capacity_fps_with_source == pytest.approx(rep.capacity_fps)
+
+
 def test_custom_deadline_and_frame_limit():
     clock = SimClock()
     step, _ = _costed(clock, [0.02])
@@ -145,7 +203,7 @@ def test_warm_up_runs_every_model_then_leaves_no_trace():
     warm = build()
     warm(_frames(1)[0])                                   # a frame left in the buffer: reset drops it too
     ms = warm.warm_up(chunks=2)
-    assert ms >= 0.0 and seen == {"rgb": 2, "motion": 2, "head": 2}
+    assert ms > 0.0 and seen == {"rgb": 2, "motion": 2, "head": 2}
     assert not warm.buffer and not warm.memory
     frames, fresh = _frames(9), build()
     outs = [warm(f) for f in frames]
@@ -171,7 +229,8 @@ def test_cli_reports_missing_models_and_videos(tmp_path, capsys):
     (["--max-frames", "0"], "--max-frames 0: expected at least 1"),
     (["--deadline-ms", "-1"], "--deadline-ms -1.0: expected a positive"),
     (["--queue", "0"], "--queue 0: expected at least 1 frame"),
-    (["--generate", "0"], "--generate 0: expected at least 1 clip"),
+    (["--generate", "0"], "--generate 0: expected 1 to 1000 clips"),
+    (["--generate", "1001"], "--generate 1001: expected 1 to 1000 clips (they are rendered into memory)"),
     (["--fps", "1e-300"], "--fps 1e-300: expected a positive, finite frame rate from 0.1 to 1000 frames per second"),
     (["--fps", "1001"], "--fps 1001.0: expected a positive, finite frame rate from 0.1 to 1000"),
 ])
@@ -201,15 +260,55 @@ def test_cli_rejects_a_bad_rate_or_report_path_before_the_run(tmp_path, capsys, 
     assert (tmp_path / "file.txt").read_text() == "x"
 
 
-def test_cli_accepts_the_slowest_rate(tmp_path, capsys):
-    """0.1 fps (the range's low end) runs: one frame, so nothing waits for the next arrival."""
-    models = tiny_rgb_models(tmp_path / "models", ["walk_left", "wave"])
-    report = tmp_path / "run.json"
-    assert main(["--generate", "1", "--source", "rgb", "--models", str(models), "--fps", "0.1", "--max-frames", "1",
-                 "--json", str(report)]) == 0
+def test_cli_accepts_the_slowest_rate(tmp_path, capsys, monkeypatch):
+    """0.1 fps (the range's low end) runs one chunk: 6 frames over 50 s of (simulated) camera time."""
     import json
 
-    assert json.loads(report.read_text())["frames_processed"] == 1
+    import components.har.stream as stream
+
+    monkeypatch.setattr(stream, "WallClock", SimClock)          # 50 s of camera time, no real waiting
+    models = tiny_rgb_models(tmp_path / "models", ["walk_left", "wave"])
+    report = tmp_path / "run.json"
+    assert main(["--generate", "1", "--source", "rgb", "--models", str(models), "--fps", "0.1", "--max-frames", "6",
+                 "--json", str(report)]) == 0
+    rec = json.loads(report.read_text())
+    assert rec["frames_processed"] == 6 and rec["predictions"] == 1 and rec["achieved_fps"] == 0.1
+
+
+def test_cli_rejects_a_frame_limit_shorter_than_one_chunk(tmp_path, capsys):
+    """A run that cannot complete a chunk predicts nothing: it used to exit 0 with online accuracy 0."""
+    models = tiny_rgb_models(tmp_path / "models", ["walk_left", "wave"])
+    report = tmp_path / "run.json"
+    assert main(["--generate", "1", "--source", "rgb", "--models", str(models), "--max-frames", "5",
+                 "--json", str(report)]) == 2
+    out = capsys.readouterr()
+    assert "error: --max-frames 5: fewer frames than one chunk; expected at least 6" in out.err and out.out == ""
+    assert not report.exists()
+
+
+def test_cli_streams_a_video_file_and_names_a_bad_one(tmp_path, capsys):
+    """A video through the CLI: a corrupt file and one shorter than a chunk stop before timing (exit 2,
+    no report); a good one reports every frame and one prediction per chunk."""
+    import json
+
+    from components.har.video import write_video
+
+    models = tiny_rgb_models(tmp_path / "models", ["walk_left", "wave"])          # 32x32, clip_len 6
+    report = tmp_path / "run.json"
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all" * 10)
+    short = write_video(tmp_path / "short.mp4", np.zeros((3, 32, 32, 3), np.uint8), fps=30)
+    for video, message in ((bad, "cannot be read as a video"), (short, "3 frames; expected at least 6")):
+        assert main(["--video", str(video), "--source", "rgb", "--models", str(models), "--json", str(report)]) == 2
+        out = capsys.readouterr()
+        assert message in out.err and str(video) in out.err and out.out == ""
+        assert not report.exists()
+    good = write_video(tmp_path / "good.mp4", np.zeros((14, 32, 32, 3), np.uint8), fps=30)
+    assert main(["--video", str(good), "--source", "rgb", "--models", str(models), "--json", str(report),
+                 "--fps", "1000", "--queue", "100"]) == 0
+    rec = json.loads(report.read_text())
+    assert rec["frames_in"] == rec["frames_processed"] == 14 and rec["predictions"] == 2
+    assert rec["source_ms_mean"] > 0 and "online_accuracy" not in rec         # decoding is timed; no labels
 
 
 def test_run_stream_rejects_non_finite_rates_and_empty_limits():
