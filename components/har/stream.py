@@ -167,13 +167,13 @@ def run_stream(frames: Iterable[np.ndarray], step: Callable[[np.ndarray], Any], 
             return False
         start = clock.now()
         try:
-            pending.append(next(source))
-        except StopIteration:
+            frame = next(source)
+        except StopIteration:       # not timed: the decoder's flush and close are no frame's cost
             exhausted = True
             return False
-        finally:
-            fetch_s += clock.now() - start
+        fetch_s += clock.now() - start
         fetched += 1
+        pending.append(frame)
         return True
 
     def arrive_until(now: float) -> None:

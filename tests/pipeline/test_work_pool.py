@@ -78,9 +78,11 @@ def test_work_pool_deploy_worker_run_records_to_mlflow(deployment_env, tmp_path)
     expected = [f"{paper}/{profile}" for paper in PAPERS for profile in ("quick", "full")] + ["report/default"]
     assert all(name in listing for name in expected), listing
 
-    worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--limit", "1"],
-                              env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    worker_log = tmp_path / "worker.log"      # a file, not a pipe nobody reads until the end (64 KiB would block)
+    with open(worker_log, "w") as out:
+        worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--limit", "1"],
+                                  env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=subprocess.STDOUT, text=True)
     procs.append(worker)
     run = _prefect(env, "deployment", "run", "report/default", "-p", 'papers=["fixture"]',
                    "--watch", "--watch-timeout", "150", timeout=200)
@@ -93,5 +95,6 @@ def test_work_pool_deploy_worker_run_records_to_mlflow(deployment_env, tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("report").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["prefect_flow_run_id"] == flow_run_id
-    log = served._stop(worker)
+    served._stop(worker)
+    log = worker_log.read_text()
     assert "set_working_directory' completed successfully" in log, log

@@ -100,9 +100,10 @@ def test_the_store_directory_is_removed_after_a_failing_or_vanished_rank(launch_
     assert list(launch_tmp.iterdir()) == []
 
 
-def test_a_launch_does_not_need_the_port_that_free_port_found(monkeypatch):
-    """The old race, made certain: between ``free_port()`` closing its socket and rank 0 binding the
-    port, another process took it ("address already in use"). The launch must not care."""
+def test_a_launch_does_not_need_its_master_port(monkeypatch):
+    """The old race, made certain: the rendezvous used to bind MASTER_PORT in rank 0, and another
+    process could take the port first ("address already in use"). Here MASTER_PORT is a port another
+    socket already listens on: the ranks meet on their FileStore and never bind it."""
     import socket
 
     import tasks.launch
@@ -110,7 +111,14 @@ def test_a_launch_does_not_need_the_port_that_free_port_found(monkeypatch):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        monkeypatch.setattr(tasks.launch, "free_port", lambda: taken.getsockname()[1])
+
+        class Held:        # stands for the launch's own reservation, but names the taken port
+            def getsockname(self):
+                return taken.getsockname()
+
+            def close(self):
+                pass
+        monkeypatch.setattr(tasks.launch, "_reserve_port", Held)
         out = spawn(launch_fns.all_reduce_rank, 2, 10, timeout=120)
     assert out == [(0, 2, 21.0), (1, 2, 21.0)]
 
