@@ -6,6 +6,7 @@
 - ``load_script(relative_path)``: a script of the repo (``benchmarks/...``) imported as a module.
 - ``_restore_torch_threads`` / ``_restore_torch_threads_per_module`` (autouse): ``torch.set_num_threads``
   in a test, a module-scoped fixture or an in-process flow does not outlive the test / the module.
+- ``_restore_thread_env`` (autouse): nor do TVM_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS set in a test.
 """
 from __future__ import annotations
 
@@ -57,6 +58,25 @@ def _restore_torch_threads():
     before = _torch_threads()
     yield
     _restore_torch_threads_to(before)
+
+
+#: variables that code run in process sets for itself and that change later tests' thread pools
+#: (``familyseer.measure.use_kernel_threads`` sets TVM_NUM_THREADS for the process, as the stage needs)
+_PROCESS_ENV = ("TVM_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@pytest.fixture(autouse=True)
+def _restore_thread_env():
+    """Undo what a test (or a flow it runs in process) set of ``_PROCESS_ENV``; fixtures of wider
+    scope (the familyseer package's ``tvm_num_threads``) are set up before and keep their value."""
+    before = {k: os.environ.get(k) for k in _PROCESS_ENV}
+    yield
+    for k, v in before.items():
+        if os.environ.get(k) != v:
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="module", autouse=True)
