@@ -481,8 +481,12 @@ def main(argv: list[str] | None = None) -> int:
             rep = run_stream(frames, pipe, args.fps, deadline_ms=args.deadline_ms, queue_size=args.queue,
                              max_frames=args.max_frames)
     except (ConfigError, InputError) as err:
-        # the reader's hint names its keyword argument; on the command line it is the --resize flag
-        print(f"error: {str(err).replace('(pass resize to rescale)', '(pass --resize to rescale)')}", file=sys.stderr)
+        # the reader's hint names its keyword argument; on the command line it is the --resize flag, and
+        # the reader's "video PATH: ..." is the --video flag's value
+        msg = str(err).replace("(pass resize to rescale)", "(pass --resize to rescale)")
+        if args.video and msg.startswith(f"video {args.video}:"):
+            msg = "--" + msg
+        print(f"error: {msg}", file=sys.stderr)
         return 2
     out = rep.summary()
     out["source"], out["backend"], out["warmup_ms"] = args.source, args.backend, warmup_ms

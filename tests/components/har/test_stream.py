@@ -301,7 +301,7 @@ def test_cli_streams_a_video_file_and_names_a_bad_one(tmp_path, capsys):
     for video, message in ((bad, "cannot be read as a video"), (short, "3 frames; expected at least 6")):
         assert main(["--video", str(video), "--source", "rgb", "--models", str(models), "--json", str(report)]) == 2
         out = capsys.readouterr()
-        assert message in out.err and str(video) in out.err and out.out == ""
+        assert message in out.err and f"error: --video {video}: " in out.err and out.out == ""
         assert not report.exists()
     good = write_video(tmp_path / "good.mp4", np.zeros((14, 32, 32, 3), np.uint8), fps=30)
     assert main(["--video", str(good), "--source", "rgb", "--models", str(models), "--json", str(report),
@@ -432,4 +432,4 @@ def test_cli_wrong_video_size_names_the_resize_flag(tmp_path, capsys):
     video = write_video(tmp_path / "v.mp4", np.zeros((12, 48, 48, 3), np.uint8), fps=30)
     assert main(["--video", str(video), "--source", "rgb", "--models", str(models)]) == 2
     err = capsys.readouterr().err
-    assert "frame size 48x48 (HxW); expected 32x32 (pass --resize to rescale)" in err
+    assert f"error: --video {video}: frame size 48x48 (HxW); expected 32x32 (pass --resize to rescale)" in err
