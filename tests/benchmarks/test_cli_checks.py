@@ -31,6 +31,7 @@ def _refused(proc: subprocess.CompletedProcess, *needles: str) -> None:
 @pytest.mark.parametrize("script, args, needles", [
     ("benchmarks/cli_startup.py", ["--bogus"], ["unrecognized arguments: --bogus"]),
     ("benchmarks/cli_startup.py", ["--repeats", "0"], ["--repeats", "'0'", "positive integer"]),
+    ("benchmarks/stage_overhead.py", ["--repeats", "0"], ["--repeats", "'0'", "positive integer"]),
     ("benchmarks/skrull/bench_speedup.py", ["--tflops", "0"], ["--tflops", "'0'", "finite number > 0"]),
     ("benchmarks/skrull/bench_speedup.py", ["--tflops", "-5"], ["--tflops", "'-5'", "finite number > 0"]),
     ("benchmarks/skrull/bench_speedup.py", ["--tflops", "nan"], ["--tflops", "'nan'", "finite number > 0"]),
@@ -60,7 +61,8 @@ def test_bad_arguments_exit_2_before_running(script, args, needles, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("script", ["benchmarks/cli_startup.py", "benchmarks/skrull/bench_speedup.py",
+@pytest.mark.parametrize("script", ["benchmarks/cli_startup.py", "benchmarks/stage_overhead.py",
+                                    "benchmarks/skrull/bench_speedup.py",
                                     "benchmarks/har/bench_latency.py", "benchmarks/familyseer/bench_builder.py",
                                     "benchmarks/vfda/bench_simulation.py", "benchmarks/januspipe/real_vs_sim.py"])
 def test_an_output_path_that_is_a_folder_is_refused_before_running(script, tmp_path):

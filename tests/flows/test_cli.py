@@ -273,3 +273,46 @@ def test_documented_single_stage_commands_agree_with_the_data_stage(doc, command
     module = importlib.import_module(PAPERS[paper].module)
     config = load_config(module.CONFIG, overrides, params)
     check_data_config(paper, config, f"{paper}_data", REPO)
+
+
+def test_command_line_pauses_the_collector_only_for_start_up():
+    """``python -m flows`` (``flows.__main__._run``) pauses Python's cyclic garbage collector while it imports,
+    resumes it with the imported objects frozen before the flow runs, and freezes what is alive at exit;
+    ``main`` keeps its return code."""
+    code = """
+import gc, json
+import flows.__main__ as cli
+seen = {}
+def fake_main():
+    seen['during_start_up'] = gc.isenabled()
+    cli._startup_done()
+    seen['in_flow'], seen['frozen'] = gc.isenabled(), gc.get_freeze_count()
+    gc.disable(); gc.enable()
+    cli._startup_done()                      # once only: a second call changes nothing
+    seen['frozen_again'] = gc.get_freeze_count()
+    return 3
+cli.main = fake_main
+seen['rc'] = cli._run()
+seen['enabled_after'], seen['frozen_at_exit'] = gc.isenabled(), gc.get_freeze_count()
+print(json.dumps(seen))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["during_start_up"] is False and seen["in_flow"] is True and seen["rc"] == 3
+    assert seen["frozen"] > 0 and seen["frozen_again"] == seen["frozen"]
+    assert seen["enabled_after"] is True and seen["frozen_at_exit"] >= seen["frozen"]
+
+
+def test_main_in_process_leaves_the_collector_alone(capsys):
+    import gc
+
+    from flows.__main__ import _startup_done
+
+    frozen = gc.get_freeze_count()
+    _startup_done()
+    assert main(["nope", "data"]) == 2
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
+    assert "paper 'nope'" in capsys.readouterr().err
