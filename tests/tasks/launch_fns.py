@@ -90,3 +90,13 @@ def exit_on_rank(rank: int, world: int, bad: int):
         os._exit(3)
     time.sleep(60)
     return rank
+
+
+def freeze_count_at_exit(rank: int, world: int, prefix: str):
+    """Write, when this rank's interpreter exits, how many objects the collector has frozen then."""
+    import atexit
+    import gc
+    from pathlib import Path
+
+    atexit.register(lambda: Path(f"{prefix}.{rank}").write_text(str(gc.get_freeze_count())))
+    return gc.get_freeze_count()

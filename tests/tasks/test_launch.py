@@ -143,3 +143,12 @@ def test_concurrent_launches_each_form_their_own_group(tmp_path):
     assert [r[:4] for r in b] == [(0, 2, 11.0, 1001.0), (1, 2, 11.0, 1001.0)]   # (5+0)+(5+1), 500+501
     assert a[0][4] == a[1][4] and b[0][4] == b[1][4] and a[0][4] != b[0][4]
     assert sorted(p.name for p in meet_dir.iterdir()) == ["1-0", "1-1", "5-0", "5-1"]
+
+
+def test_a_rank_freezes_what_is_alive_before_it_exits(tmp_path):
+    """After its function returns, a rank freezes the objects alive (torch, the model), so that its
+    interpreter's final collections skip them; the launch waits for that exit."""
+    prefix = tmp_path / "frozen"
+    during = spawn(launch_fns.freeze_count_at_exit, 2, str(prefix), timeout=120)
+    at_exit = [int((tmp_path / f"frozen.{r}").read_text()) for r in range(2)]
+    assert during == [0, 0] and all(n > 10_000 for n in at_exit), (during, at_exit)
