@@ -6,7 +6,7 @@ collector, alternated in one run.
 Each command runs the stage `har data` (the cheapest stage; a few seconds of rendering) in a scratch
 project root (`PAPERWORKS_ROOT`, with this checkout's params.yaml), so the checkout's data and MLflow
 store are not touched. Per command: wall time of the whole process and the stage's own time (the
-flow's "stage har/data: done in X s" line); overhead = wall - stage (interpreter start-up, imports,
+flow's "stage <paper>/<stage>: done in X s" line); overhead = wall - stage (interpreter start-up, imports,
 Prefect's temporary server, MLflow set-up, exit). Writes benchmarks/results/stage_overhead.json
 (or --out).  Run: .venv/bin/python benchmarks/stage_overhead.py [--repeats 3] [--out F]"""
 from __future__ import annotations
@@ -36,7 +36,7 @@ VARIANTS = {
     "default_gc": [sys.executable, "-c", "import sys; from flows.__main__ import main; "
                    f"sys.exit(main({list(STAGE)!r}))"],
 }
-DONE = re.compile(r"stage har/data: done in ([0-9.]+) s")
+DONE = re.compile(rf"stage {STAGE[0]}/{STAGE[1]}: done in ([0-9.]+) s")
 
 
 def _once(cmd: list[str], root: Path) -> dict[str, float]:

@@ -196,8 +196,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if not get_current_settings().api.url:
         # no server configured: the flow will start Prefect's temporary server, whose module Prefect
-        # imports then; import it here, still in start-up (only when the module is imported changes)
-        importlib.import_module("prefect.server.api.server")
+        # imports then; import it here, still in start-up (only when the module is imported changes;
+        # a Prefect that keeps it elsewhere imports its own module later, as before)
+        try:
+            importlib.import_module("prefect.server.api.server")
+        except ImportError:
+            pass
     _startup_done()
     try:
         module.FLOW(config=config, stages=stages)
