@@ -133,7 +133,7 @@ class ImfeConfig(_Section):
     mid_dim: int = Field(32, ge=1, le=4096, description="1x1 mid conv before the ResNet head")
     head_blocks: list[Positive] = Field([1, 1], min_length=2, max_length=2,
                                         description="bottleneck blocks of layer3, layer4 (each >= 1)")
-    epochs: int = Field(15, ge=1, le=1000)
+    epochs: int = Field(10, ge=1, le=1000, description="distillation epochs (10: the official training script)")
     batch_size: int = Field(16, ge=1, le=1024)
     lr: float = Field(1e-3, gt=0, le=1, allow_inf_nan=False)
     gamma: float = Field(0.9, gt=0, le=1, allow_inf_nan=False, description="ExponentialLR gamma, stepped 5 times per epoch (official)")
