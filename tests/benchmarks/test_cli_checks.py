@@ -32,6 +32,10 @@ def _refused(proc: subprocess.CompletedProcess, *needles: str) -> None:
     ("benchmarks/cli_startup.py", ["--bogus"], ["unrecognized arguments: --bogus"]),
     ("benchmarks/cli_startup.py", ["--repeats", "0"], ["--repeats", "'0'", "positive integer"]),
     ("benchmarks/stage_overhead.py", ["--repeats", "0"], ["--repeats", "'0'", "positive integer"]),
+    ("benchmarks/cpu_speed_states.py", ["--seconds", "0"], ["--seconds", "'0'", "finite number > 0"]),
+    ("benchmarks/cpu_speed_states.py", ["--load-seconds", "nan"], ["--load-seconds", "'nan'", "finite number > 0"]),
+    ("benchmarks/cpu_speed_states.py", ["--size", "0"], ["--size", "'0'", "positive integer"]),
+    ("benchmarks/cpu_speed_states.py", ["--kind", "gpu"], ["--kind", "'gpu'"]),
     ("benchmarks/skrull/bench_speedup.py", ["--tflops", "0"], ["--tflops", "'0'", "finite number > 0"]),
     ("benchmarks/skrull/bench_speedup.py", ["--tflops", "-5"], ["--tflops", "'-5'", "finite number > 0"]),
     ("benchmarks/skrull/bench_speedup.py", ["--tflops", "nan"], ["--tflops", "'nan'", "finite number > 0"]),
@@ -62,6 +66,7 @@ def test_bad_arguments_exit_2_before_running(script, args, needles, tmp_path):
 
 
 @pytest.mark.parametrize("script", ["benchmarks/cli_startup.py", "benchmarks/stage_overhead.py",
+                                    "benchmarks/cpu_speed_states.py",
                                     "benchmarks/skrull/bench_speedup.py",
                                     "benchmarks/har/bench_latency.py", "benchmarks/familyseer/bench_builder.py",
                                     "benchmarks/vfda/bench_simulation.py", "benchmarks/januspipe/real_vs_sim.py"])
@@ -113,3 +118,24 @@ def test_device_check_names_a_bad_profile_or_federation(device_check, args, need
     err = capsys.readouterr().err
     assert err.startswith("error: ") and all(n in err for n in needles), err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cpu_speed_states_without_the_mlip_data_names_it(tmp_path):
+    # --kind januspipe reads data/mlip below the working directory: here there is none
+    proc = _run("benchmarks/cpu_speed_states.py", "--kind", "januspipe", "--seconds", "1",
+                "--out", str(tmp_path / "out" / "s.json"), cwd=tmp_path)
+    _refused(proc, "data/mlip", "file not found")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cpu_speed_states_records_samples_and_a_consistent_summary(tmp_path):
+    import json
+
+    out = tmp_path / "s.json"
+    proc = _run("benchmarks/cpu_speed_states.py", "--seconds", "0.3", "--size", "32", "--reps", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(out.read_text())
+    s, ms = rec["summary"], [v for _, v in rec["samples"]]
+    assert s["samples"] == len(ms) >= 1 and s["kind"] == "matmul" and s["load_seconds"] == 0
+    assert s["min_ms"] == min(ms) <= s["median_ms"] <= s["p90_ms"] <= s["max_ms"] == max(ms)
+    assert 0 <= s["slow_share"] <= 1 and s["max_over_min"] == max(ms) / min(ms)
