@@ -100,12 +100,14 @@ def render(m: dict, per: dict) -> None:
             print(f"| {model} | {build} | {f(v.get('latency_ms_p50'), '{:.3f}')} | {f(v.get('latency_ms_p99'), '{:.3f}')} | "
                   f"{f(v.get('speedup_vs_untuned'), '{:.1f}x')} | {f(v.get('speedup_vs_pytorch'), '{:.2f}x')} |")
     print("\n**Cost-model ranking quality** (held-out pairwise accuracy, leave-one-seed-out)\n")
-    print("| model | op family | members | held-out pairs | global model | family model |")
-    print("|---|---|---|---|---|---|")
+    print("| model | op family | members | held-out pairs | global model | family model | gain (points), 90 % interval |")
+    print("|---|---|---|---|---|---|---|")
     for model, d in per.items():
         for fam, r in d["cost_model"]["families"].items():
+            ci = r.get("gain_pp_ci90")  # absent in metrics written before 2026-11-29
             print(f"| {model} | {fam} | {len(r['members'])} | {r['pairs']} | {f(r['global_accuracy'], '{:.3f}')} | "
-                  f"{f(r['family_accuracy'], '{:.3f}')} |")
+                  f"{f(r['family_accuracy'], '{:.3f}')} | "
+                  f"{'—' if not ci else f'{ci[0]:+.2f} to {ci[1]:+.2f}'} |")
     print("\n**Headline metrics**\n")
     for k in ("search_speedup", "final_latency", "cost_model", "timing"):
         flat = {kk: vv for kk, vv in m[k].items() if not isinstance(vv, dict)}

@@ -19,7 +19,9 @@ latency that the model orders correctly), pooled per family over tasks and folds
 families and over the multi-member families alone (a one-member family's model is a per-task model:
 its score says nothing about sharing samples within a family). A task of a fold is scored by both
 models or by neither (when one of them had nothing to train on), so the two accuracies are always
-over the same pairs.
+over the same pairs. The gain (family minus global, in points) comes with a 90 % interval from a
+paired bootstrap of the held-out candidates (:func:`ranking_bootstrap`); the claim reads its lower
+end, so a gain inside the resampling noise is not counted as "better".
 """
 from __future__ import annotations
 
@@ -184,16 +186,49 @@ def interval(samples: np.ndarray, coverage: float = 0.9) -> tuple[float, float] 
 # cost-model ranking quality
 
 
-def pairwise_accuracy(scores: Sequence[float], latencies: Sequence[float]) -> tuple[int, int]:
-    """(correctly ordered pairs, pairs) over pairs with different latencies: a higher score must mean a
-    lower latency (MetaSchedule's cost models predict normalized throughput)."""
+def pair_matrices(scores: Sequence[float], latencies: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric ``(correct, comparable)`` 0/1 matrices over the candidates: ``comparable[i, j]`` where
+    the two latencies differ, ``correct[i, j]`` where the scores order that pair the right way round
+    (zero diagonals). :func:`pairwise_accuracy` is their upper triangle's sum; with multiplicities ``w``
+    of a resample of the candidates, ``w @ M @ w / 2`` counts that resample's pairs."""
     s = np.asarray(scores, dtype=float)
     y = np.asarray(latencies, dtype=float)
     ds = s[:, None] - s[None, :]
     dy = y[None, :] - y[:, None]  # > 0 where i is faster than j
-    mask = np.triu(dy != 0, k=1)
-    correct = (np.sign(ds) == np.sign(dy)) & mask
-    return int(correct.sum()), int(mask.sum())
+    comparable = dy != 0
+    correct = (np.sign(ds) == np.sign(dy)) & comparable
+    return correct.astype(float), comparable.astype(float)
+
+
+def ranking_bootstrap(groups: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], resamples: int,
+                      seed: int | np.random.SeedSequence = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled pairwise accuracies of two models with the held-out candidates resampled.
+
+    ``groups``: one ``(correct_a, correct_b, comparable)`` triple (:func:`pair_matrices`) per scored
+    (fold, task); in each resample every group's candidates are drawn with replacement (its own count)
+    and both models are scored on the same draw (paired). Returns the two arrays of ``resamples``
+    pooled accuracies (NaN where a resample has no comparable pair). What it measures: how much the
+    accuracy gap owes to which candidates happened to be held out, given the trained models - not the
+    run-to-run spread of the tuning runs that produced the records."""
+    rng = np.random.default_rng(seed)
+    ca = np.zeros(resamples)
+    cb = np.zeros(resamples)
+    n = np.zeros(resamples)
+    for a, b, comp in groups:
+        k = comp.shape[0]
+        w = rng.multinomial(k, np.full(k, 1.0 / k), size=resamples).astype(float)  # multiplicities
+        ca += ((w @ a) * w).sum(axis=1) / 2
+        cb += ((w @ b) * w).sum(axis=1) / 2
+        n += ((w @ comp) * w).sum(axis=1) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, ca / n, np.nan), np.where(n > 0, cb / n, np.nan)
+
+
+def pairwise_accuracy(scores: Sequence[float], latencies: Sequence[float]) -> tuple[int, int]:
+    """(correctly ordered pairs, pairs) over pairs with different latencies: a higher score must mean a
+    lower latency (MetaSchedule's cost models predict normalized throughput)."""
+    correct, comparable = pair_matrices(scores, latencies)
+    return int(np.triu(correct, 1).sum()), int(np.triu(comparable, 1).sum())
 
 
 @dataclass
@@ -238,11 +273,16 @@ def load_records(run_dirs: Sequence[tuple[int, Any]], task_of_workload: Mapping[
 
 
 def ranking_quality(records: Sequence[Record], contexts: Mapping[str, Any], family_of_task: Mapping[str, str],
-                    make_model: Any, min_test: int = 8) -> dict[str, Any]:
+                    make_model: Any, min_test: int = 8, resamples: int = 1000,
+                    seed: int | np.random.SeedSequence = 0) -> dict[str, Any]:
     """Leave-one-seed-out pairwise ranking accuracy of per-family vs global models.
 
     ``contexts``: task name -> TuneContext (for feature extraction); ``make_model(members, samples)``
     returns a fresh cost model shared by ``members`` tasks that trains once it holds ``samples`` samples.
+    Each family's gain (family minus global accuracy, in points) and the multi-member families' pooled
+    gain come with a 90 % interval from :func:`ranking_bootstrap` (``resamples`` paired resamples of the
+    held-out candidates, numpy seed ``seed``); ``"_bootstrap"`` holds the multi-member resamples'
+    ``(global, family)`` accuracies for pooling over models (not JSON: pop it before writing).
     """
     from tvm.s_tir.meta_schedule.runner import RunnerResult
 
@@ -251,6 +291,7 @@ def ranking_quality(records: Sequence[Record], contexts: Mapping[str, Any], fami
     folds = seeds if len(seeds) > 1 else []
     pairs = {"global": {}, "family": {}}  # kind -> family -> [correct, total]
     per_task: dict[str, dict[str, list[int]]] = {}
+    boot_groups: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}  # family -> (global, family, comparable)
 
     def train(model: Any, train_records: Sequence[Record], task_names: Sequence[str]) -> None:
         for t in task_names:
@@ -282,23 +323,34 @@ def ranking_quality(records: Sequence[Record], contexts: Mapping[str, Any], fami
                 # a model with nothing to train on (a family without training records) cannot rank: the
                 # task is scored by neither, so both accuracies are always over the same pairs
                 continue
+            mats = {}
             for kind, model in scorers:
-                c, n = pairwise_accuracy(model.predict(contexts[t], cands), lat)
+                mats[kind], comparable = pair_matrices(model.predict(contexts[t], cands), lat)
+                c, n = int(np.triu(mats[kind], 1).sum()), int(np.triu(comparable, 1).sum())  # pairwise_accuracy
                 acc = pairs[kind].setdefault(fam, [0, 0])
                 acc[0] += c
                 acc[1] += n
                 tacc = per_task.setdefault(t, {}).setdefault(kind, [0, 0])
                 tacc[0] += c
                 tacc[1] += n
+            boot_groups.setdefault(fam, []).append((mats["global"], mats["family"], comparable))
 
     def ratio(cn: Sequence[int]) -> float | None:
         return cn[0] / cn[1] if cn[1] else None
+
+    def gain_interval(groups: list) -> tuple[tuple[float, float] | None, np.ndarray, np.ndarray]:
+        # every interval draws from a fresh generator of ``seed``: a pooled gain over one family is
+        # that family's own interval, not another draw of it
+        glob, fam_ = ranking_bootstrap(groups, resamples, np.random.default_rng(seed)) if groups \
+            else (np.array([]), np.array([]))
+        return interval(100 * (fam_ - glob)), glob, fam_
 
     families = {}
     for fam in sorted(set(pairs["global"]) | set(pairs["family"])):
         g, f = pairs["global"].get(fam, [0, 0]), pairs["family"].get(fam, [0, 0])
         families[fam] = {"members": sorted(t for t in tasks if family_of_task[t] == fam),
-                         "pairs": int(f[1]), "global_accuracy": ratio(g), "family_accuracy": ratio(f)}
+                         "pairs": int(f[1]), "global_accuracy": ratio(g), "family_accuracy": ratio(f),
+                         "gain_pp_ci90": gain_interval(boot_groups.get(fam, []))[0]}
     def pooled(fams: set[str]) -> dict[str, list[int]]:
         return {k: [sum(v[0] for f, v in pairs[k].items() if f in fams),
                     sum(v[1] for f, v in pairs[k].items() if f in fams)] for k in pairs}
@@ -308,12 +360,15 @@ def ranking_quality(records: Sequence[Record], contexts: Mapping[str, Any], fami
     # one-member family's model is a per-task model)
     multi = {fam for fam, d in families.items() if len(d["members"]) >= 2}
     mm = pooled(multi)
+    mm_ci, mm_glob, mm_fam = gain_interval([grp for fam in sorted(multi) for grp in boot_groups.get(fam, [])])
     return {"folds": len(folds), "records": len(records), "families": families,
             "global_accuracy": ratio(tot["global"]), "family_accuracy": ratio(tot["family"]),
             "pairs": int(tot["family"][1]),
             "multi_member": {"families": len(multi), "pairs": int(mm["family"][1]),
-                             "global_accuracy": ratio(mm["global"]), "family_accuracy": ratio(mm["family"])},
-            "per_task": {t: {k: ratio(v) for k, v in d.items()} for t, d in per_task.items()}}
+                             "global_accuracy": ratio(mm["global"]), "family_accuracy": ratio(mm["family"]),
+                             "gain_pp_ci90": mm_ci},
+            "per_task": {t: {k: ratio(v) for k, v in d.items()} for t, d in per_task.items()},
+            "_bootstrap": {"multi_member": (mm_glob, mm_fam)}}
 
 
 def to_jsonable(obj: Any) -> Any:

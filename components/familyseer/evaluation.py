@@ -21,6 +21,10 @@ from components.io import read_json_record
 
 #: seed resamples behind each speed-up's 90 % interval (one stream per model: analysis.bootstrap_streams)
 BOOTSTRAP_RESAMPLES = 1000
+#: held-out-candidate resamples behind the ranking gain's 90 % interval, and their root seed (one spawned
+#: stream per model)
+RANKING_BOOTSTRAP_RESAMPLES = 1000
+RANKING_BOOTSTRAP_SEED = 1
 #: the untuned builds every tuned one is compared with (entries of the compile stage's latency.json)
 REFERENCE_BUILDS = ("pytorch_eager", "tvm_untuned")
 #: (evaluate.method, evaluate.baseline) of components/familyseer/claims.yaml: only for this pair do the
@@ -154,7 +158,7 @@ def metric_keys(method: str, baseline: str) -> tuple[str, str]:
 
 
 def _ranking_for_model(cfg: FamilySeerConfig, zoo_dir: Path, name: str, run_dirs: list[tuple[int, Path]],
-                       tasks: list[dict[str, Any]]) -> dict[str, Any]:
+                       tasks: list[dict[str, Any]], seed: int | np.random.SeedSequence = 0) -> dict[str, Any]:
     from tvm.s_tir.meta_schedule import TuneContext
 
     from components.familyseer.cost_model import make_xgb, store_features
@@ -180,7 +184,8 @@ def _ranking_for_model(cfg: FamilySeerConfig, zoo_dir: Path, name: str, run_dirs
         model.num_warmup_samples = max(int(samples), 1)
         return model
 
-    return ranking_quality(records, contexts, family_of_task, make_model, min_test=cfg.evaluate.ranking_min_records)
+    return ranking_quality(records, contexts, family_of_task, make_model, min_test=cfg.evaluate.ranking_min_records,
+                           resamples=RANKING_BOOTSTRAP_RESAMPLES, seed=seed)
 
 
 def _plot_curves(name: str, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], baseline: str,
@@ -248,6 +253,9 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
     policy_summary: dict[str, dict[str, float]] = {p: {} for p in tc.policies}
     boot_samples: dict[str, dict[str, np.ndarray]] = {}  # policy -> model -> bootstrap speed-ups
     streams = dict(zip(cfg.zoo.models, bootstrap_streams(len(cfg.zoo.models))))  # one per model
+    # the held-out-candidate bootstrap of the ranking gain: its own stream per model
+    ranking_streams = dict(zip(cfg.zoo.models, np.random.SeedSequence(RANKING_BOOTSTRAP_SEED).spawn(len(cfg.zoo.models))))
+    ranking_boot: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # model -> multi-member (global, family) resamples
     manifests = {name: read_manifest(zoo_dir / name / "tasks.json", name) for name in cfg.zoo.models}
     check_latency(latency, cfg, latency_file)
     all_runs = {name: {p: [load_current_run(run_dir(name, p, s), manifests[name], p, run_seed(s), tc,
@@ -374,17 +382,21 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
         # cost-model ranking quality (op families vs one global model)
         progress(f"{name}: cost-model ranking quality (leave-one-seed-out over {len(tc.seeds)} seeds)")
         dirs = [(run_seed(s), run_dir(name, p, s)) for p in tc.policies for s in tc.seeds]
-        rq = _ranking_for_model(cfg, zoo_dir, name, dirs, tasks)
+        rq = _ranking_for_model(cfg, zoo_dir, name, dirs, tasks, seed=ranking_streams[name])
+        ranking_boot[name] = rq.pop("_bootstrap")["multi_member"]
         model_out["cost_model"] = rq
         for fam, d in rq["families"].items():
+            ci = d.get("gain_pp_ci90")
             tables["cost_model_ranking"].append({"model": name, "family": fam, "members": len(d["members"]),
                                                  "held_out_pairs": d["pairs"], "global_accuracy": d["global_accuracy"],
-                                                 "family_accuracy": d["family_accuracy"]})
+                                                 "family_accuracy": d["family_accuracy"],
+                                                 "gain_pp_ci90_low": ci[0] if ci else None,
+                                                 "gain_pp_ci90_high": ci[1] if ci else None})
         per_model[name] = model_out
         progress(f"{name}: speed-up {model_out['speedup'].get(ev.method, {}).get('speedup_trials')}, "
                  f"ranking family {rq['family_accuracy']} vs global {rq['global_accuracy']}")
 
-    metrics = _headline(cfg, per_model)
+    metrics = _headline(cfg, per_model, ranking_boot)
     speedup_key, ratio_key = metric_keys(ev.method, ev.baseline)
     if (ev.method, ev.baseline) != CLAIMED_PAIR:
         progress(f"evaluate.method={ev.method!r}, evaluate.baseline={ev.baseline!r}: the claims (claims.yaml) are "
@@ -415,6 +427,20 @@ def evaluate_all(cfg: FamilySeerConfig, zoo_dir: Path, run_dir: Callable[[str, s
             "policy_summary": policy_summary}
 
 
+def pooled_ranking_gain(boots: Mapping[str, tuple[np.ndarray, np.ndarray]], per_model: Mapping[str, Any]) -> np.ndarray:
+    """The bootstrap of ``cost_model.accuracy_gain_pp_multi_member``: per resample, 100 x (mean over the
+    models with multi-member families of the family accuracy - the same mean of the global accuracy),
+    the models' held-out candidates resampled independently (:func:`analysis.ranking_bootstrap`)."""
+    used = [m for m in per_model if m in boots and len(boots[m][0])
+            and (per_model[m]["cost_model"].get("multi_member") or {}).get("family_accuracy") is not None
+            and per_model[m]["cost_model"]["multi_member"].get("global_accuracy") is not None]
+    if not used:
+        return np.array([])
+    glob = np.mean([boots[m][0] for m in used], axis=0)
+    fam = np.mean([boots[m][1] for m in used], axis=0)
+    return 100 * (fam - glob)
+
+
 def pooled_bootstrap(boots: Mapping[str, np.ndarray], per_model: Mapping[str, Any], method: str) -> np.ndarray:
     """The bootstrap of the headline mean speed-up: per resample, the mean over the models the headline
     mean is over (those with a finite trial speed-up of ``method``) of their resampled speed-ups."""
@@ -423,12 +449,15 @@ def pooled_bootstrap(boots: Mapping[str, np.ndarray], per_model: Mapping[str, An
     return np.mean([boots[m] for m in used], axis=0) if used else np.array([])
 
 
-def _headline(cfg: FamilySeerConfig, per_model: Mapping[str, Any]) -> dict[str, Any]:
+def _headline(cfg: FamilySeerConfig, per_model: Mapping[str, Any],
+              ranking_boot: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, Any]:
     """The metrics file's figures from the per-model results. Every mean or median over models or seeds
     is over those that have the figure; ``models_used`` / ``seeds_used`` next to it say how many did
     (``models`` / ``seeds``: how many there were). One exception: the final-latency ratio's mean is None
     when the method has no final latency for some model (``final_ratio_method_missing``). Key names:
-    :func:`metric_keys`."""
+    :func:`metric_keys`. ``ranking_boot``: each model's multi-member ``(global, family)`` accuracies over
+    the held-out-candidate resamples (``ranking_quality``'s ``"_bootstrap"``), for the gain's interval
+    (None without them)."""
     ev, tc = cfg.evaluate, cfg.tune
     sk, ratio_key = metric_keys(ev.method, ev.baseline)
     sp = [per_model[m]["speedup"].get(ev.method) for m in per_model]
@@ -463,6 +492,8 @@ def _headline(cfg: FamilySeerConfig, per_model: Mapping[str, Any]) -> dict[str, 
     # a model where the method has no final latency at all does not meet "no worse than the baseline":
     # the mean is then None (the claim is not met), not a mean over the other models
     method_missing = [m for m in per_model if per_model[m].get("final_ratio_method_missing")]
+    # the multi-member gain's 90 % interval (held-out candidates resampled); the claim reads its low end
+    gain_ci = interval(pooled_ranking_gain(ranking_boot or {}, per_model)) if multi else None
     metrics: dict[str, Any] = {
         "search_speedup": {
             f"{sk}_trials_mean": _mean(trials),
@@ -499,6 +530,8 @@ def _headline(cfg: FamilySeerConfig, per_model: Mapping[str, Any]) -> dict[str, 
             "pairs": sum(int(cms[m].get("pairs", 0)) for m in scored),
             # families of >= 2 member tasks only (a one-member family's model is a per-task model)
             "accuracy_gain_pp_multi_member": 100 * (mm_fam - mm_glob) if multi else None,
+            "accuracy_gain_pp_multi_member_ci90": gain_ci,
+            "accuracy_gain_pp_multi_member_ci90_low": gain_ci[0] if gain_ci else None,
             "family_accuracy_multi_member": mm_fam, "global_accuracy_multi_member": mm_glob,
             "pairs_multi_member": sum(int(cms[m]["multi_member"]["pairs"]) for m in multi),
             "families_multi_member": sum(int(cms[m]["multi_member"]["families"]) for m in multi),

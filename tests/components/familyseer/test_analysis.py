@@ -205,3 +205,44 @@ def test_a_task_with_exactly_min_test_held_out_records_is_scored():
     records = _records("a", 0, [("x1", 1), ("x2", 2), ("x3", 3)]) + _records("a", 1, [("y1", 1), ("y2", 2), ("y3", 3)])
     assert _quality(records, min_test=3)["pairs"] == 6   # 3 pairs per fold
     assert _quality(records, min_test=4)["pairs"] == 0
+
+
+def test_pair_matrices_count_what_pairwise_accuracy_counts():
+    from components.familyseer.analysis import pair_matrices
+    rng = np.random.default_rng(3)
+    scores, lat = rng.normal(size=30), rng.integers(0, 10, size=30).astype(float)   # ties included
+    correct, comparable = pair_matrices(scores, lat)
+    assert (correct == correct.T).all() and (comparable == comparable.T).all()
+    assert not correct.diagonal().any() and not comparable.diagonal().any()
+    assert (int(correct.sum()) // 2, int(comparable.sum()) // 2) == pairwise_accuracy(scores, lat)
+
+
+def test_ranking_bootstrap_is_paired_and_centred_on_the_point_estimate():
+    from components.familyseer.analysis import pair_matrices, ranking_bootstrap
+    rng = np.random.default_rng(0)
+    groups, counts = [], np.zeros((2, 2))
+    for _ in range(3):
+        lat = rng.normal(size=40)
+        good, bad = -lat + rng.normal(scale=0.3, size=40), -lat + rng.normal(scale=2.0, size=40)
+        a, comp = pair_matrices(good, lat)
+        b, _ = pair_matrices(bad, lat)
+        groups.append((a, b, comp))
+        counts += [[a.sum(), comp.sum()], [b.sum(), comp.sum()]]
+    acc_a, acc_b = ranking_bootstrap(groups, 400, seed=5)
+    point_a, point_b = counts[0, 0] / counts[0, 1], counts[1, 0] / counts[1, 1]
+    assert abs(acc_a.mean() - point_a) < 0.02 and abs(acc_b.mean() - point_b) < 0.02
+    assert (acc_a > acc_b).all()                        # a clear gap survives every resample
+    lo, hi = interval(100 * (acc_b - acc_a))
+    assert lo < 100 * (point_b - point_a) < hi < 0
+    again = ranking_bootstrap(groups, 400, seed=5)
+    assert (again[0] == acc_a).all() and (again[1] == acc_b).all()   # seeded
+    # the same model on both sides: the paired difference is exactly 0 in every resample
+    same = ranking_bootstrap([(a, a, comp) for a, _, comp in groups], 50, seed=1)
+    assert (same[0] == same[1]).all()
+
+
+def test_ranking_bootstrap_of_a_group_without_comparable_pairs_is_nan():
+    from components.familyseer.analysis import pair_matrices, ranking_bootstrap
+    a, comp = pair_matrices([1.0, 2.0, 3.0], [1.0, 1.0, 1.0])   # every latency tied
+    acc_a, acc_b = ranking_bootstrap([(a, a, comp)], 10, seed=0)
+    assert np.isnan(acc_a).all() and np.isnan(acc_b).all() and interval(acc_a - acc_b) is None

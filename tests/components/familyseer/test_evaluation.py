@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from components.base import InputError
 from components.familyseer.analysis import Record, per_seed_speedups, ranking_quality
 from components.familyseer.config import FamilySeerConfig
-from components.familyseer.evaluation import _headline, final_latencies
+from components.familyseer.evaluation import _headline, final_latencies, pooled_ranking_gain
 from components.familyseer.scheduler import FAILED_MS
 
 
@@ -106,7 +107,14 @@ def test_ranking_quality_scores_multi_member_families_on_their_own():
     rq = ranking_quality(records, {t: None for t in "abc"}, family_of_task, lambda m, s: Model(m), min_test=2)
     assert rq["global_accuracy"] == 1.0 and rq["family_accuracy"] == pytest.approx(6 / 18)
     assert rq["pairs"] == 18
-    assert rq["multi_member"] == {"families": 1, "pairs": 12, "global_accuracy": 1.0, "family_accuracy": 0.0}
+    # every resample of the held-out candidates: the family model all wrong, the global one all right
+    assert rq["multi_member"] == {"families": 1, "pairs": 12, "global_accuracy": 1.0, "family_accuracy": 0.0,
+                                  "gain_pp_ci90": (-100.0, -100.0)}
+    glob, fam = rq["_bootstrap"]["multi_member"]
+    assert len(glob) == len(fam) == 1000 and set(glob) == {1.0} and set(fam) == {0.0}
+    assert rq["families"]["F1"]["gain_pp_ci90"] == (0.0, 0.0)   # both models rank c perfectly
+    # one multi-member family: the pooled interval is that family's own (the same draws, not new ones)
+    assert rq["families"]["F2"]["gain_pp_ci90"] == rq["multi_member"]["gain_pp_ci90"]
 
 
 def test_a_task_one_model_cannot_rank_is_scored_by_neither():
@@ -132,7 +140,8 @@ def test_a_task_one_model_cannot_rank_is_scored_by_neither():
                for t in "abc" for seed in (0, 1) for k in (1, 2, 3) if t != "c" or seed == 0]
     rq = ranking_quality(records, {t: t for t in "abc"}, family_of_task, lambda m, s: Model(m, s), min_test=2)
     assert "F1" not in rq["families"] and "c" not in rq["per_task"]
-    assert rq["families"]["F2"] == {"members": ["a", "b"], "pairs": 12, "global_accuracy": 1.0, "family_accuracy": 1.0}
+    assert rq["families"]["F2"] == {"members": ["a", "b"], "pairs": 12, "global_accuracy": 1.0, "family_accuracy": 1.0,
+                                    "gain_pp_ci90": (0.0, 0.0)}
     assert (rq["global_accuracy"], rq["family_accuracy"], rq["pairs"]) == (1.0, 1.0, 12)
 
 
@@ -221,7 +230,8 @@ def outputs(tmp_path, fast_fingerprint, monkeypatch):
     rq = {"folds": 2, "records": 0, "families": {}, "global_accuracy": None, "family_accuracy": None, "pairs": 0,
           "multi_member": {"families": 0, "pairs": 0, "global_accuracy": None, "family_accuracy": None},
           "per_task": {}}
-    monkeypatch.setattr(evaluation, "_ranking_for_model", lambda *args: rq)
+    monkeypatch.setattr(evaluation, "_ranking_for_model",
+                        lambda *args, **kw: {**rq, "_bootstrap": {"multi_member": (np.array([]), np.array([]))}})
     plots = tmp_path / "plots"
     plots.mkdir()
 
@@ -432,7 +442,7 @@ def test_only_familyseer_against_gradient_fills_the_claims_metrics(method, basel
     model = _model(None, [1.0], cm, ratio=1.5)
     model["speedup"] = {method: sp}
     model["speedup_per_seed"] = {method: [{"trials": 2.0, "wall": 3.0, "reached": True}]}
-    m = _headline(cfg, {"m1": model})
+    m = _headline(cfg, {"m1": model}, {"m1": (np.full(5, 0.6), np.full(5, 0.5))})
     assert m["search_speedup"][f"{speedup}_trials_mean"] == 2.0 and m["search_speedup"][f"{speedup}_wall_mean"] == 3.0
     assert m["final_latency"][ratio] == 1.5
     claimed = _claim_values(m)
@@ -453,3 +463,14 @@ def test_evaluate_names_both_policies_in_the_interval_key_outside_the_claimed_pa
     assert "speedup_gradient_vs_familyseer_trials_mean_ci90" in s
     assert not [k for k in s if k.startswith("speedup_vs_")]
     assert any("the report leaves those claims unjudged" in n for n in notes)
+
+
+def test_the_pooled_ranking_gain_resamples_each_model_and_skips_models_without_a_multi_member_score():
+    scored = {"cost_model": {"multi_member": {"global_accuracy": 0.5, "family_accuracy": 0.6}}}
+    unscored = {"cost_model": {"multi_member": {"global_accuracy": None, "family_accuracy": None}}}
+    boots = {"m1": (np.array([0.5, 0.6]), np.array([0.6, 0.6])), "m2": (np.array([0.4, 0.4]), np.array([0.4, 0.7])),
+             "m3": (np.array([0.0, 0.0]), np.array([1.0, 1.0]))}
+    gain = pooled_ranking_gain(boots, {"m1": scored, "m2": scored, "m3": unscored})
+    # per resample: 100 x (mean family - mean global) over m1 and m2 only
+    assert gain == pytest.approx([100 * (0.5 - 0.45), 100 * (0.65 - 0.5)])
+    assert pooled_ranking_gain({}, {"m1": scored}).size == 0
