@@ -92,12 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     samples, t0 = [], time.time()
     while time.time() - t0 < a.seconds:
         ms = sample()
-        samples.append((round(time.time() - t0, 2), round(ms, 2)))
+        # ms to the ns (the clock's resolution): rounding to 0.01 ms made a tiny workload's sample 0.0
+        samples.append((round(time.time() - t0, 2), round(ms, 6)))
         print(f"t+{samples[-1][0]:6.1f} s  {ms:8.2f} ms", flush=True)
     v = sorted(ms for _, ms in samples)
     lo = v[0]
     summary = {"kind": a.kind, "samples": len(v), "min_ms": lo, "median_ms": statistics.median(v),
-               "p90_ms": v[int(0.9 * (len(v) - 1))], "max_ms": v[-1], "max_over_min": v[-1] / lo,
+               "p90_ms": v[int(0.9 * (len(v) - 1))], "max_ms": v[-1], "max_over_min": v[-1] / lo if lo > 0 else None,
                "slow_share": sum(x > 1.2 * lo for x in v) / len(v), "load_seconds": a.load_seconds or 0}
     print(json.dumps(summary))
     if a.out:

@@ -177,6 +177,7 @@ def profile(ctx: StageContext) -> dict:
     cfg = ctx.config
     t0, c0 = time.perf_counter(), _cpu_seconds()
     measured = profile_machine(cfg, load_split(data_dir(ctx), "train"), progress=ctx.progress)
+    measured.pop("samples_s")  # every timed sample (for benchmarks/januspipe/profile_estimators.py); not kept
     ratios, latency = measured["phase_ratio_vs_P1"], measured["latency_s"]
     out = {**measured, "cores": cores(), "stage_seconds": time.perf_counter() - t0,
            "stage_cpu_seconds": _cpu_seconds() - c0}

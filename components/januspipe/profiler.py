@@ -33,10 +33,52 @@ from components.mlip.train import LossWeights, prepare_model
 PROFILE_SPLIT = ((0, 1), (1, 2), (2, 5), (5, 6))  # first, mid-1, mid-3, last
 
 
+#: how the timed repetitions of one (stage, phase) become its cost (``profiling.estimator``)
+ESTIMATORS = ("median", "min")
+
+
+def phase_costs(times: dict[tuple[int, int, int], list[float]], estimator: str = "median") -> dict[tuple[int, int], float]:
+    """Per (stage, phase) cost from the samples of each (stage, phase, micro-batch) over repetitions.
+
+    ``"median"``: the median of all samples of the (stage, phase), micro-batches pooled. ``"min"``: for
+    each micro-batch the fastest repetition, averaged over the micro-batches (a minimum over pooled
+    micro-batches would pick the smallest one): the cost on the machine's fast state, since a slow
+    spell of the CPU or another job's time-slice only ever adds to a sample."""
+    if estimator not in ESTIMATORS:
+        raise InputError(f"profiling.estimator={estimator!r}; expected one of {list(ESTIMATORS)}")
+    keys = sorted({(s, p) for s, p, _ in times})
+    if estimator == "median":
+        return {(s, p): statistics.median([x for (s2, p2, _), v in sorted(times.items()) if (s2, p2) == (s, p)
+                                           for x in v]) for s, p in keys}
+    return {(s, p): statistics.mean([min(v) for (s2, p2, _), v in sorted(times.items()) if (s2, p2) == (s, p)])
+            for s, p in keys}
+
+
+def time_fields(costs: dict[tuple[int, int], float]) -> dict[str, list[float]]:
+    """The cost model's time fields from the (stage, phase) costs of the profile's four stages
+    (:data:`PROFILE_SPLIT`: first, 1-block middle, 3-block middle, last)."""
+    first, mid1, mid3, last = range(4)
+    block = [max(0.0, (costs[(mid3, p)] - costs[(mid1, p)]) / 2) for p in (1, 2, 3, 4)]
+    return {"block_s": block,
+            "stage_overhead_s": [max(0.0, costs[(mid1, p)] - block[p - 1]) for p in (1, 2, 3, 4)],
+            "first_extra_s": [max(0.0, costs[(first, p)] - costs[(mid1, p)]) for p in (1, 2, 3, 4)],
+            "last_extra_s": [max(0.0, costs[(last, p)] - costs[(mid1, p)]) for p in (1, 2, 3, 4)]}
+
+
+def with_estimator(measured: dict[str, Any], estimator: str) -> dict[str, Any]:
+    """``measured`` (a :func:`measure_costs` result) with its time fields re-derived from its samples by
+    ``estimator`` (:func:`phase_costs`); memory fields unchanged."""
+    times = {(int(k[5:k.index("_")]), int(k[k.index("_P") + 2:]), m): list(v)
+             for k, per_mb in measured["samples_s"].items() for m, v in enumerate(per_mb)}
+    return {**measured, "cost_model": {**measured["cost_model"], **time_fields(phase_costs(times, estimator))}}
+
+
 def measure_costs(model_cfg: MlipModelConfig, structures: Sequence[Structure], weights: LossWeights,
                   structures_per_microbatch: int = 1, reps: int = 5, dtype: torch.dtype = torch.float32,
-                  seed: int = 0, progress: Callable[..., None] | None = None) -> dict[str, Any]:
-    """Return ``{"cost_model": CostModel fields (no comm), "raw": per-stage medians}``."""
+                  seed: int = 0, progress: Callable[..., None] | None = None,
+                  estimator: str = "median") -> dict[str, Any]:
+    """Return ``{"cost_model": CostModel fields (no comm), "raw": per-stage costs (:func:`phase_costs`
+    with ``estimator``), "samples_s": every timed sample, ...}``."""
     torch.manual_seed(seed)
     cfg = model_cfg.model_copy(update={"num_blocks": 6})
     model = MatrisLikeMLIP(cfg).to(dtype)
@@ -53,7 +95,7 @@ def measure_costs(model_cfg: MlipModelConfig, structures: Sequence[Structure], w
     S = len(stages)
     from components.januspipe.schedules import chain
 
-    times: dict[tuple[int, int], list[float]] = {}
+    times: dict[tuple[int, int, int], list[float]] = {}  # (stage, phase, micro-batch) -> one per repetition
     mem: dict[tuple[int, int], list[float]] = {}
     for rep in range(reps + 1):
         meter = SavedTensorMeter(exclude=list(model.parameters()))
@@ -66,7 +108,7 @@ def measure_costs(model_cfg: MlipModelConfig, structures: Sequence[Structure], w
                     out = stages[s].run(p, m, g, mail.pop((p, s), ()))
                     dt = time.thread_time() - t0
                     if rep > 0:  # rep 0 warms up allocators and caches
-                        times.setdefault((s, p), []).append(dt)
+                        times.setdefault((s, p, m), []).append(dt)
                         mem.setdefault((s, p), []).append(meter.current - before)
                     dst = s + 1 if p in (1, 3) else s - 1
                     if 0 <= dst < S and out:
@@ -76,13 +118,9 @@ def measure_costs(model_cfg: MlipModelConfig, structures: Sequence[Structure], w
                 prm.grad = None
         if progress and rep > 0:
             progress("profile repetition %d/%d done", rep, reps)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = phase_costs(times, estimator)
     a_med = {k: statistics.median(v) for k, v in mem.items()}
     first, mid1, mid3, last = range(4)
-    block = [max(0.0, (med[(mid3, p)] - med[(mid1, p)]) / 2) for p in (1, 2, 3, 4)]
-    overhead = [max(0.0, med[(mid1, p)] - block[p - 1]) for p in (1, 2, 3, 4)]
-    first_extra = [max(0.0, med[(first, p)] - med[(mid1, p)]) for p in (1, 2, 3, 4)]
-    last_extra = [max(0.0, med[(last, p)] - med[(mid1, p)]) for p in (1, 2, 3, 4)]
     a1_block = max(0.0, (a_med[(mid3, 1)] - a_med[(mid1, 1)]) / 2)
     a2_block = max(0.0, (a_med[(mid3, 2)] - a_med[(mid1, 2)]) / 2)
     g0 = graphs[0]
@@ -90,7 +128,7 @@ def measure_costs(model_cfg: MlipModelConfig, structures: Sequence[Structure], w
     state_bytes = (g0.num_atoms_total + int(g0.edge_center.shape[0])) * cfg.hidden_dim * el
     geo_bytes = (g0.num_atoms_total * 3 + (9 * g0.num_structures if weights.needs_strain else 0)) * el
     cost = {
-        "block_s": block, "stage_overhead_s": overhead, "first_extra_s": first_extra, "last_extra_s": last_extra,
+        **time_fields(med),
         "block_act_forward_bytes": a1_block, "block_act_force_bytes": a2_block,
         "stage_act_forward_bytes": max(0.0, a_med[(mid1, 1)] - a1_block),
         "stage_act_force_bytes": max(0.0, a_med[(mid1, 2)] - a2_block),
@@ -98,8 +136,11 @@ def measure_costs(model_cfg: MlipModelConfig, structures: Sequence[Structure], w
         "structures_per_microbatch": structures_per_microbatch,
     }
     raw = {f"stage{s}_P{p}_s": v for (s, p), v in sorted(med.items())}
+    # every timed sample: stage{s}_P{p} -> one list per micro-batch, one entry per repetition
+    samples = {f"stage{s}_P{p}": [times[(s, p, m)] for m in range(len(graphs))]
+               for s, p in sorted({(s, p) for s, p, _ in times})}
     raw.update({f"stage{s}_P{p}_saved_bytes": v for (s, p), v in sorted(a_med.items())})
-    return {"cost_model": cost, "raw": raw, "edges_per_microbatch": int(g0.edge_center.shape[0]),
+    return {"cost_model": cost, "raw": raw, "samples_s": samples, "edges_per_microbatch": int(g0.edge_center.shape[0]),
             "angles_per_microbatch": int(g0.angle_dst.shape[0]), "atoms_per_microbatch": g0.num_atoms_total}
 
 
@@ -178,7 +219,8 @@ def profile_machine(cfg, structures: Sequence[Structure], progress: Callable[...
                          f"profiling.microbatches x pipeline.structures_per_microbatch <= {len(structures)}")
     measured = measure_costs(cfg.model, list(structures[: cfg.profiling.microbatches * spm]),
                              LossWeights.from_config(cfg.train), spm, reps=cfg.profiling.reps,
-                             dtype=getattr(torch, cfg.pipeline.dtype), seed=cfg.seed, progress=progress)
+                             dtype=getattr(torch, cfg.pipeline.dtype), seed=cfg.seed, progress=progress,
+                             estimator=cfg.profiling.estimator)
     say("measuring gloo point-to-point latency and bandwidth (2 processes)")
     halftrip = spawn(pingpong_worker, 2, cfg.profiling.p2p_sizes_bytes, timeout=cfg.pipeline.timeout_s)[0]
     latency, bandwidth = p2p_model(halftrip)

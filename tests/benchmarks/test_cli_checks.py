@@ -56,6 +56,9 @@ def _refused(proc: subprocess.CompletedProcess, *needles: str) -> None:
     ("benchmarks/vfda/bench_simulation.py", ["--rounds", "0"], ["--rounds", "'0'"]),
     ("benchmarks/vfda/bench_simulation.py", ["--rounds", "5000"], ["--rounds 5000", "num_rounds"]),
     ("benchmarks/januspipe/real_vs_sim.py", ["--set", "x=[1"], ["--set", "x=[1", "YAML"]),
+    ("benchmarks/januspipe/profile_estimators.py", ["--reps", "2"], ["--reps 2", "expected >= 4"]),
+    ("benchmarks/januspipe/profile_estimators.py", ["--reps", "101"], ["profiling.reps", "101"]),
+    ("benchmarks/januspipe/profile_estimators.py", ["--repeats", "0"], ["--repeats", "'0'", "positive integer"]),
 ])
 def test_bad_arguments_exit_2_before_running(script, args, needles, tmp_path):
     out = tmp_path / "result.json"
@@ -69,7 +72,8 @@ def test_bad_arguments_exit_2_before_running(script, args, needles, tmp_path):
                                     "benchmarks/cpu_speed_states.py",
                                     "benchmarks/skrull/bench_speedup.py",
                                     "benchmarks/har/bench_latency.py", "benchmarks/familyseer/bench_builder.py",
-                                    "benchmarks/vfda/bench_simulation.py", "benchmarks/januspipe/real_vs_sim.py"])
+                                    "benchmarks/vfda/bench_simulation.py", "benchmarks/januspipe/real_vs_sim.py",
+                                    "benchmarks/januspipe/profile_estimators.py"])
 def test_an_output_path_that_is_a_folder_is_refused_before_running(script, tmp_path):
     folder = tmp_path / "results"
     folder.mkdir()
