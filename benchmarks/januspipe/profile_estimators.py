@@ -7,7 +7,7 @@ This benchmark repeats, ``--repeats`` times: profile the phase costs with ``--re
 (``profile_machine``), then run every schedule for real with ``--steps`` timed steps at each of
 ``pipeline.process_counts`` (``validation.real_vs_simulated``, the stage's code), and predicts every
 run from the profile's costs under four estimators: the median of the samples (the profile stage's
-default) or each micro-batch's fastest repetition (``profiling.estimator: min``), each over the
+default) or each micro-batch's fastest repetition (``measure_costs(estimator="min")``), each over the
 first 4 repetitions (the quick profile's ``profiling.reps``) and over all ``--reps``. Each
 prediction is compared with the run's median step and with its fastest step.
 

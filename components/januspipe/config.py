@@ -28,9 +28,6 @@ class ProfileConfig(BaseModel):
 
     reps: int = Field(4, ge=1, le=100, description="timed repetitions of the four phases (after one warm-up)")
     microbatches: int = Field(2, ge=1, le=64, description="distinct micro-batches timed per repetition")
-    estimator: Literal["median", "min"] = Field(
-        "median", description="a (stage, phase)'s cost from its timed repetitions: 'median' of all samples, or "
-                              "'min' (each micro-batch's fastest repetition, averaged over the micro-batches)")
     p2p_sizes_bytes: list[P2pBytes] = Field(
         [8, 1 << 20], min_length=2,
         description="gloo ping-pong message sizes in bytes: at least two distinct sizes, each from 1 to 1 GiB "

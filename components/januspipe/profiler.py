@@ -33,7 +33,8 @@ from components.mlip.train import LossWeights, prepare_model
 PROFILE_SPLIT = ((0, 1), (1, 2), (2, 5), (5, 6))  # first, mid-1, mid-3, last
 
 
-#: how the timed repetitions of one (stage, phase) become its cost (``profiling.estimator``)
+#: how the timed repetitions of one (stage, phase) become its cost (``measure_costs(estimator=...)``; the
+#: profile stage uses the median: ``benchmarks/januspipe/profile_estimators.py`` measured "min" worse)
 ESTIMATORS = ("median", "min")
 
 
@@ -45,7 +46,7 @@ def phase_costs(times: dict[tuple[int, int, int], list[float]], estimator: str =
     micro-batches would pick the smallest one): the cost on the machine's fast state, since a slow
     spell of the CPU or another job's time-slice only ever adds to a sample."""
     if estimator not in ESTIMATORS:
-        raise InputError(f"profiling.estimator={estimator!r}; expected one of {list(ESTIMATORS)}")
+        raise InputError(f"estimator={estimator!r}; expected one of {list(ESTIMATORS)}")
     keys = sorted({(s, p) for s, p, _ in times})
     if estimator == "median":
         return {(s, p): statistics.median([x for (s2, p2, _), v in sorted(times.items()) if (s2, p2) == (s, p)
@@ -219,8 +220,7 @@ def profile_machine(cfg, structures: Sequence[Structure], progress: Callable[...
                          f"profiling.microbatches x pipeline.structures_per_microbatch <= {len(structures)}")
     measured = measure_costs(cfg.model, list(structures[: cfg.profiling.microbatches * spm]),
                              LossWeights.from_config(cfg.train), spm, reps=cfg.profiling.reps,
-                             dtype=getattr(torch, cfg.pipeline.dtype), seed=cfg.seed, progress=progress,
-                             estimator=cfg.profiling.estimator)
+                             dtype=getattr(torch, cfg.pipeline.dtype), seed=cfg.seed, progress=progress)
     say("measuring gloo point-to-point latency and bandwidth (2 processes)")
     halftrip = spawn(pingpong_worker, 2, cfg.profiling.p2p_sizes_bytes, timeout=cfg.pipeline.timeout_s)[0]
     latency, bandwidth = p2p_model(halftrip)

@@ -26,7 +26,7 @@ def test_the_median_pools_micro_batches_and_the_min_takes_each_micro_batch_faste
 
 
 def test_an_unknown_estimator_is_named():
-    with pytest.raises(InputError, match=r"profiling.estimator='mean'.*\['median', 'min'\]"):
+    with pytest.raises(InputError, match=r"estimator='mean'.*\['median', 'min'\]"):
         phase_costs(_times(), "mean")
     assert ESTIMATORS == ("median", "min")
 
