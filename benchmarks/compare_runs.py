@@ -80,9 +80,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"| {r['paper']} | {r['claim']} | {r['target']} | {_fmt(r['base'])} | {_fmt(r['base_met'])} "
               f"| {_fmt(r['other'])} | {_fmt(r['other_met'])} | {'yes' if r['same'] else 'no'} |")
-    flips = sum(r["base_met"] != r["other_met"] for r in rows)
+    judged = [r for r in rows if r["base_met"] is not None and r["other_met"] is not None]
+    flips = sum(r["base_met"] != r["other_met"] for r in judged)
     same = sum(r["same"] for r in rows)
-    print(f"\n{len(rows)} claims: {same} identical values, {flips} verdicts differ")
+    one_sided = len(rows) - len(judged)
+    print(f"\n{len(rows)} claims: {same} identical values, {flips} verdicts differ"
+          + (f" ({one_sided} claims not judged in both runs: a metric one of them lacks, such as one added "
+             f"after it ran, or no target)" if one_sided else ""))
     return 0
 
 

@@ -6,7 +6,8 @@ Stages (``python -m flows vfda <stage>``; DVC stages ``vfda_<stage>``):
 - ``federate``: every federation in one Flower simulation -> ``models/vfda/federate`` (global models,
   FedBN norm layers) and ``results/vfda/federate`` (per-round, per-client records); MLflow: one nested
   run per federation with Dice per round and per client
-- ``evaluate``: Dice per institute, held-in / held-out, mean +- std over seeds -> ``metrics/vfda.json``,
+- ``evaluate``: Dice per institute, held-in / held-out, mean +- std over seeds, each gain's 90 % interval
+  (seeds and test volumes resampled) -> ``metrics/vfda.json``,
   ``plots/vfda``; MLflow: the paper-style table and figures
 """
 from __future__ import annotations
@@ -215,9 +216,9 @@ def evaluate(ctx: StageContext) -> dict:
                "rounds": cfg.federation.num_rounds, **summary, "timing": timing}
     write_json(ctx.paths.metrics, metrics)
     flat = {f"gain.{s}.{v}.{k}": x for s, vs in summary["gain"].items() for v, d in vs.items()
-            for k, x in d.items() if k in ("held_in", "held_out")}
+            for k, x in d.items() if k in ("held_in", "held_out", "held_in_ci90_low", "held_out_ci90_low")}
     flat.update({f"dice.{s}.{v}.{k}": x for s, vs in summary["dice"].items() for v, d in vs.items()
-                 for k, x in d.items() if k in ("held_in", "held_out")})
+                 for k, x in d.items() if k in ("held_in", "held_out", "held_in_ci90_low", "held_out_ci90_low")})
     ctx.log_metrics({**flat, **{f"timing.{k}": v for k, v in timing.items()}})
     ctx.log_artifact(ctx.paths.metrics)
     return metrics

@@ -16,6 +16,14 @@ Each component declares what its paper claims in ``components/<paper>/claims.yam
         unit: x
         target: ">= 20"                          # optional: <op> <number>
 
+A claim whose metric is the low end of an interval (a gain that resampling must not be able to tell
+from zero) may name the point estimate and the interval, both optional, and the measured column then
+shows all three::
+
+        metric: gain.fedavg.vfda.held_in_ci90_low
+        estimate: gain.fedavg.vfda.held_in       # a number in the metrics
+        interval: gain.fedavg.vfda.held_in_ci90  # [low, high] in the metrics
+
 The ``report`` stage reads every ``metrics/<paper>.json`` next to its claims and writes
 ``reports/README.md`` (one table per paper: claim, paper's figure, target, our measured value, the
 baseline measured in the same run, met or not) plus PNG figures under ``reports/figures/``.
@@ -61,6 +69,9 @@ def load_claims(paper: str, root: Path | None = None) -> dict[str, Any] | None:
                 raise ReportError(f"{path}: claims[{i}] has no {key!r}")
         if "target" in c and not _TARGET.match(str(c["target"])):
             raise ReportError(f"{path}: claims[{i}].target={c['target']!r}; expected '<op> <number>' with op in {list(_OPS)}")
+        for key in ("estimate", "interval"):
+            if key in c and (not isinstance(c[key], str) or not c[key].strip()):
+                raise ReportError(f"{path}: claims[{i}].{key}={c[key]!r}; expected a dotted path into the metrics")
     return data
 
 
@@ -84,18 +95,41 @@ def check_target(value: Any, target: str | None) -> bool | None:
     return bool(_OPS[m.group(1)](float(value), float(m.group(2))))
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def claim_rows(claims: Mapping[str, Any], metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for c in claims.get("claims", []):
         measured = lookup(metrics, c["metric"])
         baseline = lookup(metrics, c["baseline"]) if c.get("baseline") else None
+        estimate = lookup(metrics, c["estimate"]) if c.get("estimate") else None
+        interval = lookup(metrics, c["interval"]) if c.get("interval") else None
+        if estimate is not None and not _is_number(estimate):
+            raise ReportError(f"claim {c['id']}: estimate {c['estimate']}={estimate!r}; expected a number in the metrics")
+        if interval is not None and not (isinstance(interval, (list, tuple)) and len(interval) == 2
+                                         and all(_is_number(v) for v in interval)):
+            raise ReportError(f"claim {c['id']}: interval {c['interval']}={interval!r}; expected [low, high], two "
+                              f"numbers, in the metrics")
         rows.append({
             "id": c["id"], "claim": c["claim"], "paper": c.get("paper", ""),
             "target": c.get("target", ""), "measured": measured, "unit": c.get("unit", ""),
             "baseline": baseline, "baseline_label": c.get("baseline_label", c.get("baseline", "")),
+            "estimate": estimate, "interval": list(interval) if interval is not None else None,
             "met": check_target(measured, c.get("target")),
         })
     return rows
+
+
+def _measured_cell(r: Mapping[str, Any]) -> str:
+    text = f"{_fmt(r['measured'])} {_cell(r['unit'])}"
+    extra = []
+    if r.get("estimate") is not None:
+        extra.append(f"estimate {_fmt(r['estimate'])}")
+    if r.get("interval") is not None:
+        extra.append(f"interval [{_fmt(r['interval'][0])}, {_fmt(r['interval'][1])}]")
+    return f"{text.rstrip()} ({'; '.join(extra)})" if extra else text
 
 
 def _cell(text: Any) -> str:
@@ -238,7 +272,7 @@ def build_report(root: Path | None = None, out_dir: Path | None = None,
                 for r in rows:
                     base = f"{_fmt(r['baseline'])} ({_cell(r['baseline_label'])})" if r["baseline"] is not None else "—"
                     lines.append(f"| {_cell(r['claim'])} | {_cell(r['paper']) or '—'} | {_cell(r['target']) or '—'} | "
-                                 f"{_fmt(r['measured'])} {_cell(r['unit'])} | {base} | {_fmt(r['met'])} |")
+                                 f"{_measured_cell(r)} | {base} | {_fmt(r['met'])} |")
                 lines.append("")
             src = root / "plots" / paper
             pngs = sorted(src.glob("*.png")) if src.is_dir() else []

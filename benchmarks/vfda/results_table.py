@@ -22,7 +22,8 @@ KEYS = ("vfda_rule", "seeds", "rounds", "profile", "dice", "gain", "timing")
 DICE = ("a JSON object with numbers 'held_in', 'held_in_std', 'held_out', 'held_out_std' and "
         "'per_institute' (institute -> number, the same institutes in every entry)")
 GAIN = ("a JSON object with numbers 'held_in', 'held_in_std', 'held_out', 'held_out_std', "
-        "'held_in_seeds_improved', 'held_out_seeds_improved' and 'seeds'")
+        "'held_in_seeds_improved', 'held_out_seeds_improved' and 'seeds' (and, since 2026-11-29, "
+        "'held_in_ci90' / 'held_out_ci90': [low, high])")
 
 
 def load_metrics(path: Path) -> dict:
@@ -47,6 +48,14 @@ def _entry(path: Path, where: str, expected: str, row):
                          f"{expected}, in {WHAT}") from None
 
 
+def _interval(ci) -> str:
+    """A gain's 90 % interval in pp; "—" for metrics written before the evaluate stage recorded it."""
+    if ci is None:
+        return "—"
+    lo, hi = ci                                              # a malformed entry: _entry names it
+    return f"{100 * lo:+.2f} to {100 * hi:+.2f}"
+
+
 def render(path: Path, m: dict) -> None:
     rule = m["vfda_rule"]
     first_strategy, first_variants = next(iter(m["dice"].items()))
@@ -66,14 +75,16 @@ def render(path: Path, m: dict) -> None:
                 f"| {variant_label(strategy, v, rule)} | " + " | ".join(f"{100 * d['per_institute'][i]:.2f}" for i in insts) +
                 f" | {100 * d['held_in']:.2f} ± {100 * d['held_in_std']:.2f} | {100 * d['held_out']:.2f} ± {100 * d['held_out_std']:.2f} |")))
     print()
-    print("| vs. base strategy | Δ held-in (pp) | seeds improved | Δ held-out (pp) | seeds improved |")
-    print("|---|---|---|---|---|")
+    print("| vs. base strategy | Δ held-in (pp) | 90 % interval | seeds improved | Δ held-out (pp) | 90 % interval | "
+          "seeds improved |")
+    print("|---|---|---|---|---|---|---|")
     for strategy, variants in m["gain"].items():
         items = _entry(path, f"gain.{strategy}", "a JSON object of variants", lambda: list(variants.items()))
         for v, g in items:
             print(_entry(path, f"gain.{strategy}.{v}", GAIN, lambda: (
                 f"| {variant_label(strategy, v, rule)} | {100 * g['held_in']:+.2f} ± {100 * g['held_in_std']:.2f} | "
-                f"{g['held_in_seeds_improved']}/{g['seeds']} | {100 * g['held_out']:+.2f} ± {100 * g['held_out_std']:.2f} | "
+                f"{_interval(g.get('held_in_ci90'))} | {g['held_in_seeds_improved']}/{g['seeds']} | "
+                f"{100 * g['held_out']:+.2f} ± {100 * g['held_out_std']:.2f} | {_interval(g.get('held_out_ci90'))} | "
                 f"{g['held_out_seeds_improved']}/{g['seeds']} |")))
     print()
     timing = _entry(path, "timing", "a JSON object of stage -> seconds",

@@ -6,6 +6,11 @@ institute's own normalisation layers (FedBN). The held-out institute never train
 with the global model (for FedBN: with the server-side average of the norm layers).
 Aggregates: per seed, held-in Dice = macro mean over institutes; then mean +- std over seeds, where
 std is the population standard deviation (``np.std``, ddof=0) of the per-seed values.
+
+Each gain over the base strategy also gets a 90 % interval (:func:`gain_bootstrap`): a paired
+bootstrap that resamples the training seeds and, independently, each institute's test volumes (the
+same volumes for every seed and for both arms), and recomputes the seed-mean gain; the claims read
+its low end.
 """
 from __future__ import annotations
 
@@ -45,11 +50,13 @@ def evaluate_federation(model_dir: Path, history: dict[str, Any], data_dir: Path
             if entry["name"] not in local_norms:
                 raise InputError(f"{norms_pt}: no local norm layers for institute {entry['name']}")
             net.load_state_dict(local_norms[entry["name"]], strict=False)
-        out["held_in"][entry["name"]] = evaluate_dice(net, load_split(data_dir / entry["datalist"], "validation", cfg.data), k)
+        out["held_in"][entry["name"]] = evaluate_dice(net, load_split(data_dir / entry["datalist"], "validation", cfg.data), k,
+                                                      per_volume=True)
     net = build_model(cfg.model, k, cfg.vfda)
     net.load_state_dict(state)
     for entry in held_out_institutes(manifest):
-        out["held_out"][entry["name"]] = evaluate_dice(net, load_split(data_dir / entry["datalist"], "validation", cfg.data), k)
+        out["held_out"][entry["name"]] = evaluate_dice(net, load_split(data_dir / entry["datalist"], "validation", cfg.data), k,
+                                                       per_volume=True)
     out["held_in_mean"] = float(np.mean([v["dice"] for v in out["held_in"].values()]))
     out["held_out_mean"] = float(np.mean([v["dice"] for v in out["held_out"].values()])) if out["held_out"] else 0.0
     return out
@@ -61,9 +68,88 @@ def _mean_std(values: Iterable[float]) -> tuple[float, float]:
     return (float(arr.mean()), float(arr.std())) if arr.size else (0.0, 0.0)
 
 
+GAIN_RESAMPLES = 1000
+GAIN_BOOTSTRAP_SEED = 1
+GAIN_LEVEL = 0.90
+
+
+def _dice_rows(per_volume: list[list[float | None]]) -> np.ndarray:
+    """``evaluate_dice(per_volume=True)``'s rows as a (volumes, classes) float array, NaN = class absent."""
+    return np.array([[np.nan if v is None else float(v) for v in row] for row in per_volume], dtype=float).reshape(
+        len(per_volume), -1)
+
+
+def _dice_resampled(rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The institute Dice ``evaluate_dice`` reports (per class: mean over the volumes that contain the
+    class; then the mean over classes present in any volume; 0 when none is) for each row of volume
+    indices ``idx`` (resamples, volumes) -> (resamples,)."""
+    sub = rows[idx]                                             # (resamples, volumes, classes)
+    present = ~np.isnan(sub)
+    counts = present.sum(1)
+    sums = np.where(present, sub, 0.0).sum(1)
+    per_class = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    n_classes = (counts > 0).sum(1)
+    return np.divide(per_class.sum(1), n_classes, out=np.zeros(len(idx)), where=n_classes > 0)
+
+
+def gain_bootstrap(pairs: list[tuple[dict[str, Any], dict[str, Any]]], split: str,
+                   resamples: int = GAIN_RESAMPLES, seed: int = GAIN_BOOTSTRAP_SEED,
+                   level: float = GAIN_LEVEL) -> list[float] | None:
+    """90 % percentile interval of the seed-mean Dice gain on ``split`` ("held_in" or "held_out").
+
+    ``pairs``: (variant, base) results of :func:`evaluate_federation` with the same seed. Each resample
+    draws the seeds with replacement and, independently, every institute's test volumes with
+    replacement (the same volume draw for every seed and both arms: the test set is one sample, shared
+    by all federations), recomputes each institute's Dice as ``evaluate_dice`` does, the split's macro
+    mean over institutes, and the mean over the drawn seeds of variant minus base. So the interval
+    covers both sources of noise the committed figure has: which seeds trained and which volumes were
+    tested. The draws depend only on ``seed``, the number of seeds, the institutes' names and their
+    volume counts, so every (strategy, variant) is resampled with the same draws.
+    None when a result has no ``per_volume`` Dice or the institutes differ between results."""
+    if not pairs:
+        return None
+    pairs = sorted(pairs, key=lambda p: p[0].get("seed", 0))
+    insts = sorted(pairs[0][0][split])
+    if not insts:
+        return None
+    rows: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
+    n_vols: dict[str, int] = {}
+    for var, base in pairs:
+        if sorted(var[split]) != insts or sorted(base[split]) != insts:
+            return None
+        per_inst = {}
+        for inst in insts:
+            a, b = var[split][inst], base[split][inst]
+            if "per_volume" not in a or "per_volume" not in b:
+                return None
+            ra, rb = _dice_rows(a["per_volume"]), _dice_rows(b["per_volume"])
+            if ra.shape != rb.shape or n_vols.setdefault(inst, len(ra)) != len(ra):
+                return None
+            per_inst[inst] = (ra, rb)
+        rows.append(per_inst)
+    n_seeds = len(pairs)
+    seed_draw = np.random.default_rng([seed, n_seeds]).integers(0, n_seeds, size=(resamples, n_seeds))
+    gain_per_seed = np.zeros((resamples, n_seeds))                # resample b, with b's volume draw
+    for inst in insts:
+        n_vol = n_vols[inst]
+        if n_vol == 0:
+            return None
+        draw_seq = np.random.SeedSequence([seed, n_vol, *inst.encode()])
+        idx = np.random.default_rng(draw_seq).integers(0, n_vol, size=(resamples, n_vol))
+        for s, per_inst in enumerate(rows):
+            ra, rb = per_inst[inst]
+            gain_per_seed[:, s] += (_dice_resampled(ra, idx) - _dice_resampled(rb, idx)) / len(insts)
+    gains = np.take_along_axis(gain_per_seed, seed_draw, axis=1).mean(1)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(gains, [tail, 100 - tail])
+    return [float(lo), float(hi)]
+
+
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     """``results``: one dict per federation with strategy, variant, seed, vfda_rule and
-    :func:`evaluate_federation`'s output. Returns the ``dice`` and ``gain`` sections of the metrics."""
+    :func:`evaluate_federation`'s output. Returns the ``dice`` and ``gain`` sections of the metrics;
+    a gain has ``held_in_ci90`` / ``held_out_ci90`` (and their ``_low`` ends) when the results carry
+    per-volume Dice (:func:`gain_bootstrap`)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         groups[(r["strategy"], r["variant"])].append(r)
@@ -92,6 +178,10 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
                                    "held_in_seeds_improved": int(sum(d > 0 for d in d_in)),
                                    "held_out_seeds_improved": int(sum(d > 0 for d in d_out)),
                                    "seeds": len(paired)}
+        for split in ("held_in", "held_out"):
+            ci = gain_bootstrap(paired, split)
+            if ci is not None:
+                gain[strategy][variant].update({f"{split}_ci90": ci, f"{split}_ci90_low": ci[0]})
     return {"dice": dict(dice), "gain": dict(gain)}
 
 

@@ -10,7 +10,7 @@ institute's volumes, and a batch that straddles two epochs still never repeats a
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -117,9 +117,11 @@ def train_local(model: nn.Module, data: Sequence[tuple[torch.Tensor, torch.Tenso
 
 @torch.no_grad()
 def evaluate_dice(model: nn.Module, data: Sequence[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
-                  batch_size: int = 4) -> dict[str, float]:
+                  batch_size: int = 4, per_volume: bool = False) -> dict[str, Any]:
     """Mean Dice over foreground classes (each class averaged over the volumes that contain it),
-    plus ``dice_class<k>``."""
+    plus ``dice_class<k>``. With ``per_volume``, also ``per_volume``: one list per volume, in the
+    order of ``data``, of its foreground classes' Dice (None where the class is absent from the
+    volume's label, which the mean leaves out); the figures above are computed from it as before."""
     from monai.metrics import DiceMetric
     from monai.networks.utils import one_hot
 
@@ -132,8 +134,11 @@ def evaluate_dice(model: nn.Module, data: Sequence[tuple[torch.Tensor, torch.Ten
         pred = model(x).argmax(1, keepdim=True)
         metric(one_hot(pred, num_classes), one_hot(y, num_classes))
     per_class = metric.aggregate().tolist()
+    volumes = metric.get_buffer().tolist() if per_volume else None
     metric.reset()
-    out = {f"dice_class{k + 1}": (0.0 if math.isnan(v) else float(v)) for k, v in enumerate(per_class)}
+    out: dict[str, Any] = {f"dice_class{k + 1}": (0.0 if math.isnan(v) else float(v)) for k, v in enumerate(per_class)}
     valid = [v for v in per_class if not math.isnan(v)]
     out["dice"] = float(np.mean(valid)) if valid else 0.0
+    if volumes is not None:
+        out["per_volume"] = [[None if math.isnan(v) else float(v) for v in row] for row in volumes]
     return out

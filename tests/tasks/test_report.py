@@ -256,3 +256,70 @@ def test_report_starts_with_title_then_intro_then_summary_table(fixture_root):
     anchor = lines.index('<a id="speedy"></a>')
     assert intro_end < table < anchor
     assert table == intro_end + 2 and lines[intro_end + 1] == ""   # a blank line, then the table
+
+
+def test_a_claim_on_an_interval_end_shows_the_estimate_and_the_interval(tmp_path):
+    """A claim that reads the low end of a gain's interval names the point estimate and the interval;
+    the report's measured cell shows all three, the verdict still follows the metric alone."""
+    (tmp_path / "components" / "gains").mkdir(parents=True)
+    (tmp_path / "components" / "gains" / "claims.yaml").write_text(
+        "claims:\n"
+        "  - id: g\n    claim: the gain is above noise\n    metric: gain.low\n    estimate: gain.mean\n"
+        "    interval: gain.ci\n    unit: pp\n    target: '> 0'\n"
+        "  - id: h\n    claim: no interval recorded\n    metric: other.low\n    estimate: other.mean\n"
+        "    interval: other.ci\n    target: '> 0'\n")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "gains.json").write_text(json.dumps(
+        {"profile": "quick", "gain": {"low": -0.5, "mean": 0.25, "ci": [-0.5, 1.0]}, "other": {"low": 0.1}}))
+    rows = claim_rows(load_claims("gains", tmp_path), json.loads((tmp_path / "metrics" / "gains.json").read_text()))
+    assert rows[0]["met"] is False and rows[0]["estimate"] == 0.25 and rows[0]["interval"] == [-0.5, 1.0]
+    assert rows[1]["met"] is True and rows[1]["estimate"] is None and rows[1]["interval"] is None
+    build_report(tmp_path)
+    text = (tmp_path / "reports" / "README.md").read_text()
+    assert "| -0.5 pp (estimate 0.25; interval [-0.5, 1]) | — | no |" in text
+    assert "| 0.1  | — | yes |" in text
+
+
+@pytest.mark.parametrize("value, needle", [("[1]", "expected [low, high]"), ('"wide"', "expected [low, high]"),
+                                           ("[1, true]", "expected [low, high]")])
+def test_a_malformed_interval_in_the_metrics_names_the_claim(tmp_path, value, needle):
+    (tmp_path / "components" / "gains").mkdir(parents=True)
+    (tmp_path / "components" / "gains" / "claims.yaml").write_text(
+        "claims:\n  - id: g\n    claim: c\n    metric: gain.low\n    interval: gain.ci\n    target: '> 0'\n")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "gains.json").write_text(f'{{"gain": {{"low": 0.1, "ci": {value}}}}}')
+    with pytest.raises(ReportError, match=rf"claim g: interval gain\.ci=.*{re.escape(needle)}"):
+        build_report(tmp_path)
+    assert not (tmp_path / "reports").exists()
+
+
+def test_an_estimate_key_that_is_not_a_path_is_rejected(tmp_path):
+    (tmp_path / "components" / "bad").mkdir(parents=True)
+    (tmp_path / "components" / "bad" / "claims.yaml").write_text(
+        "claims:\n  - id: x\n    claim: y\n    metric: z\n    estimate: [a, b]\n")
+    with pytest.raises(ReportError, match=r"claims\[0\]\.estimate=\['a', 'b'\]; expected a dotted path"):
+        load_claims("bad", tmp_path)
+
+
+def test_compare_runs_does_not_count_a_claim_one_run_cannot_judge_as_a_flip(tmp_path, capsys):
+    """A metrics file written before a claim's metric existed (VFDA's interval ends, 2026-11-29) leaves
+    that claim unjudged there: the summary says so instead of counting it as a verdict that differs."""
+    import importlib.util
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("compare_runs", repo / "benchmarks" / "compare_runs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    metrics = json.loads((repo / "metrics" / "vfda.json").read_text())
+    for root in (tmp_path / "new", tmp_path / "old"):
+        (root / "metrics").mkdir(parents=True)
+    (tmp_path / "new" / "metrics" / "vfda.json").write_text(json.dumps(metrics))
+    for g in metrics["gain"].values():
+        for d in g.values():
+            for key in [k for k in d if "_ci90" in k]:
+                del d[key]
+    (tmp_path / "old" / "metrics" / "vfda.json").write_text(json.dumps(metrics))
+    assert mod.main([str(tmp_path / "old"), "--root", str(tmp_path / "new"), "--papers", "vfda"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("5 claims: 1 identical values, 0 verdicts differ (4 claims not judged in both runs")

@@ -47,3 +47,22 @@ def test_bad_metrics_exit_2_naming_the_file(table, tmp_path, capsys, content, ma
     err = capsys.readouterr().err
     assert str(path) in err
     assert re.search(match, err), err
+
+
+def test_the_gain_table_shows_the_interval_when_the_metrics_have_one(table, tmp_path, capsys):
+    metrics = json.loads((ROOT / "metrics" / "vfda.json").read_text())
+    g = metrics["gain"]["fedavg"]["vfda"]
+    g["held_in_ci90"], g["held_out_ci90"] = [-0.0123, 0.0045], [0.001, 0.02]
+    for key in ("held_in_ci90", "held_out_ci90"):
+        metrics["gain"]["fedprox"]["vfda"].pop(key, None)             # an older record: no interval
+    (tmp_path / "vfda.json").write_text(json.dumps(metrics))
+    assert table.main([str(tmp_path / "vfda.json")]) == 0
+    out = capsys.readouterr().out
+    row = [r for r in out.splitlines() if r.startswith("| FedAvg + VFDA")][-1]          # the gain table's row
+    assert "| -1.23 to +0.45 |" in row and "| +0.10 to +2.00 |" in row
+    row = [r for r in out.splitlines() if r.startswith("| FedProx + VFDA")][-1]
+    assert row.count("| — |") == 2
+    g["held_in_ci90"] = [0.1]                                          # malformed: the entry is named
+    (tmp_path / "vfda.json").write_text(json.dumps(metrics))
+    assert table.main([str(tmp_path / "vfda.json")]) == 2
+    assert "gain.fedavg.vfda is malformed" in capsys.readouterr().err
