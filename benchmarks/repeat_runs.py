@@ -60,7 +60,12 @@ def judge(paper: str, metrics_path: Path) -> dict[str, dict[str, Any]]:
     from tasks.report import _read_metrics, claim_rows, load_claims
 
     rows = claim_rows(load_claims(paper, REPO) or {"claims": []}, _read_metrics(metrics_path))
-    return {r["id"]: {"measured": r["measured"], "met": r["met"], "target": r["target"]} for r in rows}
+    out = {}
+    for r in rows:
+        out[r["id"]] = {"measured": r["measured"], "met": r["met"], "target": r["target"]}
+        # a claim on an interval's end: its point estimate and interval too (tasks/report.py)
+        out[r["id"]].update({k: r[k] for k in ("estimate", "interval") if r.get(k) is not None})
+    return out
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -45,6 +45,10 @@ def test_every_run_is_judged_and_the_spread_is_summarised(repeat, tmp_path, caps
     assert s["values"] == [0.004, -0.001, 0.002] and s["min"] == -0.001 and s["median"] == 0.002
     assert s["max"] == 0.004 and s["runs_judged"] == 3 and s["runs_met"] == 2
     assert [r["claims"]["fedavg_vfda_held_out"]["met"] for r in res["per_run"]] == [True, False, True]
+    first = res["per_run"][0]["claims"]["fedavg_vfda_held_out"]        # the claim names estimate and interval
+    committed_gain = json.loads((REPO / "metrics" / "vfda.json").read_text())["gain"]["fedavg"]["vfda"]
+    assert first["estimate"] == committed_gain["held_out"] and first["interval"] == committed_gain["held_out_ci90"]
+    assert "estimate" not in res["per_run"][0]["claims"]["quick_profile_minutes"]
     time_claim = res["summary"]["quick_profile_minutes"]
     assert time_claim["runs_met"] == 3 and time_claim["target"] == "< 480"
     # every run had its own scratch root, with the override passed on, and none is left behind
