@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks._cli import output_file, positive_int  # noqa: E402
+from tasks.report import _fmt, _is_number  # noqa: E402
 
 #: the flows CLI exits 2 on a bad parameter (``--set``) or input; the benchmark passes that on
 BAD_INPUT = 2
@@ -73,7 +74,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for claim in runs[0]["claims"] if runs else []:
         values = [r["claims"][claim]["measured"] for r in runs]
-        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        numbers = [v for v in values if _is_number(v)]
         verdicts = [r["claims"][claim]["met"] for r in runs]
         judged = [v for v in verdicts if v is not None]
         out[claim] = {"target": runs[0]["claims"][claim]["target"], "values": values,
@@ -82,14 +83,6 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                       "max": max(numbers) if numbers else None,
                       "runs_judged": len(judged), "runs_met": sum(judged)}
     return out
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def table(paper: str, runs: list[dict[str, Any]], summary: dict[str, dict[str, Any]]) -> str:

@@ -218,7 +218,7 @@ def evaluate(ctx: StageContext) -> dict:
     flat = {f"gain.{s}.{v}.{k}": x for s, vs in summary["gain"].items() for v, d in vs.items()
             for k, x in d.items() if k in ("held_in", "held_out", "held_in_ci90_low", "held_out_ci90_low")}
     flat.update({f"dice.{s}.{v}.{k}": x for s, vs in summary["dice"].items() for v, d in vs.items()
-                 for k, x in d.items() if k in ("held_in", "held_out", "held_in_ci90_low", "held_out_ci90_low")})
+                 for k, x in d.items() if k in ("held_in", "held_out")})
     ctx.log_metrics({**flat, **{f"timing.{k}": v for k, v in timing.items()}})
     ctx.log_artifact(ctx.paths.metrics)
     return metrics

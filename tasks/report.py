@@ -85,18 +85,18 @@ def lookup(metrics: Mapping[str, Any], dotted: str) -> Any:
     return cur
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def check_target(value: Any, target: str | None) -> bool | None:
-    if target is None or not isinstance(value, (int, float)) or isinstance(value, bool):
+    if target is None or not _is_number(value):
         return None
     if isinstance(value, float) and not math.isfinite(value):
         return False
     m = _TARGET.match(str(target))
     assert m, target
     return bool(_OPS[m.group(1)](float(value), float(m.group(2))))
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def claim_rows(claims: Mapping[str, Any], metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
