@@ -82,6 +82,19 @@ def fail(err: BaseException) -> int:
     return 2
 
 
+def params_config(model: Any, path: Path) -> Any:
+    """The validated ``model.paper`` section of the params file ``path`` (``tasks.params.load_config``).
+    A ``ConfigError`` (bad YAML, a section that is not a mapping, an invalid value) is raised again
+    naming ``--params PATH`` unless it already starts with the path; report it with :func:`fail`."""
+    from components.base import ConfigError
+    from tasks.params import load_config
+
+    try:
+        return load_config(model, params_path=path)
+    except ConfigError as err:
+        raise ConfigError(str(err) if str(err).startswith(str(path)) else f"--params {path}: {err}") from None
+
+
 def print_table(load: Callable[[], Any], render: Callable[[Any], None], where: str, expected: str) -> int:
     """A results table: ``load()`` the record, ``render(record)`` into a buffer, and print the table only
     once all of it rendered (exit status 0). An ``InputError`` from ``load`` (missing or malformed file)

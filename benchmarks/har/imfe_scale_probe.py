@@ -44,7 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._cli import fail, output_file, positive_int  # noqa: E402
+from benchmarks._cli import fail, output_file, params_config, positive_int  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,12 +71,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from components.base import ConfigError, InputError
     from components.har.config import HarConfig
-    from tasks.params import load_config
 
     try:  # bad YAML, a 'har' section that is not a mapping, an invalid value: named, exit 2
-        cfg = load_config(HarConfig, params_path=a.params)
+        cfg = params_config(HarConfig, a.params)
     except ConfigError as err:
-        return fail(err if str(err).startswith(str(a.params)) else f"--params {a.params}: {err}")
+        return fail(err)
     if cfg.data.source != "synthetic":
         ap.error(f"params har.data.source={cfg.data.source!r}: the probe renders synthetic clips; expected 'synthetic'")
 

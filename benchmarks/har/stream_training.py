@@ -11,8 +11,10 @@ For every ``--stream-passes`` value this trains the evaluate stage's heads (ever
 ``evaluate.seeds`` seed, ``components.har.experiment.evaluate_heads``) on the committed features and
 reports the per-clip online accuracy (each test clip streamed on its own) and the continuous-stream
 accuracy (the test clips back to back, as the runtime streams them). Both are scored on the test
-clips, the split the evaluate stage reports (there is no validation split): the committed
+clips, the split the evaluate stage reports (the data stage writes no validation split): the committed
 ``stream_passes`` was chosen on the reported split (components/har/README.md).
+``benchmarks/har/validate_choices.py --alternative temporal.stream_passes=0`` re-makes the choice on
+fresh validation clips.
 
     .venv/bin/python benchmarks/har/stream_training.py --stream-passes 0 1 \\
         --out benchmarks/results/har_stream_training.json
@@ -29,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._cli import fail, non_negative_int, output_file  # noqa: E402
+from benchmarks._cli import fail, non_negative_int, output_file, params_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,12 +46,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from components.base import ConfigError, InputError
     from components.har.config import HarConfig
-    from tasks.params import load_config
 
     try:  # bad YAML, a 'har' section that is not a mapping, an invalid value: named, exit 2
-        base = load_config(HarConfig, params_path=a.params)
+        base = params_config(HarConfig, a.params)
     except ConfigError as err:
-        return fail(err if str(err).startswith(str(a.params)) else f"--params {a.params}: {err}")
+        return fail(err)
     try:
         return _run(a, base)
     except (ConfigError, InputError) as err:

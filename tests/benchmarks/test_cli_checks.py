@@ -90,6 +90,7 @@ def test_an_output_path_under_a_file_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("script, extra", [("benchmarks/har/stream_training.py", []),
+                                           ("benchmarks/har/validate_choices.py", []),
                                            ("benchmarks/har/imfe_scale_probe.py", ["--teacher", "TEACHER"])])
 @pytest.mark.parametrize("content, needles", [(PARAMS_BAD_YAML, ["not valid YAML"]),
                                               (PARAMS_SCALAR, ["har", "expected a mapping", "5"]),
