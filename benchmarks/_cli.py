@@ -84,11 +84,13 @@ def fail(err: BaseException) -> int:
 
 def params_config(model: Any, path: Path) -> Any:
     """The validated ``model.paper`` section of the params file ``path`` (``tasks.params.load_config``).
-    A ``ConfigError`` (bad YAML, a section that is not a mapping, an invalid value) is raised again
-    naming ``--params PATH`` unless it already starts with the path; report it with :func:`fail`."""
+    A ``ConfigError`` (a missing file, bad YAML, a section that is not a mapping, an invalid value)
+    names ``--params PATH`` unless it already starts with the path; report it with :func:`fail`."""
     from components.base import ConfigError
     from tasks.params import load_config
 
+    if not Path(path).is_file():
+        raise ConfigError(f"--params {path}: not found; expected a params.yaml with a '{model.paper}' section")
     try:
         return load_config(model, params_path=path)
     except ConfigError as err:

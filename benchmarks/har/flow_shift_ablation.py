@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._cli import output_file  # noqa: E402
+from benchmarks._cli import fail, output_file, params_config  # noqa: E402
 
 METHODS = ("tvl1", "farneback", "dis")
 
@@ -42,8 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--methods {a.methods}: expected distinct methods")
     if len(set(a.seeds)) != len(a.seeds):
         ap.error(f"--seeds {a.seeds}: expected distinct seeds")
-    if not a.params.is_file():
-        ap.error(f"--params {a.params}: not found; expected a params.yaml with a 'har' section")
 
     import numpy as np
     import torch
@@ -52,12 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     from components.har import experiment as ex
     from components.har import streams
     from components.har.config import HarConfig
-    from tasks.params import load_config
 
     try:
-        cfg = load_config(HarConfig, params_path=a.params)
+        cfg = params_config(HarConfig, a.params)
     except ConfigError as err:
-        ap.error(f"--params {a.params}: {err}")
+        return fail(err)
     torch.set_num_threads(cfg.torch_threads)
     try:
         manifest, splits = ex.load_splits(ROOT / "data" / "har", cfg.opticalflow.clip_len)

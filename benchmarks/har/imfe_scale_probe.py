@@ -64,8 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.epochs is not None and len(a.epochs) not in (1, len(a.clips_per_class)):
         ap.error(f"--epochs {a.epochs}: expected one value or one per --clips-per-class {a.clips_per_class}")
-    if not a.params.is_file():
-        ap.error(f"--params {a.params}: not found; expected a params.yaml with a 'har' section")
     if not a.teacher.is_file():
         ap.error(f"--teacher {a.teacher}: not found; run `dvc repro har_teacher` first")
 

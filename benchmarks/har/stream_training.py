@@ -41,8 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--out", type=output_file, default=None, help="write the JSON result here")
     a = ap.parse_args(argv)
-    if not a.params.is_file():
-        ap.error(f"--params {a.params}: not found; expected a params.yaml with a 'har' section")
 
     from components.base import ConfigError, InputError
     from components.har.config import HarConfig

@@ -80,17 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--out", type=output_file, default=None, help="write the JSON result here")
     a = ap.parse_args(argv)
-    if not a.params.is_file():
-        ap.error(f"--params {a.params}: not found; expected a params.yaml with a 'har' section")
 
     from components.base import ConfigError, InputError
     from components.har.config import HarConfig
 
-    try:  # bad YAML, a 'har' section that is not a mapping, an invalid value: named, exit 2
+    try:  # a missing file, bad YAML, a 'har' section that is not a mapping, an invalid value: named, exit 2
         base = params_config(HarConfig, a.params)
-    except ConfigError as err:
-        return fail(err)
-    try:
         if base.data.source != "synthetic":
             raise ConfigError(f"params har.data.source={base.data.source!r}: the validation clips are rendered by "
                               f"the synthetic generator; expected 'synthetic'")
