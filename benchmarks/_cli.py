@@ -82,6 +82,12 @@ def fail(err: BaseException) -> int:
     return 2
 
 
+def papers_with_claims(repo: Path) -> list[str]:
+    """The papers a claims-judging script accepts: each ``components/<paper>`` of ``repo`` with a
+    ``claims.yaml``, sorted."""
+    return sorted(d.name for d in (Path(repo) / "components").iterdir() if (d / "claims.yaml").is_file())
+
+
 def params_config(model: Any, path: Path) -> Any:
     """The validated ``model.paper`` section of the params file ``path`` (``tasks.params.load_config``).
     A ``ConfigError`` (a missing file, bad YAML, a section that is not a mapping, an invalid value)

@@ -20,6 +20,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._cli import papers_with_claims  # noqa: E402
 from components.base import InputError  # noqa: E402
 from tasks.report import ReportError, _fmt, _read_metrics, claim_rows, load_claims  # noqa: E402
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--papers", nargs="*", default=None, help="papers to compare (default: every claims.yaml)")
     p.add_argument("--only-differing", action="store_true", help="print only claims whose verdict differs")
     args = p.parse_args(argv)
-    known = sorted(d.name for d in (REPO / "components").iterdir() if (d / "claims.yaml").is_file())
+    known = papers_with_claims(REPO)
     unknown = [p for p in args.papers or [] if p not in known]
     if unknown:
         print(f"error: --papers {' '.join(unknown)}: no components/<paper>/claims.yaml; expected papers from "

@@ -35,15 +35,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks._cli import output_file, positive_int  # noqa: E402
+from benchmarks._cli import output_file, papers_with_claims, positive_int  # noqa: E402
 from tasks.report import _fmt, _is_number  # noqa: E402
 
 #: the flows CLI exits 2 on a bad parameter (``--set``) or input; the benchmark passes that on
 BAD_INPUT = 2
-
-
-def papers() -> list[str]:
-    return sorted(d.name for d in (REPO / "components").iterdir() if (d / "claims.yaml").is_file())
 
 
 def run_once(paper: str, root: Path, overrides: list[str], timeout_s: float) -> subprocess.CompletedProcess:
@@ -97,7 +93,7 @@ def table(paper: str, runs: list[dict[str, Any]], summary: dict[str, dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
-    known = papers()
+    known = papers_with_claims(REPO)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("paper", choices=known, help="the paper whose quick profile is repeated")
     ap.add_argument("--runs", type=positive_int, default=3, help="how many runs (default 3)")
