@@ -39,7 +39,6 @@ The output file is rewritten after each alternative; ``complete`` is false until
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -108,9 +107,12 @@ def alternative(base, items: tuple[str, ...] | list[str], params: Path) -> dict[
 
     text = " ".join(items)
     overrides: dict[str, Any] = {}
+    changes: dict[str, Any] = {}   # dotted key -> value, as given
     try:
         for item in items:
-            overrides = deep_merge(overrides, parse_override(item))
+            one = parse_override(item)
+            overrides = deep_merge(overrides, one)
+            changes[item.split("=", 1)[0]] = _leaf(one)
         cfg = load_config(HarConfig, overrides, params_path=params)
     except ConfigError as err:   # parse_override names the item as "--set ITEM"; here it is an --alternative
         raise ConfigError(f"--alternative {text}: {str(err).removeprefix('--set ')}") from None
@@ -130,8 +132,7 @@ def alternative(base, items: tuple[str, ...] | list[str], params: Path) -> dict[
         raise ConfigError(f"--alternative {text}: changes nothing the benchmark re-runs (the committed settings "
                           f"already have these values); expected a different value of temporal, streams or "
                           f"opticalflow")
-    return {"changes": {i.split("=", 1)[0]: v for i in items for v in [_leaf(parse_override(i))]},
-            "config": cfg, "flows": flows, "nets": nets, "drop_imfe": "tvl1" in nets}
+    return {"changes": changes, "config": cfg, "flows": flows, "nets": nets, "drop_imfe": "tvl1" in nets}
 
 
 def _leaf(tree: dict[str, Any]) -> Any:
@@ -190,7 +191,7 @@ def _run(a: argparse.Namespace, base, alternatives: list[dict[str, Any]]) -> int
     from components.har import experiment as ex
     from components.har.opticalflow import FLOW_METHODS
     from components.har.streams import train_stream
-    from components.io import atomic_file
+    from tasks.io import write_json
 
     torch.set_num_threads(base.torch_threads)
     data_dir = a.root / "data" / "har"
@@ -231,14 +232,12 @@ def _run(a: argparse.Namespace, base, alternatives: list[dict[str, Any]]) -> int
             cfg, t1 = alt["config"], time.perf_counter()
             _log("alternative %s", alt["changes"])
             alt_flows = {s: dict(f) for s, f in flows.items()}
-            for m in alt["flows"]:
-                for name, root, man, split in (("train", data_dir, manifest, splits["train"]),
-                                               ("validation", Path(tmp), val_manifest, val),
-                                               ("test", data_dir, manifest, splits["test"])):
-                    ids = set(split.ids)
-                    sub = {**man, "clips": [c for c in man["clips"] if c["id"] in ids]}
-                    new, _ = ex.compute_flows(root, sub, cfg.opticalflow, (m,), _log)
-                    alt_flows[name][m] = [new[m][i] for i in split.ids]
+            if alt["flows"]:   # the changed methods' flow of every clip: the data stage's, then the validation clips
+                for root, man, names in ((data_dir, manifest, ("train", "test")), (Path(tmp), val_manifest, ("validation",))):
+                    new, _ = ex.compute_flows(root, man, cfg.opticalflow, tuple(alt["flows"]), _log)
+                    for name in names:
+                        for m in alt["flows"]:
+                            alt_flows[name][m] = [new[m][i] for i in splits[name].ids]
             alt_nets = dict(nets)
             for kind in alt["nets"]:
                 x, y = ex._inputs(kind, splits["train"], alt_flows["train"].get(kind))
@@ -253,8 +252,7 @@ def _run(a: argparse.Namespace, base, alternatives: list[dict[str, Any]]) -> int
             result["complete"] = len(result["alternatives"]) == len(alternatives)
             print(summary_line(row), flush=True)
             if a.out:
-                with atomic_file(a.out) as fh:   # whole or not at all; 'complete' says whether every one is in
-                    fh.write(json.dumps(result, indent=1) + "\n")
+                write_json(a.out, result)   # whole or not at all; 'complete' says whether every one is in
     return 0
 
 

@@ -164,3 +164,12 @@ def test_end_to_end_on_a_tiny_committed_run(bench, base, params, committed, tmp_
                 for s in row["sources"]:
                     assert row["delta"][name][m][s] == pytest.approx(row[name][s][m] - r["committed"][name][s][m])
     assert "temporal.epochs=3 vs committed" in capsys.readouterr().out
+
+
+def test_a_flow_alternative_recomputes_that_flow_for_every_scored_split(bench, params, committed, tmp_path):
+    out = tmp_path / "r.json"
+    assert bench.main(["--params", str(params), "--root", str(committed), "--clips-per-class", "1",
+                       "--alternative", "opticalflow.dis_preset=ultrafast", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["alternatives"]
+    assert row["recomputed_flows"] == ["dis"] and row["retrained_stream_cnns"] == ["dis"] and row["sources"] == ["dis"]
+    assert set(row["validation"]) == set(row["test"]) == {"dis"}
