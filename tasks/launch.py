@@ -5,8 +5,9 @@
 ``init_distributed`` and ``torch.distributed`` find them), initialises the default process group,
 calls ``fn(rank, world_size, *args)`` and returns the per-rank return values in rank order.
 
-A rank that raises fails the whole launch with that rank's traceback; a launch that exceeds
-``timeout`` is killed rather than left hanging. With several processes on a 2-core machine each
+A rank that raises fails the whole launch with that rank's traceback (preceded by the ranks that had
+died without a report by then, e.g. killed for memory: a peer's error is often their consequence); a
+launch that exceeds ``timeout`` is killed rather than left hanging. With several processes on a 2-core machine each
 process runs ``torch.set_num_threads(threads_per_rank)`` (1 by default).
 
 ``fn`` must be importable by name from a module (not defined in ``__main__`` or a closure): the
@@ -142,6 +143,9 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | No
     errors: list[str] = []
     user_error = False
     procs: list[Any] = []   # the started ones
+    reported: set[int] = set()   # ranks that put a result or an error on the queue
+    peer_report = False   # the first error is a rank's own report (not a death seen by the parent)
+    silent = ""   # ranks that died without a report while a peer's error was being reported
     port_holder = _reserve_port()
     store_dir = None
     try:
@@ -172,19 +176,27 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | No
                 if errors:
                     break
                 continue
+            reported.add(rank)
             if status == "ok":
                 results[rank] = pickle.loads(payload)
             elif status == "input":
                 errors.append(f"rank {rank}: {payload}")
-                user_error = True
+                user_error = peer_report = True
                 break
             else:
                 errors.append(f"rank {rank} failed: {payload}")
+                peer_report = True
                 break  # peers may now block forever on a collective; stop them below
     finally:
         try:
             for p in procs:
                 p.join(timeout=5 if not errors else 0.5)
+            if peer_report:
+                # a rank that dies without a word (os._exit, segfault, OOM kill) makes its peers fail
+                # too ("connection closed by peer"), and a peer's report can reach the queue before the
+                # death is seen: name the dead rank, it is the likelier first failure
+                silent = "; ".join(f"rank {r} exited with code {p.exitcode} without a report"
+                                   for r, p in enumerate(procs) if r not in reported and p.exitcode not in (None, 0))
             for p in procs:
                 if p.is_alive():
                     p.kill()
@@ -194,5 +206,6 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | No
             if store_dir is not None:   # a killed rank leaves the store file behind
                 shutil.rmtree(store_dir, ignore_errors=True)
     if errors:
-        raise (RankInputError if user_error else LaunchError)(errors[0])
+        message = errors[0] if not silent else f"{silent} (likely the first failure); then {errors[0]}"
+        raise (RankInputError if user_error else LaunchError)(message)
     return [results[r] for r in range(world_size)]

@@ -92,6 +92,26 @@ def exit_on_rank(rank: int, world: int, bad: int):
     return rank
 
 
+def exit_then_peer_fails(rank: int, world: int, flag_dir: str):
+    """Rank 0 leaves a file and dies without a word; the other ranks wait for the file, then for rank 0's
+    process to be gone, and raise (as a collective on the dead peer does: "connection closed by peer")."""
+    import os
+    import time
+
+    flag = os.path.join(flag_dir, "rank0")
+    if rank == 0:
+        with open(flag, "w") as f:
+            f.write(str(os.getpid()))
+        os._exit(3)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(flag) or not open(flag).read():
+        if time.monotonic() > deadline:
+            raise TimeoutError("rank 0 never wrote its file")
+        time.sleep(0.01)
+    time.sleep(0.05)
+    raise RuntimeError("connection closed by peer")
+
+
 def freeze_count_at_exit(rank: int, world: int, prefix: str):
     """Write, when this rank's interpreter exits, how many objects the collector has frozen then."""
     import atexit

@@ -100,6 +100,18 @@ def test_the_store_directory_is_removed_after_a_failing_or_vanished_rank(launch_
     assert list(launch_tmp.iterdir()) == []
 
 
+def test_a_rank_that_dies_silently_is_named_when_a_peer_reports_first(tmp_path):
+    """A dead rank makes its peers fail, and a peer's report can reach the launcher before the death is
+    seen: either way the message names the dead rank (the likelier cause), then the peer's error."""
+    with pytest.raises(LaunchError) as err:
+        spawn(launch_fns.exit_then_peer_fails, 2, str(tmp_path), backend=None, timeout=120)
+    msg = str(err.value)
+    assert msg.startswith("rank 0 exited with code 3")
+    if "rank 1 failed" in msg:   # the usual order: the peer's report came first
+        assert "rank 0 exited with code 3 without a report (likely the first failure); then rank 1 failed: " \
+               "RuntimeError: connection closed by peer" in msg
+
+
 def test_a_launch_does_not_need_its_master_port(monkeypatch):
     """The old race, made certain: the rendezvous used to bind MASTER_PORT in rank 0, and another
     process could take the port first ("address already in use"). Here MASTER_PORT is a port another
