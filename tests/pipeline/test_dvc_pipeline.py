@@ -121,3 +121,61 @@ def test_every_paper_stage_depends_on_the_profile():
             params = stages[f"{paper}_{stage}"].get("params", [])
             assert paper in params or f"{paper}.profile" in params, \
                 f"{paper}_{stage} does not depend on {paper}.profile (params: {params})"
+
+
+def _status_of_tracked_files(project: Path, tmp_path: Path) -> dict:
+    """``dvc status --json`` of ``project`` (a :func:`_dvc_project_copy`) after copying into it every
+    Git-tracked file that a stage depends on or writes (code, params, committed metrics, plots and
+    reports); the cached outputs (data, models, results) stay out of the copy."""
+    import json
+
+    stages = _load("dvc.yaml")["stages"]
+    paths = {p if isinstance(p, str) else next(iter(p)) for stage in stages.values()
+             for key in ("deps", "outs", "metrics", "plots") for p in stage.get(key, [])}
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split("\0")
+    for name in tracked:
+        if any(name == p or name.startswith(p + "/") for p in paths):
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO / name, project / name)
+    env = {**os.environ, "DVC_SITE_CACHE_DIR": str(tmp_path / "site-cache"), "DVC_NO_ANALYTICS": "1"}
+    out = subprocess.run([*DVC, "status", "--json"], cwd=project, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _changed_tracked(status: dict) -> list[str]:
+    """What ``dvc status`` reports besides outputs missing from the copy (``deleted``, ``not in cache``)."""
+    changed = []
+    for stage, entries in status.items():
+        for entry in entries:
+            for kind, changes in (entry.items() if isinstance(entry, dict) else [("", {entry: ""})]):
+                for path, state in changes.items():
+                    if state not in ("deleted", "not in cache"):
+                        changed.append(f"{stage}: {kind} {path} {state}")
+    return changed
+
+
+def test_the_lock_records_the_code_params_and_committed_results_of_this_checkout(tmp_path):
+    """``dvc.lock`` matches the checkout: every stage's code and params are the ones its committed results
+    were made with, and the committed metrics, plots and reports are the ones the lock records. A code
+    change committed without re-running (or, when it cannot change any output, ``dvc commit``-ing) the
+    stages that depend on it fails here; in a fresh clone ``dvc repro`` would re-run those stages and
+    ``dvc status`` would not be clean."""
+    status = _status_of_tracked_files(_dvc_project_copy(tmp_path / "project"), tmp_path)
+    changed = _changed_tracked(status)
+    assert changed == [], ("dvc.lock does not match the checkout (docs/adding-a-paper.md, 'DVC stages': re-run "
+                           "the stages, or dvc commit -f them when no output can change):\n" + "\n".join(changed))
+
+
+def test_the_lock_check_sees_a_changed_code_file_and_param(tmp_path):
+    project = _dvc_project_copy(tmp_path / "project")
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    (dep,) = [d for d in lock["stages"]["report"]["deps"] if d["path"] == "flows/report.py"]
+    dep["md5"] = "0" * 32                                           # as if flows/report.py had changed
+    lock["stages"]["har_data"]["params"]["params.yaml"]["har.seed"] = 12345
+    (project / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    changed = "\n".join(_changed_tracked(_status_of_tracked_files(project, tmp_path)))
+    assert "report: changed deps flows/report.py modified" in changed
+    assert "har_data" in changed and "har.seed" in changed
