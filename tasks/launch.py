@@ -7,8 +7,8 @@ calls ``fn(rank, world_size, *args)`` and returns the per-rank return values in 
 
 A rank that raises fails the whole launch with that rank's traceback (preceded by the ranks that had
 died without a report by then, e.g. killed for memory: a peer's error is often their consequence); a
-launch that exceeds ``timeout`` is killed rather than left hanging. With several processes on a 2-core machine each
-process runs ``torch.set_num_threads(threads_per_rank)`` (1 by default).
+launch that exceeds ``timeout`` is killed rather than left hanging. With several processes on a
+2-core machine each process runs ``torch.set_num_threads(threads_per_rank)`` (1 by default).
 
 ``fn`` must be importable by name from a module (not defined in ``__main__`` or a closure): the
 processes are started with the ``spawn`` method by default (``start_method="forkserver"`` forks them

@@ -161,8 +161,8 @@ def test_the_lock_records_the_code_params_and_committed_results_of_this_checkout
     """``dvc.lock`` matches the checkout: every stage's code and params are the ones its committed results
     were made with, and the committed metrics, plots and reports are the ones the lock records. A code
     change committed without re-running (or, when it cannot change any output, ``dvc commit``-ing) the
-    stages that depend on it fails here; in a fresh clone ``dvc repro`` would re-run those stages and
-    ``dvc status`` would not be clean."""
+    stages that depend on it fails here: wherever the committed outputs are present, ``dvc status``
+    would not be clean and ``dvc repro`` would re-run those stages."""
     status = _status_of_tracked_files(_dvc_project_copy(tmp_path / "project"), tmp_path)
     changed = _changed_tracked(status)
     assert changed == [], ("dvc.lock does not match the checkout (docs/adding-a-paper.md, 'DVC stages': re-run "
