@@ -166,13 +166,21 @@ def spawn(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | No
                 raise LaunchTimeout(f"launch of {fn.__qualname__} on {world_size} ranks timed out after {timeout:.0f} s; "
                                     f"expected it to finish within timeout={timeout:g} s (raise the stage's "
                                     f"timeout_s parameter if the work needs longer; otherwise a rank hung)")
+            # ranks that had exited before this get: a rank that exits normally has flushed its report
+            # into the queue first, so once the queue is empty, one of them that never reported never will
+            exited = [r for r, p in enumerate(procs) if p.exitcode is not None]
             try:
                 rank, status, payload = q.get(timeout=min(remaining, 1.0))
             except queue_mod.Empty:
                 dead = [p for p in procs if p.exitcode not in (None, 0)]
+                vanished = [r for r in exited if r not in reported]
                 if dead and not errors:
                     # a rank died without reporting (segfault, OOM kill)
                     errors.append(f"rank {procs.index(dead[0])} exited with code {dead[0].exitcode}")
+                elif vanished and not errors:
+                    # it exited with status 0 and no result (os._exit(0) in the rank's code): without
+                    # this the launch would wait for its timeout
+                    errors.append(f"rank {vanished[0]} exited with code 0 without a result")
                 if errors:
                     break
                 continue

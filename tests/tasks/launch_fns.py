@@ -92,6 +92,17 @@ def exit_on_rank(rank: int, world: int, bad: int):
     return rank
 
 
+def exit_quietly_on_rank(rank: int, world: int, bad: int):
+    """Rank ``bad`` ends its process with status 0 and no result; the others sleep (120 s) until killed."""
+    import os
+    import time
+
+    if rank == bad:
+        os._exit(0)
+    time.sleep(120)
+    return rank
+
+
 def exit_then_peer_fails(rank: int, world: int, flag_dir: str):
     """Rank 0 leaves a file and dies without a word; the other ranks wait for the file, then for rank 0's
     process to be gone, and raise (as a collective on the dead peer does: "connection closed by peer")."""

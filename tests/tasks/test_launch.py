@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from tasks.launch import LaunchError, spawn
+from tasks.launch import LaunchError, LaunchTimeout, spawn
 from tests.tasks import launch_fns
 
 
@@ -110,6 +110,14 @@ def test_a_rank_that_dies_silently_is_named_when_a_peer_reports_first(tmp_path):
     if "rank 1 failed" in msg:   # the usual order: the peer's report came first
         assert "rank 0 exited with code 3 without a report (likely the first failure); then rank 1 failed: " \
                "RuntimeError: connection closed by peer" in msg
+
+
+def test_a_rank_that_exits_0_without_a_result_fails_the_launch_at_once():
+    """Status 0 and no result (``os._exit(0)`` in the rank's code) is reported as such; before, the launch
+    waited for its timeout (here: the peer's result after 120 s, then a LaunchTimeout at 150 s)."""
+    with pytest.raises(LaunchError, match="rank 1 exited with code 0 without a result") as err:
+        spawn(launch_fns.exit_quietly_on_rank, 2, 1, backend=None, timeout=150)
+    assert not isinstance(err.value, LaunchTimeout)
 
 
 def test_a_launch_does_not_need_its_master_port(monkeypatch):
