@@ -51,7 +51,7 @@ def test_bad_input_in_a_rank_is_a_user_error_but_crashes_and_timeouts_are_not():
     other failure of a rank, and a launch past its timeout (which may be a hung rank), stays a
     LaunchError with its traceback."""
     from components.base import InputError
-    from tasks.launch import LaunchTimeout, RankInputError
+    from tasks.launch import RankInputError
 
     with pytest.raises(LaunchTimeout, match=r"timed out after 2 s; expected it to finish within timeout=2 s") as err:
         spawn(launch_fns.sleep_rank, 1, 60.0, backend=None, timeout=2)
